@@ -1,0 +1,268 @@
+"""``mmfree``: the command line.
+
+Exit status: 0 success, 1 data/device/protocol error, 2 usage, 3 toolchain or environment,
+130 interrupted. Expected faults print one line, ``mmfree: error: ...``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPT = 0, 1, 2, 3, 130
+
+
+class CliError(Exception):
+    """An expected fault: one line, and the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_DATA):
+        super().__init__(message)
+        self.status = status
+
+
+def load_any(path: str | os.PathLike):
+    """A model file, or a Hugging Face-layout checkpoint directory (converted in memory)."""
+    from ..sim.modelfile import ModelFormatError, load_model
+    from ..sim.model import from_state_dict
+    from .checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"{path}: no such file or directory")
+    try:
+        if path.is_dir():
+            config, state_dict, tokenizer = load_checkpoint(path)
+            return from_state_dict(config, state_dict, tokenizer)
+        return load_model(path)
+    except ModelFormatError as error:
+        raise CliError(f"{path}: {error}") from None
+    except ValueError as error:
+        raise CliError(f"{path}: {error}") from None
+    except OSError as error:
+        raise CliError(f"{path}: {error.strerror or error}") from None
+
+
+def tokenizer_for(model):
+    from .tokenizer import Tokenizer, TokenizerError
+    try:
+        return Tokenizer(model.tokenizer, model.config.vocab_size)
+    except TokenizerError as error:
+        raise CliError(str(error), EXIT_ENV) from None
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+def cmd_convert(args) -> int:
+    from ..sim.modelfile import ModelFormatError
+    from .convert import convert
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out}: already exists (use --force to overwrite)")
+    try:
+        model = convert(Path(args.src), out, packing=args.packing, force=args.force)
+    except FileNotFoundError as error:
+        raise CliError(f"{args.src}: {error.strerror or error}") from None
+    except FileExistsError:
+        raise CliError(f"{out}: already exists (use --force to overwrite)") from None
+    except (ModelFormatError, ValueError) as error:
+        raise CliError(f"{args.src}: {error}") from None
+    cfg = model.config
+    print(f"wrote {out}: d={cfg.hidden_size} L={cfg.num_layers} I={cfg.intermediate_size} "
+          f"vocab={cfg.vocab_size} packing={cfg.packing} ({out.stat().st_size:,} bytes)")
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    from ..boards.capacity import BOARDS, fits, memory_budget
+
+    model = load_any(args.model)
+    cfg = model.config
+    print(f"model           {args.model}")
+    print(f"hidden size     {cfg.hidden_size}")
+    print(f"layers          {cfg.num_layers}")
+    print(f"intermediate    {cfg.intermediate_size}")
+    print(f"vocabulary      {cfg.vocab_size} ({model.tokenizer.get('type')} tokenizer)")
+    print(f"channel mixer   {cfg.hidden_act}")
+    print(f"packing         {cfg.packing}")
+    print(f"parameters      {cfg.num_parameters:,}")
+    print(f"ternary weights {cfg.ternary_weights:,} per token")
+    for packing in ("2bit", "1.6bit"):
+        b = memory_budget(cfg, packing)
+        print(f"size {packing:<7}    weights {b.weights / 8 / 1024:,.1f} KiB, "
+              f"on chip in all {b.total / 8 / 1024:,.1f} KiB")
+    for board in BOARDS.values():
+        for packing in ("2bit", "1.6bit"):
+            ok, detail = fits(cfg, board, packing)
+            print(f"{board.name:<12} {packing:<7} {'fits' if ok else 'does not fit':<13} "
+                  f"({detail})")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from ..sim.decoding import evaluate
+
+    model = load_any(args.model)
+    tokenizer = tokenizer_for(model)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except OSError as error:
+        raise CliError(f"{args.text}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{args.text}: not UTF-8 text") from None
+    if args.start:
+        text = text[args.start:]
+    if args.max_chars:
+        text = text[:args.max_chars]
+    tokens = tokenizer.encode(text)
+    if len(tokens) < 2:
+        raise CliError(f"{args.text}: needs at least two tokens of text")
+    start = time.perf_counter()
+    with _progress(len(tokens) - 1, "eval", "tok") as bar:
+        result = evaluate(model, tokens, progress=bar.update)
+    elapsed = time.perf_counter() - start
+    print(f"tokens scored        {result.tokens}")
+    print(f"float perplexity     {result.ppl_float:.4f}  ({result.nll_float:.4f} nats/token)")
+    print(f"integer perplexity   {result.ppl_golden:.4f}  ({result.nll_golden:.4f} nats/token)")
+    print(f"integer vs float     {100 * (result.ppl_golden / result.ppl_float - 1):+.2f}% "
+          f"perplexity")
+    print(f"greedy agreement     {100 * result.agreement:.2f}%")
+    print(f"time                 {elapsed:.1f} s")
+    return EXIT_OK
+
+
+def cmd_generate(args) -> int:
+    from ..sim.decoding import BACKENDS, check_temperature, generate
+
+    if args.max_new_tokens < 0:
+        raise CliError("--max-new-tokens must be >= 0", EXIT_USAGE)
+    try:
+        check_temperature(args.temperature)
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    model = load_any(args.model)
+    tokenizer = tokenizer_for(model)
+    prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise CliError("the prompt is empty", EXIT_USAGE)
+    backend = BACKENDS[args.backend](model)
+    out = sys.stdout
+    feed = tokenizer.decoder()
+    if not args.ids:
+        out.write(args.prompt)
+    for token in generate(backend, prompt, args.max_new_tokens, temperature=args.temperature,
+                          seed=args.seed):
+        out.write(f"{token}\n" if args.ids else feed(token))
+        out.flush()
+    if not args.ids:
+        out.write("\n")
+    return EXIT_OK
+
+
+class _progress:
+    """tqdm on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, desc: str, unit: str):
+        self.total, self.desc, self.unit = total, desc, unit
+
+    def __enter__(self):
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit,
+                        disable=not sys.stderr.isatty(), file=sys.stderr)
+        return self.bar
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mmfree", formatter_class=fmt,
+        description="MatMul-free language model on open FPGAs: convert, inspect, evaluate and "
+                    "run models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", formatter_class=fmt,
+                       help="convert a Hugging Face checkpoint directory to an mmfree model file",
+                       description="Convert a Hugging Face-layout MatMul-free checkpoint "
+                                   "(config.json + model.safetensors or shards) into one mmfree "
+                                   "model file. Ternary weights and scales are computed from the "
+                                   "latent weights.")
+    p.add_argument("src", help="checkpoint directory (or an mmfree model file to repack)")
+    p.add_argument("out", help="model file to write")
+    p.add_argument("--packing", choices=("2bit", "1.6bit"), default="2bit",
+                   help="ternary weight packing: 4 weights per byte, or 5 per byte")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", formatter_class=fmt,
+                       help="print a model's configuration, size and board fit",
+                       description="Print a model's configuration, parameter count, size at "
+                                   "2-bit and 1.6-bit packing, and whether it fits on chip on "
+                                   "each supported board.")
+    p.add_argument("model", help="model file or checkpoint directory")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", formatter_class=fmt,
+                       help="perplexity of the float reference and the integer model",
+                       description="Perplexity of the float reference and of the bit-exact "
+                                   "integer model over a text, and their greedy top-1 agreement.")
+    p.add_argument("--model", required=True, help="model file or checkpoint directory")
+    p.add_argument("--text", required=True, help="UTF-8 text file")
+    p.add_argument("--start", type=int, default=0, help="skip this many characters first")
+    p.add_argument("--max-chars", type=int, default=0,
+                   help="evaluate at most this many characters (0: all)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", formatter_class=fmt,
+                       help="generate text, streaming tokens as they are produced",
+                       description="Prefill the prompt, then generate tokens greedily "
+                                   "(temperature 0) or by temperature sampling with the "
+                                   "integer PRNG (deterministic for a seed).")
+    p.add_argument("--model", required=True, help="model file or checkpoint directory")
+    p.add_argument("--prompt", required=True, help="text to start from")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 for greedy; otherwise sampling temperature (1/64 .. 64)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
+    p.add_argument("--backend", choices=("golden", "float"), default="golden",
+                   help="golden: the bit-exact integer model; float: the float64 reference")
+    p.add_argument("--ids", action="store_true", help="print token ids, one per line")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"mmfree: error: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print("mmfree: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); don't let Python complain at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
