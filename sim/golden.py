@@ -72,7 +72,7 @@ def saturate(v, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if isinstance(v, (int, np.integer)):
         return min(max(int(v), lo), hi)
-    return np.clip(v, lo, hi)
+    return np.minimum(np.maximum(v, lo), hi)
 
 
 def isqrt(n: int) -> int:
@@ -153,8 +153,15 @@ def activation_quant(y: np.ndarray) -> tuple[np.ndarray, int]:
 
 def ternary_accumulate(t: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``acc_i = sum_j T_ij * q_j``: int8 activations times ternary weights, exact.
-    ``|acc| <= 128 * n`` needs ``bitlen(128 * n) + 1`` bits (:func:`accumulator_bits`)."""
-    assert t.dtype == np.int8 and q.dtype == np.int8 and t.shape[1] == q.shape[0]
+    ``|acc| <= 128 * n`` needs ``bitlen(128 * n) + 1`` bits (:func:`accumulator_bits`).
+
+    ``t`` may also be the float32 copy of a ternary matrix (:class:`BitLinearConst` keeps one):
+    every partial sum is an integer below 2**24, so float32 BLAS is exact and much faster."""
+    assert t.shape[1] == q.shape[0] and q.dtype == np.int8
+    if t.dtype == np.float32:
+        assert 128 * t.shape[1] < (1 << 24)
+        return (t @ q.astype(np.float32)).astype(np.int64)
+    assert t.dtype == np.int8
     return t.astype(np.int64) @ q.astype(np.int64)
 
 
@@ -363,9 +370,13 @@ class BitLinearConst:
     f_out: int
     bits: int          # output width (saturation)
 
+    def __post_init__(self):
+        exact_in_float = 128 * self.T.shape[1] < (1 << 24)
+        object.__setattr__(self, "_t", self.T.astype(np.float32) if exact_in_float else self.T)
+
     def __call__(self, v: np.ndarray) -> np.ndarray:
         q, ymax = activation_quant(self.norm(v))
-        return requantize(ternary_accumulate(self.T, q), ymax, self.m, self.k, self.bits)
+        return requantize(ternary_accumulate(self._t, q), ymax, self.m, self.k, self.bits)
 
 
 @dataclass(frozen=True)
