@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .packing import PACKINGS
+
 __all__ = [
     "ModelConfig", "BitLinearParams", "LayerParams", "Model",
     "ternarize", "lower_bounds", "quantize_embeddings", "default_intermediate_size",
@@ -21,7 +23,6 @@ __all__ = [
 ]
 
 HIDDEN_ACTS = ("silu", "gelu")
-PACKINGS = ("2bit", "1.6bit")
 
 
 def default_intermediate_size(hidden_size: int, hidden_ratio: int = 4) -> int:

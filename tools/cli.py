@@ -65,6 +65,8 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     out = Path(args.out)
+    if not Path(args.src).exists():
+        raise CliError(f"{args.src}: no such file or directory")
     if out.exists() and not args.force:
         raise CliError(f"{out}: already exists (use --force to overwrite)")
     try:
