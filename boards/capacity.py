@@ -50,12 +50,13 @@ class MemoryBudget:
 
     @property
     def bulk(self) -> int:
-        """What an iCE40 keeps in SPRAM: weights and embeddings."""
-        return self.weights + self.embeddings
+        """The read-only parameters, which an iCE40 keeps in SPRAM."""
+        return self.weights + self.embeddings + self.norms + self.lower_bounds
 
     @property
     def small(self) -> int:
-        return self.norms + self.lower_bounds + self.state + self.buffers
+        """What is written while decoding: state, vector buffers (and the exp tables)."""
+        return self.state + self.buffers
 
     @property
     def total(self) -> int:
@@ -81,8 +82,8 @@ def memory_budget(config: ModelConfig, packing: str | None = None) -> MemoryBudg
 
 def fits(config: ModelConfig, board: Board, packing: str | None = None) -> tuple[bool, str]:
     """(fits, one-line explanation). On ECP5 everything shares the EBRs, of which 10% are kept
-    for the engine's own FIFOs and for packing granularity; on iCE40 weights and embeddings
-    must fit SPRAM and the rest the EBRs."""
+    for the engine's own FIFOs and for packing granularity; on iCE40 the read-only parameters
+    must fit SPRAM and the state and buffers the EBRs."""
     b = memory_budget(config, packing)
     if board.spram_bits:
         ok = b.bulk <= board.spram_bits and b.small <= board.bram_bits
