@@ -85,11 +85,12 @@ def dyadic(value: float, bits: int = MANT_BITS) -> tuple[int, int]:
     """Host side: ``value ~ m * 2**-k`` with ``2**(bits-1) <= m < 2**bits`` (value > 0)."""
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"dyadic scale must be positive and finite, not {value!r}")
-    k = bits - 1 - math.floor(math.log2(value))
-    m = round(value * 2.0**k)
-    if m >= (1 << bits):       # log2 rounding at an exact power of two
+    _, exponent = math.frexp(value)           # value = f * 2**exponent, 0.5 <= f < 1
+    k = bits - exponent
+    m = round(math.ldexp(value, k))
+    if m >= (1 << bits):                      # f rounded up to 1.0
         k -= 1
-        m = round(value * 2.0**k)
+        m = round(math.ldexp(value, k))
     assert (1 << (bits - 1)) <= m < (1 << bits), (value, m, k)
     return m, k
 
@@ -112,7 +113,7 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, w_frac: int, eps: int, f_in: int, f_ou
     """
     x = _i64(x)
     assert x.ndim == 1 and w.shape == x.shape, (x.shape, w.shape)
-    assert np.all(np.abs(x) < (1 << 31)), "rmsnorm input exceeds 32 bits"
+    assert np.all(np.abs(x) <= (1 << 31)), "rmsnorm input exceeds 32 bits"
     assert eps >= 1
     ss = sum_of_squares(x) + eps
     b = ss.bit_length()
@@ -132,28 +133,29 @@ def sum_of_squares(x: np.ndarray) -> int:
 
 
 def activation_quant(y: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-token absmax int8: ``q = round_half_away(127 * y / max|y|)``, by one reciprocal.
+    """Per-token absmax int8: ``q = round_half_away(127 * y / max|y|)``, exactly.
 
-    ``ymax = max|y|``; ``nb = bitlen(ymax)``; ``Q = (127 << (nb + 15)) // ymax`` (23 bits);
-    ``|q| = (|y| * Q + 2**(nb+14)) >> (nb + 15)`` with the sign of y. Returns (q int8, ymax).
-    An all-zero vector gives q = 0 and ymax = 0.
+    ``ymax = max|y|``; ``|q| = (254 * |y| + ymax) // (2 * ymax)`` with the sign of y, so
+    ``|q| <= 127``. The hardware gets there with one reciprocal per token and one correction
+    per element: ``nb = bitlen(ymax)``, ``Q = (127 << (nb + 15)) // ymax`` (23 bits),
+    ``e = (|y| * Q + 2**(nb+14)) >> (nb + 15)`` is the answer or one less, and
+    ``254 * |y| >= (2e + 1) * ymax`` decides which. Returns (q int8, ymax); an all-zero vector
+    gives q = 0 and ymax = 0.
     """
     y = _i64(y)
     mag = np.abs(y)
     ymax = int(mag.max()) if mag.size else 0
     if ymax == 0:
         return np.zeros(y.shape, dtype=np.int8), 0
-    assert ymax < (1 << (NORM_BITS - 1)), ymax
-    nb = ymax.bit_length()
-    big_q = (127 << (nb + 15)) // ymax
-    q = (mag * big_q + (1 << (nb + 14))) >> (nb + 15)
-    q = np.where(y < 0, -q, q)
-    return np.clip(q, -128, 127).astype(np.int8), ymax
+    assert ymax <= (1 << (NORM_BITS - 1)), ymax
+    q = (254 * mag + ymax) // (2 * ymax)
+    return np.where(y < 0, -q, q).astype(np.int8), ymax
 
 
 def ternary_accumulate(t: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``acc_i = sum_j T_ij * q_j``: int8 activations times ternary weights, exact.
-    ``|acc| <= 128 * n`` needs ``bitlen(128 * n) + 1`` bits (:func:`accumulator_bits`).
+    With ``|q| <= 127`` (the quantizer never makes -128), ``|acc| <= 127 * n`` fits
+    :func:`accumulator_bits` bits.
 
     ``t`` may also be the float32 copy of a ternary matrix (:class:`BitLinearConst` keeps one):
     every partial sum is an integer below 2**24, so float32 BLAS is exact and much faster."""
@@ -166,8 +168,9 @@ def ternary_accumulate(t: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def accumulator_bits(n: int) -> int:
-    """Signed accumulator width for an input length n: |acc| <= 128 * n."""
-    return (128 * n).bit_length() + 1
+    """Signed accumulator width for an input length n: ``|acc| <= 127 * n`` (18 bits for
+    n = 1024, 21 for 6912, as MODEL.md counts)."""
+    return (127 * n).bit_length() + 1
 
 
 def requantize(acc: np.ndarray, ymax: int, m: int, k: int, bits: int) -> np.ndarray:
@@ -294,7 +297,9 @@ def shiftgelu(x_int: np.ndarray, scale: float, out_bits: int = 8) -> tuple[np.nd
     ``out_bits`` sigmoid ``(e1 * factor) >> (31 - out_bits + 1)``, times ``x_int``.
 
     Deliberate deviation: ``m = max(row max, 0)`` instead of the row max, so both shift-exp
-    inputs stay <= 0 (the sigmoid is the same for any m). Returns (integers, their scale).
+    inputs stay <= 0 (mathematically the sigmoid is the same for any m; I-ViT's n = 23 clamp
+    makes it 1/2 for elements far below a large row max, in I-ViT and here alike).
+    Returns (integers, their scale).
     """
     if not 2 <= out_bits <= 24:
         raise ValueError(f"out_bits must be in 2..24, not {out_bits}")
@@ -349,7 +354,7 @@ def sample(logits: np.ndarray, x0: int, draw: int) -> int:
 @dataclass(frozen=True)
 class NormConst:
     """Constants of one integer RMSNorm (see :func:`rmsnorm`)."""
-    w: np.ndarray      # int64 [n]: round(weight * sqrt(n) * 2**w_frac), |w| < 2**15
+    w: np.ndarray      # int64 [n]: round(weight * sqrt(n) * 2**w_frac), |w| < 2**23
     w_frac: int
     eps: int           # round(n * eps * 2**(2 * f_in)), at least 1
     f_in: int
