@@ -237,3 +237,50 @@ def test_console_script_end_to_end(files):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("mmfree: error: ") and "Traceback" not in result.stderr
+
+
+# --- Hugging Face tokenizers (vocabulary > 256) ----------------------------------------------
+
+def _word_tokenizer_json(vocab_size: int) -> str:
+    """A real tokenizer.json (WordLevel, whitespace pre-tokenizer): ids 0..2 are <unk>/<s>/</s>,
+    then words; padded with filler words up to vocab_size."""
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<unk>", "<s>", "</s>", "to", "be", "or", "not", "that", "is", "the", "question"]
+    words += [f"w{i}" for i in range(vocab_size - len(words))]
+    model = tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
+    tok = tokenizers.Tokenizer(model)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")   # joins words with spaces
+    return tok.to_str()
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    config = ModelConfig(vocab_size=300, hidden_size=32, num_layers=1, intermediate_size=64)
+    tokenizer = {"type": "hf", "tokenizer_json": _word_tokenizer_json(300),
+                 "bos_token_id": 1, "eos_token_id": 2}
+    root = tmp_path_factory.mktemp("hf")
+    save_checkpoint(config, random_state_dict(config, seed=1), root / "ckpt", dtype="fp32",
+                    tokenizer=tokenizer)
+    assert main(["convert", str(root / "ckpt"), str(root / "m.safetensors")]) == 0
+    return root / "m.safetensors"
+
+
+def test_generate_with_hf_tokenizer(hf_model, capsys):
+    status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt",
+                               "to be or not", "--max-new-tokens", 4, "--ids")
+    assert status == 0, err
+    tokens = [int(t) for t in out.split()]
+    model = load_model(hf_model)
+    # The prompt is encoded with a leading BOS: <s> to be or not.
+    assert tokens == list(generate(GoldenBackend(model), [1, 3, 4, 5, 6], 4))
+    status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt",
+                               "to be", "--max-new-tokens", 3)
+    assert status == 0 and out.startswith("to be"), err
+
+
+def test_hf_tokenizer_needs_the_package(hf_model, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)      # import fails as if not installed
+    status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt", "to be")
+    assert status == 3
+    assert_one_line_error(err, r"needs the 'tokenizers' package")
