@@ -130,6 +130,8 @@ def test_eval_prints_both_perplexities(files, capsys):
 
 
 def _generate(capsys, files, *extra):
+    """Greedy unless ``extra`` sets a temperature (the CLI's default is 0.8)."""
+    extra = extra if "--temperature" in extra else ("--temperature", 0, *extra)
     status, out, err = run_cli(capsys, "generate", "--model", files["model"], "--prompt", "ROMEO:",
                                "--max-new-tokens", 12, "--ids", *extra)
     assert status == 0, err
@@ -268,7 +270,7 @@ def hf_model(tmp_path_factory):
 
 def test_generate_with_hf_tokenizer(hf_model, capsys):
     status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt",
-                               "to be or not", "--max-new-tokens", 4, "--ids")
+                               "to be or not", "--max-new-tokens", 4, "--ids", "--temperature", 0)
     assert status == 0, err
     tokens = [int(t) for t in out.split()]
     model = load_model(hf_model)

@@ -28,13 +28,19 @@ class CliError(Exception):
         self.status = status
 
 
-def load_any(path: str | os.PathLike):
-    """A model file, or a Hugging Face-layout checkpoint directory (converted in memory)."""
+def default_model_path() -> Path:
+    """The shipped ULX3S-85F-sized model (docs/model-card.md)."""
+    return Path(__file__).parent / "models" / "ulx3s-85f.safetensors"
+
+
+def load_any(path: str | os.PathLike | None):
+    """A model file, or a Hugging Face-layout checkpoint directory (converted in memory);
+    ``None`` is the shipped default model."""
     from ..sim.modelfile import ModelFormatError, load_model
     from ..sim.model import from_state_dict
     from .checkpoint import load_checkpoint
 
-    path = Path(path)
+    path = default_model_path() if path is None else Path(path)
     if not path.exists():
         raise CliError(f"{path}: no such file or directory")
     try:
@@ -150,7 +156,7 @@ def cmd_generate(args) -> int:
         check_temperature(args.temperature)
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    model = load_any(args.model)
+    model = load_any(getattr(args, "model", None))
     tokenizer = tokenizer_for(model)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
@@ -187,8 +193,17 @@ class _progress:
 
 # --- parser -----------------------------------------------------------------------------------
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, but not for required options and flags, where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="mmfree", formatter_class=fmt,
         description="MatMul-free language model on open FPGAs: convert, inspect, evaluate and "
@@ -233,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prefill the prompt, then generate tokens greedily "
                                    "(temperature 0) or by temperature sampling with the "
                                    "integer PRNG (deterministic for a seed).")
-    p.add_argument("--model", required=True, help="model file or checkpoint directory")
+    p.add_argument("--model", default=argparse.SUPPRESS,
+                   help="model file or checkpoint directory (default: the shipped "
+                        "ULX3S-85F-sized model trained on Shakespeare, docs/model-card.md)")
     p.add_argument("--prompt", required=True, help="text to start from")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=float, default=0.8,
                    help="0 for greedy; otherwise sampling temperature (1/64 .. 64)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
     p.add_argument("--backend", choices=("golden", "float"), default="golden",
