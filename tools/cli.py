@@ -140,7 +140,7 @@ def cmd_eval(args) -> int:
     print(f"tokens scored        {result.tokens}")
     print(f"float perplexity     {result.ppl_float:.4f}  ({result.nll_float:.4f} nats/token)")
     print(f"integer perplexity   {result.ppl_golden:.4f}  ({result.nll_golden:.4f} nats/token)")
-    print(f"integer vs float     {100 * (result.ppl_golden / result.ppl_float - 1):+.2f}% "
+    print(f"integer vs float     {100 * (result.ppl_golden / result.ppl_float - 1):+.3f}% "
           f"perplexity")
     print(f"greedy agreement     {100 * result.agreement:.2f}%")
     print(f"time                 {elapsed:.1f} s")
