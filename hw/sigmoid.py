@@ -1,0 +1,344 @@
+"""The model's elementwise nonlinearities: the shift-exp core and, on it, sigmoid, SiLU and GELU.
+
+- :class:`ExpCore`: golden :func:`mmfree.sim.golden.exp_core`, one exp per cycle.
+- :class:`Sigmoid`: golden :func:`~mmfree.sim.golden.sigmoid` (``mode="sigmoid"``),
+  :func:`~mmfree.sim.golden.silu` (``mode="silu"``) or :func:`~mmfree.sim.golden.gelu`
+  (``mode="gelu"``): ExpCore, one exact division (:class:`~mmfree.hw.divider.PipelinedDivider`)
+  and, for SiLU/GELU, the product ``x * sigmoid`` rounded and saturated.
+
+docs/numerics.md ("Sigmoid core") explains the arithmetic.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.divider import PipelinedDivider
+from mmfree.sim import golden
+from mmfree.sim.golden import ACT_BITS, EXP_BITS, EXP_FRAC, EXP_N, EXP_ONE, F_GATE
+
+__all__ = ["ExpCore", "Sigmoid", "FRAC_WIDTH", "MODES", "element_layout"]
+
+#: Width of the ``frac`` inputs: input formats 0 .. 31 fraction bits.
+FRAC_WIDTH = 5
+#: The modes of :class:`Sigmoid` and the dyadic ``alpha * log2(e)`` each uses.
+MODES = {"sigmoid": golden.LOG2E, "silu": golden.LOG2E, "gelu": golden.GELU_LOG2E}
+
+
+def element_layout(width):
+    """The element streams' payload: ``{"data": signed(width), "first": 1, "last": 1}``."""
+    return data.StructLayout({"data": signed(width), "first": 1, "last": 1})
+
+
+_MAG_WIDTH = 32                          # |x| of a 32-bit x, up to 2**31
+_MANT_WIDTH = 24                         # the exp's dyadic mantissa m
+_TABLE_WIDTH = EXP_BITS + 1              # EXP_HI, EXP_LO entries, up to 2**20
+_E_WIDTH = EXP_BITS + EXP_N + 1          # exp_core results, up to EXP_ONE = 2**40
+_P_MAX = EXP_N << EXP_FRAC               # clamp of the exp's -log2
+
+
+class ExpCore(wiring.Component):
+    """The shift-exp ``e = exp_core(-mag, frac, m, k)``, ``e ~ 2**40 exp(-alpha mag 2**-frac)``.
+
+    Golden model: :func:`mmfree.sim.golden.exp_core` with ``v = -mag``. Pipeline:
+    ``mag * m`` (one multiply), add the rounding half of ``s = k + frac - 16``, shift right by
+    ``s`` and clamp to ``20 << 16`` (``p``), read ``EXP_HI[j >> 8]`` and ``EXP_LO[j & 255]``
+    (``j = p & 0xFFFF``; two 256 x 21-bit ROMs filled from the golden tables), multiply them,
+    round by 20 bits and shift by ``q = p >> 16``.
+
+    Parameters
+    ----------
+    m : int
+        The dyadic mantissa of ``alpha * log2(e)``, ``0 < m < 2**24``
+        (:data:`mmfree.sim.golden.LOG2E`, :data:`~mmfree.sim.golden.GELU_LOG2E`).
+    k : int
+        Its exponent: ``alpha * log2(e) = m * 2**-k``, ``17 <= k <= 40`` (so that the rounding
+        shift ``k + frac - 16`` is at least 1 for every ``frac``).
+    tag_shape : shape-castable or None
+        If given, ``inp.payload.tag`` travels alongside and comes out as ``out.payload.tag``.
+
+    Latency: :attr:`LATENCY` = 6 cycles (a word taken on ``inp`` in cycle t is valid on ``out``
+    in cycle t + 6).
+
+    Throughput: one exp per cycle. The pipeline stalls as a whole:
+    ``inp.ready = ~out.valid | out.ready``.
+
+    Members
+    -------
+    inp : In(stream.Signature(StructLayout({"mag": unsigned(32), "frac": unsigned(5)[, "tag": tag_shape]})))
+        ``mag = -v = |x|`` (0 .. 2**31) and the input format ``frac`` (0 .. 31), per element.
+    out : Out(stream.Signature(StructLayout({"e": unsigned(41)[, "tag": tag_shape]})))
+        ``e`` in 0 .. 2**40 (``EXP_ONE`` for ``mag = 0``).
+    """
+
+    LATENCY = 6
+
+    def __init__(self, *, m, k, tag_shape=None):
+        if not isinstance(m, int) or isinstance(m, bool) or not 0 < m < (1 << _MANT_WIDTH):
+            raise ValueError(f"m must be an integer in 1 .. 2**{_MANT_WIDTH} - 1, not {m!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or not EXP_FRAC + 1 <= k <= 40:
+            raise ValueError(f"k must be an integer in {EXP_FRAC + 1} .. 40, not {k!r}")
+        if tag_shape is not None:
+            try:
+                Shape.cast(tag_shape)
+            except TypeError:
+                raise TypeError(f"tag_shape must be None or a shape-castable object, "
+                                f"not {tag_shape!r}") from None
+        self._m = m
+        self._k = k
+        self._tag_shape = tag_shape
+        inp = {"mag": unsigned(_MAG_WIDTH), "frac": unsigned(FRAC_WIDTH)}
+        out = {"e": unsigned(_E_WIDTH)}
+        if tag_shape is not None:
+            inp["tag"] = out["tag"] = tag_shape
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout(inp))),
+            "out": Out(stream.Signature(data.StructLayout(out))),
+        })
+
+    @property
+    def m(self):
+        return self._m
+
+    @property
+    def k(self):
+        return self._k
+
+    @property
+    def tag_shape(self):
+        return self._tag_shape
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.hi = hi = Memory(shape=unsigned(_TABLE_WIDTH), depth=256,
+                                      init=[int(v) for v in golden.EXP_HI])
+        m.submodules.lo = lo = Memory(shape=unsigned(_TABLE_WIDTH), depth=256,
+                                      init=[int(v) for v in golden.EXP_LO])
+        hi_rd = hi.read_port()
+        lo_rd = lo.read_port()
+
+        en = Signal()
+        m.d.comb += [
+            en.eq(~self.out.valid | self.out.ready),
+            self.inp.ready.eq(en),
+            hi_rd.en.eq(en),
+            lo_rd.en.eq(en),
+        ]
+        valid = [Signal(name=f"s{i + 1}_valid") for i in range(self.LATENCY)]
+        inp = self.inp.payload
+        shift_max = self._k + (1 << FRAC_WIDTH) - 1 - EXP_FRAC
+
+        # 1: mag * m; the rounding shift s = k + frac - 16 (>= 1) and s - 1.
+        prod1 = Signal(_MAG_WIDTH + _MANT_WIDTH)
+        s1 = Signal(range(shift_max + 1))
+        sm1 = Signal(range(shift_max))
+        # 2: add the rounding half, 2**(s - 1).
+        sum2 = Signal(_MAG_WIDTH + _MANT_WIDTH + 1)
+        s2 = Signal.like(s1)
+        # 3: p = min(sum >> s, 20 << 16).
+        p3 = Signal(range(_P_MAX + 1))
+        # 4: table reads (in the memories' read registers); q = p >> 16 alongside.
+        q4 = Signal(range(EXP_N + 1))
+        # 5: EXP_HI * EXP_LO.
+        prod5 = Signal(2 * _TABLE_WIDTH)
+        q5 = Signal.like(q4)
+        # 6: t = shift_round(prod, 20); e = (t << 20) >> q.
+        e6 = Signal(_E_WIDTH)
+
+        t = Signal(_TABLE_WIDTH)
+        m.d.comb += [
+            t.eq((prod5 + (1 << (EXP_BITS - 1))) >> EXP_BITS),
+            hi_rd.addr.eq(p3[8:16]),
+            lo_rd.addr.eq(p3[:8]),
+        ]
+        p_full = sum2 >> s2
+        with m.If(en):
+            m.d.sync += [
+                valid[0].eq(self.inp.valid),
+                *(valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)),
+                prod1.eq(inp.mag * Const(self._m, _MANT_WIDTH)),
+                s1.eq(inp.frac + (self._k - EXP_FRAC)),
+                sm1.eq(inp.frac + (self._k - EXP_FRAC - 1)),
+                sum2.eq(prod1 + (Const(1, 1) << sm1)[:len(sum2)]),
+                s2.eq(s1),
+                p3.eq(Mux(p_full > _P_MAX, _P_MAX, p_full)),
+                q4.eq(p3[EXP_FRAC:]),
+                prod5.eq(hi_rd.data * lo_rd.data),
+                q5.eq(q4),
+                e6.eq((t << EXP_N) >> q5),
+            ]
+        m.d.comb += [
+            self.out.valid.eq(valid[-1]),
+            self.out.payload.e.eq(e6),
+        ]
+
+        if self._tag_shape is not None:
+            tag = inp.tag
+            for i in range(self.LATENCY):
+                n_tag = Signal(self._tag_shape, name=f"s{i + 1}_tag")
+                with m.If(en):
+                    m.d.sync += n_tag.eq(tag)
+                tag = n_tag
+            m.d.comb += self.out.payload.tag.eq(tag)
+        return m
+
+
+class _GateProduct(wiring.Component):
+    """``saturate(shift_round(x * sig, 20), 32)``, two pipeline stages (multiply; round and
+    saturate); the pipeline stalls as a whole. Part of :class:`Sigmoid`."""
+
+    LATENCY = 2
+
+    def __init__(self):
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout({
+                "x": signed(ACT_BITS), "sig": unsigned(F_GATE + 1), "first": 1, "last": 1}))),
+            "out": Out(stream.Signature(element_layout(ACT_BITS))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()
+        m.d.comb += [
+            en.eq(~self.out.valid | self.out.ready),
+            self.inp.ready.eq(en),
+        ]
+        lo, hi = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
+        valid1, first1, last1 = Signal(), Signal(), Signal()
+        prod1 = Signal(signed(ACT_BITS + F_GATE + 2))
+        rounded = Signal(signed(ACT_BITS + 3))
+        m.d.comb += rounded.eq((prod1 + (1 << (F_GATE - 1))) >> F_GATE)
+        with m.If(en):
+            m.d.sync += [
+                valid1.eq(self.inp.valid),
+                first1.eq(self.inp.payload.first),
+                last1.eq(self.inp.payload.last),
+                prod1.eq(self.inp.payload.x * self.inp.payload.sig),
+                self.out.valid.eq(valid1),
+                self.out.payload.first.eq(first1),
+                self.out.payload.last.eq(last1),
+                self.out.payload.data.eq(
+                    Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))),
+            ]
+        return m
+
+
+class Sigmoid(wiring.Component):
+    """Elementwise sigmoid, SiLU or GELU of a stream of 32-bit fixed-point elements.
+
+    Golden model (bit-exact), for ``x`` of format ``frac``:
+
+    - ``mode="sigmoid"``: :func:`mmfree.sim.golden.sigmoid` ``(x, frac)``, unsigned, format
+      F_GATE = 20 (0 .. 2**20);
+    - ``mode="silu"``: :func:`mmfree.sim.golden.silu` ``(x, frac)``, format ``frac``;
+    - ``mode="gelu"``: :func:`mmfree.sim.golden.gelu` ``(x, frac)``, format ``frac``.
+
+    ``E = exp_core(-|x|)`` (:class:`ExpCore`, ``alpha = 1``, or 1.702 for GELU), then one exact
+    division ``((x >= 0 ? EXP_ONE : E) << 20) // (EXP_ONE + E)``
+    (:class:`~mmfree.hw.divider.PipelinedDivider`, 21 quotient bits), then for SiLU/GELU
+    ``saturate(shift_round(x * sigmoid, 20), 32)``.
+
+    Parameters
+    ----------
+    mode : str
+        ``"sigmoid"``, ``"silu"`` or ``"gelu"``.
+
+    Latency: :attr:`latency` cycles, a word taken on ``inp`` in cycle t is valid on ``out`` in
+    cycle t + latency: 6 (exp) + 21 (divider) = **27** for ``"sigmoid"``, + 2 (product) =
+    **29** for ``"silu"`` and ``"gelu"``.
+
+    Throughput: one element per cycle while ``out.ready`` is high. Each stage (exp, divider,
+    product) stalls as a whole when its output is held.
+
+    Members
+    -------
+    frac : In(unsigned(5))
+        Fraction bits of ``x`` (0 .. 31). Sampled with the first element of each vector (the
+        transfer with ``first`` set) and used for the whole vector, so the host may change it
+        between vectors while earlier ones are still in the pipeline. Elements before the first
+        ``first`` after reset use ``frac = 0``.
+    inp : In(stream.Signature(StructLayout({"data": signed(32), "first": 1, "last": 1})))
+        The elements ``x``.
+    out : Out(stream.Signature(StructLayout({"data": signed(w), "first": 1, "last": 1})))
+        The results, ``first``/``last`` passed through; ``w`` (:attr:`out_width`) is 22 for
+        ``"sigmoid"`` (holds 0 .. 2**20) and 32 otherwise.
+    """
+
+    def __init__(self, *, mode="sigmoid"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        self._mode = mode
+        super().__init__({
+            "frac": In(unsigned(FRAC_WIDTH)),
+            "inp":  In(stream.Signature(element_layout(ACT_BITS))),
+            "out":  Out(stream.Signature(element_layout(self.out_width))),
+        })
+
+    @property
+    def mode(self):
+        return self._mode
+
+    @property
+    def out_width(self):
+        return F_GATE + 2 if self._mode == "sigmoid" else ACT_BITS
+
+    @property
+    def latency(self):
+        return ExpCore.LATENCY + (F_GATE + 1) + (0 if self._mode == "sigmoid" else
+                                                 _GateProduct.LATENCY)
+
+    def elaborate(self, platform):
+        m = Module()
+        tag = data.StructLayout({"x": signed(ACT_BITS), "first": 1, "last": 1})
+        m.submodules.exp = exp = ExpCore(m=MODES[self._mode][0], k=MODES[self._mode][1],
+                                         tag_shape=tag)
+        m.submodules.div = div = PipelinedDivider(
+            num_width=_E_WIDTH + F_GATE, den_width=_E_WIDTH + 1, quot_width=F_GATE + 1,
+            tag_shape=tag)
+
+        # Input: |x| and the vector's frac into the exp core.
+        x = self.inp.payload.data
+        frac_held = Signal(FRAC_WIDTH)
+        m.d.comb += [
+            exp.inp.valid.eq(self.inp.valid),
+            self.inp.ready.eq(exp.inp.ready),
+            exp.inp.payload.mag.eq(Mux(x < 0, -x, x)),
+            exp.inp.payload.frac.eq(Mux(self.inp.payload.first, self.frac, frac_held)),
+            exp.inp.payload.tag.x.eq(x),
+            exp.inp.payload.tag.first.eq(self.inp.payload.first),
+            exp.inp.payload.tag.last.eq(self.inp.payload.last),
+        ]
+        with m.If(self.inp.valid & self.inp.ready & self.inp.payload.first):
+            m.d.sync += frac_held.eq(self.frac)
+
+        # The division ((x >= 0 ? EXP_ONE : E) << 20) // (EXP_ONE + E).
+        e, x_e = exp.out.payload.e, exp.out.payload.tag.x
+        m.d.comb += [
+            div.inp.valid.eq(exp.out.valid),
+            exp.out.ready.eq(div.inp.ready),
+            div.inp.payload.num.eq(Mux(x_e < 0, e, EXP_ONE) << F_GATE),
+            div.inp.payload.den.eq(e + EXP_ONE),
+            div.inp.payload.tag.eq(exp.out.payload.tag),
+        ]
+
+        if self._mode == "sigmoid":
+            m.d.comb += [
+                self.out.valid.eq(div.out.valid),
+                div.out.ready.eq(self.out.ready),
+                self.out.payload.data.eq(div.out.payload.quotient),
+                self.out.payload.first.eq(div.out.payload.tag.first),
+                self.out.payload.last.eq(div.out.payload.tag.last),
+            ]
+        else:
+            m.submodules.product = product = _GateProduct()
+            m.d.comb += [
+                product.inp.valid.eq(div.out.valid),
+                div.out.ready.eq(product.inp.ready),
+                product.inp.payload.x.eq(div.out.payload.tag.x),
+                product.inp.payload.sig.eq(div.out.payload.quotient),
+                product.inp.payload.first.eq(div.out.payload.tag.first),
+                product.inp.payload.last.eq(div.out.payload.tag.last),
+            ]
+            wiring.connect(m, product.out, wiring.flipped(self.out))
+        return m
