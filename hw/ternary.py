@@ -1,0 +1,205 @@
+"""Ternary accumulate: one BitLinear output row, ``acc = sum_j T_ij * q_j``, without multipliers."""
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
+from mmfree.sim.golden import accumulator_bits
+from mmfree.sim.packing import PACKINGS, pack_ternary
+
+__all__ = ["TernaryAccumulate", "ternary_chunks"]
+
+
+class TernaryAccumulate(wiring.Component):
+    """Accumulates int8 activations times ternary weights, one output row per pass.
+
+    Golden model: :func:`mmfree.sim.golden.ternary_accumulate` (one row ``i`` at a time); the
+    width is :func:`mmfree.sim.golden.accumulator_bits`.
+
+    A row of length ``len <= n`` arrives as ``ceil(len / lanes)`` chunks on ``inp``, one per
+    transfer, ``last`` set on its final chunk. A chunk carries ``lanes`` activations ``q`` and
+    the row's ``lanes`` weights of the same columns, packed by
+    :func:`mmfree.sim.packing.pack_ternary` as a row of ``lanes`` weights (see
+    :class:`~mmfree.hw.unpack.TernaryDecoder`):
+
+    - ``"2bit"``: ``lanes / 4`` bytes, i.e. exactly bytes ``[c * lanes / 4, (c+1) * lanes / 4)``
+      of the packed row for chunk ``c``;
+    - ``"1.6bit"``: ``ceil(lanes / 5)`` bytes, the chunk packed on its own (its last byte padded
+      with zero weights), since 5 does not divide a power of two.
+
+    Columns past the row's end must have zero weights (``pack_ternary`` pads with them); their
+    activations are don't-care. Byte ``b`` of the chunk sits in bits ``[8b+7 : 8b]`` of ``w``.
+
+    Datapath: each lane selects ``+q``, ``-q`` or 0 (a negation, no multiplier), registered;
+    then a binary adder tree of ``log2(lanes)`` levels with a register after every second level
+    (and after the last one), ``R = ceil(log2(lanes) / 2)`` register stages; then the row
+    accumulator, which writes the row's total into a result FIFO on the last chunk. Every
+    adder wraps modulo ``2**accumulator_bits(n)``: the result is exact whenever
+    ``|acc| < 2**(accumulator_bits(n) - 1)``, which holds for rows of at most ``n`` columns with
+    ``q >= -127`` (the golden precondition; with ``q = -128`` only where the true sum fits).
+
+    Back-pressure: the datapath never stalls. ``inp.ready`` is high while fewer than
+    ``latency + 1`` rows have been accepted (last chunk) and not yet delivered on ``out``; the
+    result FIFO has ``latency + 1`` entries, so it never overflows, and ``inp.ready`` does not
+    depend on ``out.ready`` combinationally.
+
+    Latency: ``latency = ceil(log2(lanes) / 2) + 2`` cycles from the transfer of a row's last
+    chunk to ``out.valid`` (4 for 16 lanes, 5 for 64, 6 for 256), with ``out.ready`` high.
+    Throughput: one chunk per cycle (``inp.ready`` stays high while ``out.ready`` is).
+
+    Parameters
+    ----------
+    lanes : int
+        Activations per chunk, a positive power of two (at least 4 for ``"2bit"``).
+    n : int
+        The longest row (input length); sets the accumulator width ``accumulator_bits(n)``.
+    packing : str
+        ``"2bit"`` (default) or ``"1.6bit"``, see ``docs/formats.md``.
+
+    Members
+    -------
+    inp : In(stream.Signature(StructLayout({"q": ..., "w": ..., "last": 1})))
+        Chunks: ``q`` is ``ArrayLayout(signed(8), lanes)``, ``w`` is ``unsigned(w_bits)`` with
+        ``w_bits = 8 * chunk_bytes(lanes, packing)``.
+    out : Out(stream.Signature(signed(accumulator_bits(n))))
+        One sum per row, in row order.
+    """
+
+    def __init__(self, *, lanes: int, n: int, packing: str = "2bit"):
+        if packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
+        if not isinstance(lanes, int) or isinstance(lanes, bool):
+            raise TypeError(f"lanes must be an integer, not {lanes!r}")
+        if lanes <= 0 or lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a positive power of two, not {lanes}")
+        if packing == "2bit" and lanes < 4:
+            raise ValueError(f"lanes must be at least 4 for 2bit packing (whole bytes), "
+                             f"not {lanes}")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"n must be an integer, not {n!r}")
+        if n <= 0:
+            raise ValueError(f"n must be positive, not {n}")
+        self._lanes = lanes
+        self._n = n
+        self._packing = packing
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout({
+                "q":    data.ArrayLayout(signed(8), lanes),
+                "w":    unsigned(self.w_bits),
+                "last": 1,
+            }))),
+            "out": Out(stream.Signature(signed(self.acc_bits))),
+        })
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def packing(self) -> str:
+        return self._packing
+
+    @property
+    def acc_bits(self) -> int:
+        return accumulator_bits(self._n)
+
+    @property
+    def w_bits(self) -> int:
+        return 8 * chunk_bytes(self._lanes, self._packing)
+
+    @property
+    def tree_stages(self) -> int:
+        """Register stages of the adder tree: ``ceil(log2(lanes) / 2)``."""
+        return ((self._lanes.bit_length() - 1) + 1) // 2
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the transfer of a row's last chunk to ``out.valid``."""
+        return self.tree_stages + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = decoder = TernaryDecoder(lanes=self.lanes, packing=self.packing)
+        m.submodules.results = results = SyncFIFO(width=self.acc_bits, depth=self.latency + 1)
+
+        # Flow control: count rows accepted and not yet delivered.
+        pending = Signal(range(self.latency + 2))
+        accept = self.inp.valid & self.inp.ready
+        deliver = self.out.valid & self.out.ready
+        m.d.comb += self.inp.ready.eq(pending <= self.latency)
+        m.d.sync += pending.eq(pending + (accept & self.inp.payload.last) - deliver)
+
+        # Stage 0: +q, -q or 0 per lane.
+        m.d.comb += decoder.w.eq(self.inp.payload.w)
+        values = []
+        for j in range(self.lanes):
+            q = self.inp.payload.q[j]
+            term = Signal(signed(9), name=f"term{j}")
+            m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
+            values.append(term)
+        valid = Signal(name="valid0")
+        last = Signal(name="last0")
+        m.d.sync += [valid.eq(accept), last.eq(self.inp.payload.last)]
+
+        # Adder tree, a register after every second level and after the last.
+        levels = self.lanes.bit_length() - 1
+        for level in range(1, levels + 1):
+            registered = level % 2 == 0 or level == levels
+            width = min(9 + level, self.acc_bits)
+            sums = []
+            for k in range(len(values) // 2):
+                s = Signal(signed(width), name=f"sum{level}_{k}")
+                domain = m.d.sync if registered else m.d.comb
+                domain += s.eq(values[2 * k] + values[2 * k + 1])
+                sums.append(s)
+            values = sums
+            if registered:
+                valid_next, last_next = Signal(name=f"valid{level}"), Signal(name=f"last{level}")
+                m.d.sync += [valid_next.eq(valid), last_next.eq(last)]
+                valid, last = valid_next, last_next
+
+        # Row accumulator; the total of a row goes into the result FIFO with its last chunk.
+        first = Signal(init=1)
+        acc = Signal(signed(self.acc_bits))
+        total = Signal(signed(self.acc_bits))
+        m.d.comb += total.eq(Mux(first, 0, acc) + values[0])
+        with m.If(valid):
+            m.d.sync += [acc.eq(total), first.eq(last)]
+        m.d.comb += [
+            results.w_data.eq(total),
+            results.w_en.eq(valid & last),
+            self.out.valid.eq(results.r_rdy),
+            self.out.payload.eq(results.r_data),
+            results.r_en.eq(self.out.ready),
+        ]
+        return m
+
+
+def ternary_chunks(t_row, q_row, *, lanes: int, packing: str) -> list[dict]:
+    """The chunks of one row for :class:`TernaryAccumulate`'s ``inp``, as the host sends them:
+    ``[{"q": [lanes ints], "w": int, "last": 0/1}, ...]`` (``data.StructLayout.const`` input).
+
+    ``t_row`` (ternary) and ``q_row`` (int8) have the row's length, at least 1; each chunk's
+    weights are packed by :func:`mmfree.sim.packing.pack_ternary` as a row of ``lanes`` weights
+    (zero-padded), its bytes little-endian in ``w``; padding activations are 0."""
+    t_row = np.asarray(t_row, dtype=np.int8)
+    q_row = np.asarray(q_row, dtype=np.int8)
+    if t_row.ndim != 1 or t_row.shape != q_row.shape or len(t_row) == 0:
+        raise ValueError(f"t_row and q_row must be 1-D of one non-zero length, not "
+                         f"{t_row.shape} and {q_row.shape}")
+    count = -(-len(t_row) // lanes)
+    t = np.zeros(count * lanes, dtype=np.int8)
+    q = np.zeros(count * lanes, dtype=np.int8)
+    t[:len(t_row)] = t_row
+    q[:len(q_row)] = q_row
+    packed = pack_ternary(t.reshape(count, lanes), packing)
+    return [{"q": [int(v) for v in q[c * lanes:(c + 1) * lanes]],
+             "w": int.from_bytes(packed[c].tobytes(), "little"),
+             "last": int(c == count - 1)} for c in range(count)]

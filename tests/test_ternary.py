@@ -1,0 +1,204 @@
+# amaranth: UnusedElaboratable=no
+"""TernaryAccumulate (hw/ternary.py) and its weight decoder (hw/unpack.py) against the golden
+ternary_accumulate and the packing module: Amaranth simulation and cocotb on Verilator."""
+
+import random
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from mmfree.hw.ternary import TernaryAccumulate, ternary_chunks
+from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
+from mmfree.sim.golden import accumulator_bits, ternary_accumulate
+from mmfree.sim.packing import pack_ternary, unpack_ternary
+from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
+
+TB_DIR = Path(__file__).parent / "tb"
+
+
+# --- Parameters --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(lanes=12, n=64), ValueError, "lanes must be a positive power of two, not 12"),
+    (dict(lanes=0, n=64), ValueError, "lanes must be a positive power of two, not 0"),
+    (dict(lanes=-4, n=64), ValueError, "lanes must be a positive power of two, not -4"),
+    (dict(lanes=2, n=64), ValueError, "lanes must be at least 4 for 2bit packing .*not 2"),
+    (dict(lanes=16.0, n=64), TypeError, "lanes must be an integer, not 16.0"),
+    (dict(lanes=16, n=0), ValueError, "n must be positive, not 0"),
+    (dict(lanes=16, n="64"), TypeError, "n must be an integer, not '64'"),
+    (dict(lanes=16, n=64, packing="3bit"), ValueError,
+     "packing must be one of 2bit, 1.6bit, not '3bit'"),
+], ids=["lanes12", "lanes0", "lanes-4", "lanes2-2bit", "lanes-float", "n0", "n-str", "3bit"])
+def test_bad_parameters(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        TernaryAccumulate(**kwargs)
+
+
+def test_parameters_and_ports():
+    dut = TernaryAccumulate(lanes=256, n=6912, packing="1.6bit")
+    assert (dut.lanes, dut.n, dut.packing) == (256, 6912, "1.6bit")
+    assert dut.acc_bits == accumulator_bits(6912) == 21
+    assert dut.w_bits == 8 * 52 and chunk_bytes(256, "2bit") == 64
+    assert [TernaryAccumulate(lanes=lanes, n=8, packing="1.6bit").latency
+            for lanes in (1, 2, 4, 16, 32, 64, 256)] == [2, 3, 3, 4, 5, 5, 6]
+    with pytest.raises(AttributeError):
+        dut.lanes = 8
+    assert TernaryAccumulate(lanes=1, n=1, packing="1.6bit").acc_bits == 8
+    with pytest.raises(ValueError, match="lanes must be a positive power of two, not 3"):
+        TernaryDecoder(lanes=3, packing="1.6bit")
+
+
+# --- The host's chunk format -------------------------------------------------------------------
+
+@pytest.mark.parametrize("packing", ["2bit", "1.6bit"])
+def test_chunks_are_pack_ternary_bytes(packing):
+    """2bit chunks are slices of the packed row; 1.6bit chunks are packed on their own; both
+    unpack to the row's weights."""
+    rng = np.random.default_rng(7)
+    lanes = 16
+    t = rng.integers(-1, 2, 37).astype(np.int8)
+    q = rng.integers(-128, 128, 37).astype(np.int8)
+    chunks = ternary_chunks(t, q, lanes=lanes, packing=packing)
+    assert [c["last"] for c in chunks] == [0, 0, 1]
+    width = chunk_bytes(lanes, packing)
+    packed = np.array([[c["w"] >> 8 * b & 0xFF for b in range(width)] for c in chunks], np.uint8)
+    assert np.array_equal(unpack_ternary(packed, lanes, packing).reshape(-1)[:37], t)
+    flat_q = [v for c in chunks for v in c["q"]]
+    assert flat_q[:37] == q.tolist() and flat_q[37:] == [0] * 11
+    if packing == "2bit":
+        assert packed.reshape(-1)[:10].tolist() == pack_ternary(t[None, :], "2bit")[0].tolist()
+
+
+# --- Amaranth simulator ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("packing", ["2bit", "1.6bit"])
+def test_decoder_every_byte(packing):
+    """Every byte value at every byte position decodes as unpack_ternary does (invalid codes
+    as zero weights)."""
+    lanes = 8
+    dut = TernaryDecoder(lanes=lanes, packing=packing)
+    per_byte = 4 if packing == "2bit" else 5
+    width = chunk_bytes(lanes, packing)
+    zero = int(pack_ternary(np.zeros((1, per_byte), np.int8), packing)[0, 0])  # other bytes
+
+    async def testbench(ctx):
+        for byte in range(256):
+            valid = byte
+            if packing == "2bit":     # each invalid 2-bit code 0b10 decodes as 0 on its own
+                valid &= ~sum(3 << 2 * k for k in range(4) if byte >> 2 * k & 3 == 2)
+            elif byte > 242:          # an invalid 1.6-bit byte decodes as five 0s
+                valid = 121
+            t = unpack_ternary(np.array([[valid]], np.uint8), per_byte, packing)[0]
+            for b in range(width):
+                ctx.set(dut.w, sum((byte if c == b else zero) << 8 * c for c in range(width)))
+                pos, neg = ctx.get(dut.pos), ctx.get(dut.neg)
+                for j in range(lanes):
+                    k = j - per_byte * b
+                    want = int(t[k]) if 0 <= k < per_byte else 0
+                    assert (pos >> j & 1, neg >> j & 1) == (want == 1, want == -1), (
+                        f"{packing}: byte {byte} at position {b}, lane {j}")
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+def _sim_rows(lanes, n, count, rng):
+    rows = []
+    for length in sorted({1, lanes, n}):
+        for w, qv in [(1, 127), (-1, 127), (1, -127), (-1, -127), (1, -128)]:
+            rows.append((np.full(length, w, np.int8), np.full(length, qv, np.int8)))
+    for _ in range(count):
+        length = int(rng.integers(1, n + 1))
+        rows.append((rng.integers(-1, 2, length).astype(np.int8),
+                     rng.integers(-128, 128, length).astype(np.int8)))
+    return rows
+
+
+@pytest.mark.parametrize("lanes, n, packing", [
+    (16, 40, "2bit"), (16, 48, "1.6bit"), (4, 9, "2bit"), (1, 3, "1.6bit"),
+], ids=["l16-n40-2bit", "l16-n48-1.6bit", "l4-n9-2bit", "l1-n3-1.6bit"])
+@pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
+def test_sim_matches_golden(lanes, n, packing, gap, ready):
+    """Row sums equal the golden model; at full rate, latency and throughput are as
+    documented."""
+    seed = zlib.crc32(f"{lanes}-{n}-{packing}-{gap}".encode())
+    where = f"lanes {lanes}, n {n}, packing {packing}, gap {gap}, ready {ready}, seed {seed}"
+    rng = np.random.default_rng(seed)
+    traffic = random.Random(seed)
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing)
+    layout = dut.inp.payload.shape()
+    rows = _sim_rows(lanes, n, 150, rng)
+    chunks = [c for t, q in rows for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
+    expected = [int(ternary_accumulate(t[None, :], q)[0]) for t, q in rows]
+    got, inp_cycles, last_cycles, out_cycles = [], [], [], []
+
+    async def source(ctx):
+        for chunk in chunks:
+            while traffic.random() < gap:
+                ctx.set(dut.inp.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.inp.valid, 1)
+            ctx.set(dut.inp.payload, layout.const(chunk))
+            await ctx.tick().until(dut.inp.ready)
+        ctx.set(dut.inp.valid, 0)
+
+    async def sink(ctx):
+        held = None
+        cycle = 0
+        while len(got) < len(rows):
+            accept = traffic.random() < ready
+            ctx.set(dut.out.ready, accept)
+            _, _, valid, payload, in_valid, in_ready, in_last = await ctx.tick().sample(
+                dut.out.valid, dut.out.payload, dut.inp.valid, dut.inp.ready,
+                dut.inp.payload.last)
+            if held is not None:
+                assert valid and payload == held, f"{where}: out changed before its transfer"
+            held = payload if valid and not accept else None
+            if valid and accept:
+                got.append(payload)
+                out_cycles.append(cycle)
+            if in_valid and in_ready:
+                inp_cycles.append(cycle)
+                if in_last:
+                    last_cycles.append(cycle)
+            cycle += 1
+            assert cycle < 20 * len(chunks) + 100, f"{where}: stuck"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g == e, f"{where}: row {i} (length {len(rows[i][0])}): got {g}, expected {e}"
+    assert len(got) == len(expected) and len(inp_cycles) == len(chunks), where
+    if gap == 0.0 and ready == 1.0:
+        assert inp_cycles == list(range(inp_cycles[0], inp_cycles[0] + len(chunks))), where
+        latencies = {o - i for i, o in zip(last_cycles, out_cycles)}
+        assert latencies == {dut.latency}, f"{where}: latencies {latencies}"
+
+
+# --- Verilog, Verilator, cocotb ----------------------------------------------------------------
+
+COCOTB_CONFIGS = [(16, 40, "2bit"), (16, 64, "1.6bit"), (64, 200, "1.6bit"), (64, 256, "2bit")]
+
+
+@pytest.mark.parametrize("lanes, n, packing", COCOTB_CONFIGS,
+                         ids=[f"l{lanes}-n{n}-{packing}" for lanes, n, packing in COCOTB_CONFIGS])
+def test_ternary_cocotb(lanes, n, packing):
+    """Verilator: 1,300 random rows plus extremes per traffic pattern (random gaps and
+    back-pressure; full rate with latency and throughput measured), 4 configurations."""
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing)
+    result = run_cocotb(
+        toplevel="ternary_accumulate",
+        verilog=amaranth_to_verilog(dut, "ternary_accumulate"),
+        test_module="ternary_tb", python_path=[TB_DIR], seed=1,
+        extra_env={"TERNARY_LANES": str(lanes), "TERNARY_N": str(n),
+                   "TERNARY_PACKING": packing, "TERNARY_ROWS": "1300",
+                   "TERNARY_SEED": str(lanes * 1000 + n)},
+    )
+    assert sorted(result.passed) == ["full_rate", "random_traffic"]
