@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """hw/sigmoid.py (ExpCore; Sigmoid in modes sigmoid, SiLU, GELU) against the golden model:
 Amaranth simulation (random traffic, per-vector frac, latency) and cocotb on Verilator
 (exhaustive over int16 at frac 12, random 32-bit at frac 20 and 27, full rate and random
