@@ -157,7 +157,8 @@ class PnrReport:
 
 def place_and_route_ecp5(verilog: str, top: str, *, device: str = "85k",
                          package: str = "CABGA381", speed: int = 6, freq_mhz: float = 50.0,
-                         seed: int = 1, build_dir: Path | None = None) -> PnrReport:
+                         seed: int = 1, build_dir: Path | None = None,
+                         reuse: bool = False) -> PnrReport:
     """Synthesize ``verilog`` with Yosys (``synth_ecp5``) and place and route module ``top``
     out of context with nextpnr-ecp5 (no IO buffers, no pin constraints), through the tools of
     :func:`toolchain_env`.
@@ -165,7 +166,8 @@ def place_and_route_ecp5(verilog: str, top: str, *, device: str = "85k",
     ``freq_mhz`` is the target nextpnr optimizes for; it does not fail on missing it. The work
     happens in ``build_dir`` (default ``build_root()/synth/<top>-<hash>``). Raises
     :class:`ToolchainError` if a tool is missing and ``RuntimeError`` with the end of its log
-    if a tool fails.
+    if a tool fails. With ``reuse``, a ``build_dir`` that already holds the reports of the same
+    Verilog is read back instead of running the tools again.
     """
     if device not in _ECP5_DEVICES:
         raise ValueError(f"device must be one of {', '.join(_ECP5_DEVICES)}, not {device!r}")
@@ -182,7 +184,12 @@ def place_and_route_ecp5(verilog: str, top: str, *, device: str = "85k",
         build_dir = build_root() / "synth" / f"{top}-{key.hexdigest()[:16]}"
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / f"{top}.v").write_text(verilog)
+    source = build_dir / f"{top}.v"
+    if reuse and (build_dir / "report.json").is_file() and (build_dir / f"{top}.json").is_file() \
+            and source.is_file() and source.read_text() == verilog:
+        logger.info("reusing the place and route of %s in %s", top, build_dir)
+        return _pnr_report(build_dir, top, device)
+    source.write_text(verilog)
     (build_dir / "report.json").unlink(missing_ok=True)
 
     _run([tools["yosys"], "-q", "-l", "yosys.log", "-p",
@@ -193,7 +200,10 @@ def place_and_route_ecp5(verilog: str, top: str, *, device: str = "85k",
           "--json", f"{top}.json", "--top", top, "--freq", str(freq_mhz), "--seed", str(seed),
           "--timing-allow-fail"],
          build_dir, env, "nextpnr.log")
+    return _pnr_report(build_dir, top, device)
 
+
+def _pnr_report(build_dir: Path, top: str, device: str) -> PnrReport:
     report = json.loads((build_dir / "report.json").read_text())
     fmax = {clock: float(value["achieved"]) for clock, value in report.get("fmax", {}).items()}
     utilization = {bel: (int(value["used"]), int(value["available"]))
