@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from mmfree.hw.requantizer import Requantizer
 from mmfree.sim.golden import requantize
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
+from stream_sim import run_stream
 
 TB_DIR = Path(__file__).parent / "tb"
 CONFIGS = [(15, 32), (21, 24)]
@@ -42,48 +42,6 @@ def make_words(acc_width, count, rng):
 def golden(word, bits):
     return int(requantize(np.array([word["acc"]]), word["ymax"], word["m"], word["k"],
                           bits)[0])
-
-
-def run_stream(dut, words, *, ready_probability=1.0, gap_probability=0.0, seed=0,
-               limit=1_000_000):
-    """Drive ``words`` into ``dut.inp``, collect as many from ``dut.out`` (checking that valid
-    and payload hold until each transfer); returns (outputs, in cycles, out cycles)."""
-    rng = random.Random(seed)
-    outs, in_cycles, out_cycles = [], [], []
-
-    async def testbench(ctx):
-        index, cycle, presenting, held = 0, 0, False, None
-        while len(outs) < len(words):
-            if not presenting and index < len(words) and rng.random() >= gap_probability:
-                presenting = True
-                ctx.set(dut.inp.payload, words[index])
-            ctx.set(dut.inp.valid, presenting)
-            ready = rng.random() < ready_probability
-            ctx.set(dut.out.ready, ready)
-            valid = ctx.get(dut.out.valid)
-            payload = ctx.get(dut.out.payload)
-            if held is not None:
-                assert valid and payload == held, f"out changed before transfer, cycle {cycle}"
-            held = None
-            if valid:
-                if ready:
-                    outs.append(payload)
-                    out_cycles.append(cycle)
-                else:
-                    held = payload
-            if presenting and ctx.get(dut.inp.ready):
-                in_cycles.append(cycle)
-                presenting = False
-                index += 1
-            await ctx.tick()
-            cycle += 1
-            assert cycle < limit, "timeout"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return outs, in_cycles, out_cycles
 
 
 def test_requantizer_parameters():
