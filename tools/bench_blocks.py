@@ -18,11 +18,11 @@ import importlib
 import importlib.metadata
 import json
 import logging
-import os
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .bench_golden import machine
 
 __all__ = ["BlockConfig", "BENCH", "SMALL", "BlockResult", "synthesize", "cell_counts",
            "render", "main"]
@@ -129,19 +129,6 @@ def tool_versions() -> str:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{dist} (not installed)")
     return ", ".join(versions)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 def render(results: list[BlockResult], *, command: str, freq_mhz: float,

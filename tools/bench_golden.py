@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -24,6 +25,7 @@ CONFIG = ModelConfig(vocab_size=256, hidden_size=128, num_layers=4, intermediate
 
 
 def machine() -> str:
+    """CPU model, cores, OS and Python, for benchmark reports."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -32,7 +34,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, numpy {np.__version__}")
 
