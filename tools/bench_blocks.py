@@ -64,6 +64,7 @@ BENCH = [
     BlockConfig("sigmoid", "sigmoid", "Sigmoid", {"mode": "sigmoid"}),
     BlockConfig("rmsnorm", "rmsnorm", "RMSNorm", {"n_max": 2048}),
     BlockConfig("shiftmax", "shiftmax", "Shiftmax", {"n_max": 2048, "in_width": 32}),
+    BlockConfig("shiftgelu", "shiftgelu", "ShiftGELU", {"n_max": 2048, "in_width": 32}),
     BlockConfig("requantizer", "requantizer", "Requantizer", {"acc_width": 32, "out_bits": 8}),
     BlockConfig("quantizer", "quantizer", "ActivationQuantizer", {"n_max": 2048}),
     BlockConfig("sampler", "sampler", "Sampler", {"vocab": 256}),
@@ -80,6 +81,7 @@ SMALL = [
     BlockConfig("sigmoid", "sigmoid", "Sigmoid", {"mode": "sigmoid"}),
     BlockConfig("rmsnorm_small", "rmsnorm", "RMSNorm", {"n_max": 16}),
     BlockConfig("shiftmax_small", "shiftmax", "Shiftmax", {"n_max": 16, "in_width": 16}),
+    BlockConfig("shiftgelu_small", "shiftgelu", "ShiftGELU", {"n_max": 16, "in_width": 8}),
     BlockConfig("requantizer_small", "requantizer", "Requantizer",
                 {"acc_width": 16, "out_bits": 8}),
 ]
