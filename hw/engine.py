@@ -1,0 +1,462 @@
+"""The decode engine: one whole HGRN-Bit token step in hardware, bit-exact with
+:func:`mmfree.sim.golden.decode_step` and the sampler of :func:`mmfree.sim.decoding.generate`."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.mixer import EmbedUnit, GateUnit, ProductUnit, ResidualAdd, saturate
+from mmfree.hw.quantizer import ActivationQuantizer
+from mmfree.hw.requantizer import Requantizer
+from mmfree.hw.rmsnorm import RMSNorm
+from mmfree.hw.sampler import Sampler
+from mmfree.hw.sigmoid import Sigmoid
+from mmfree.hw.ternary import TernaryAccumulate
+from mmfree.hw.vector_reader import VectorReader
+from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, REGION, REGION_SHIFT, EngineImage,
+                               Op)
+from mmfree.sim.golden import ACT_BITS, LOGIT_BITS, NORM_W_BITS, SAMPLER_N
+from mmfree.hw.shiftmax import x0_shape
+
+__all__ = ["Engine", "INSTR_LAYOUT"]
+
+INSTR_LAYOUT = data.StructLayout({
+    name: (signed(width) if is_signed else unsigned(width))
+    for name, width, is_signed in INSTR_FIELDS})
+
+
+class _State(enum.Enum, shape=4):
+    IDLE    = 0
+    FETCH   = 1    # read the instruction at pc
+    DECODE  = 2    # latch it; skip it, end the step, or start it
+    START   = 3    # start the op's readers
+    EMB_M   = 4    # EMBED: take the row multiplier emb_m[token], start the row
+    RUN     = 5    # wait for the op's last result
+    TERN    = 6    # BITLINEAR/HEAD: the q vector is complete; start the rows
+    WAIT_T  = 7    # BITLINEAR/HEAD: wait for the last row (HEAD: the sampled token)
+
+
+class Engine(wiring.Component):
+    """Executes the decode step of an :class:`~mmfree.sim.engine.EngineImage` (one model,
+    one lane count), one instruction at a time.
+
+    Datapath (shared by every instruction): three vector-memory readers, a constant reader
+    and an embedding reader feed :class:`~mmfree.hw.rmsnorm.RMSNorm`,
+    :class:`~mmfree.hw.quantizer.ActivationQuantizer` (into the q buffer),
+    :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row per pass, weights
+    from ``tmem``) and :class:`~mmfree.hw.requantizer.Requantizer`, the sigmoid/SiLU(/GELU)
+    units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer stores results in
+    the vector memory. The schedule and its cycle count are documented in ``docs/engine.md``
+    and computed by :func:`mmfree.sim.engine_schedule.step_cycles`.
+
+    Members
+    -------
+    step : In(stream.Signature(StructLayout({"token": ..., "emit": 1})))
+        One decode step per transfer (taken while idle). ``emit = 0`` skips the final norm,
+        the lm_head and the sampler (prompt tokens before the last).
+    token : Out(stream.Signature(unsigned(...)))
+        The token chosen at the end of each step with ``emit = 1``.
+    x0, seed, seed_load :
+        The sampler's temperature constant (0: greedy) and PRNG seed/strobe (see
+        :class:`~mmfree.hw.sampler.Sampler`); change them only while idle.
+    reset_state : In(1)
+        Strobe while idle: the recurrent state of every layer becomes zero.
+    load : In(stream.Signature(StructLayout({"addr": 32, "data": 32})))
+        Writes one 32-bit word of the image (:meth:`EngineImage.load_words`); taken while idle.
+    busy : Out(1)
+    cycles : Out(32)
+        Cycles of the last step, from the ``step`` transfer to the return to idle.
+    peek_addr, peek_data :
+        Debug read port of the vector memory (one cycle latency), with ``debug=True``.
+    """
+
+    def __init__(self, image: EngineImage, *, debug: bool = True):
+        if not isinstance(image, EngineImage):
+            raise TypeError(f"image must be an EngineImage, not {image!r}")
+        self._image = image
+        self._debug = debug
+        cfg = image.im.config
+        self._vbits = max(1, (image.vmem_depth - 1).bit_length())
+        members = {
+            "step":        In(stream.Signature(data.StructLayout({
+                "token": unsigned(max(1, (cfg.vocab_size - 1).bit_length())), "emit": 1}))),
+            "token":       Out(stream.Signature(unsigned(max(1, (cfg.vocab_size - 1)
+                                                                 .bit_length())))),
+            "x0":          In(x0_shape(SAMPLER_N)),
+            "seed":        In(32),
+            "seed_load":   In(1),
+            "reset_state": In(1),
+            "load":        In(stream.Signature(data.StructLayout({"addr": 32, "data": 32}))),
+            "busy":        Out(1),
+            "cycles":      Out(32),
+        }
+        if debug:
+            members["peek_addr"] = In(unsigned(self._vbits))
+            members["peek_data"] = Out(signed(ACT_BITS))
+        super().__init__(members)
+
+    @property
+    def image(self) -> EngineImage:
+        return self._image
+
+    def elaborate(self, platform):
+        m = Module()
+        image, cfg = self._image, self._image.im.config
+        lanes, d, inter = image.lanes, cfg.hidden_size, cfg.intermediate_size
+        regions = image.regions
+
+        # --- memories -------------------------------------------------------------------
+        m.submodules.prog = prog = Memory(shape=unsigned(32 * INSTR_WORDS),
+                                          depth=len(image.program), init=image.prog_init())
+        m.submodules.cmem = cmem = Memory(shape=unsigned(32), depth=len(image.cmem),
+                                          init=[v & 0xFFFF_FFFF for v in image.cmem])
+        m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
+                                        init=image.emb)
+        tmem_width = 32 * image.tmem_words
+        m.submodules.tmem = tmem = Memory(shape=unsigned(tmem_width), depth=len(image.tmem),
+                                          init=image.tmem)
+        m.submodules.vmem = vmem = Memory(shape=signed(ACT_BITS), depth=image.vmem_depth,
+                                          init=[])
+        q_depth = -(-image.n_max // lanes)
+        m.submodules.qbuf = qbuf = Memory(shape=unsigned(8 * lanes), depth=q_depth, init=[])
+
+        # --- units ----------------------------------------------------------------------
+        vbits = self._vbits
+        m.submodules.r0 = r0 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
+        m.submodules.r1 = r1 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
+        m.submodules.r2 = r2 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
+        cbits = max(1, (len(image.cmem) - 1).bit_length())
+        m.submodules.rc = rc = VectorReader(shape=unsigned(32), addr_width=cbits)
+        ebits = max(1, (len(image.emb) - 1).bit_length())
+        m.submodules.re = re = VectorReader(shape=unsigned(32), addr_width=ebits)
+        for reader, memory in ((r0, vmem), (r1, vmem), (r2, vmem), (rc, cmem), (re, emb)):
+            port = memory.read_port()
+            m.d.comb += [port.addr.eq(reader.addr), port.en.eq(reader.en),
+                         reader.data.eq(port.data)]
+
+        m.submodules.norm = norm = RMSNorm(n_max=image.n_max, in_width=ACT_BITS,
+                                           w_width=NORM_W_BITS)
+        m.submodules.quant = quant = ActivationQuantizer(n_max=image.n_max, in_width=32)
+        m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
+                                                     packing=cfg.packing)
+        m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
+                                                     out_bits=ACT_BITS)
+        m.submodules.sig = sig = Sigmoid(mode="sigmoid")
+        m.submodules.silu = silu = Sigmoid(mode="silu")
+        if cfg.hidden_act == "silu":
+            act = silu
+        else:
+            m.submodules.act = act = Sigmoid(mode="gelu")
+        m.submodules.gate = gate = GateUnit()
+        m.submodules.product = product = ProductUnit()
+        m.submodules.residual = residual = ResidualAdd()
+        m.submodules.embed = embed = EmbedUnit()
+        m.submodules.sampler = sampler = Sampler(vocab=cfg.vocab_size, logit_width=LOGIT_BITS)
+
+        # --- sequencer state ------------------------------------------------------------
+        state = Signal(_State)
+        pc = Signal(range(len(image.program) + 1))
+        instr = Signal(INSTR_LAYOUT)
+        op = instr.op
+        token = Signal.like(self.step.payload.token)
+        emit = Signal()
+        h_valid = Signal(max(1, cfg.num_layers))
+        count = Signal(16)            # results written by the current op
+        q_count = Signal(16)          # q elements written into the q buffer
+        ymax = Signal(32)
+        start = Signal()              # strobe: start the op's readers
+        cycles = Signal(32)
+
+        prog_rd = prog.read_port()
+        m.d.comb += [prog_rd.addr.eq(pc), prog_rd.en.eq(state == _State.FETCH)]
+        m.d.comb += self.busy.eq(state != _State.IDLE)
+        m.d.comb += self.cycles.eq(cycles)
+        with m.If(state != _State.IDLE):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # --- readers: bases and counts per op ------------------------------------------
+        for reader in (r0, r1, r2, rc, re):
+            m.d.comb += reader.start.eq(start)
+        m.d.comb += [
+            r0.base.eq(instr.src),
+            r0.count.eq(Mux(op == Op.EMBED, 0, instr.n_in)),
+            r2.base.eq(instr.aux),
+            r2.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.MLGRU_O), instr.n_in, 0)),
+            rc.base.eq(instr.cbase),
+            re.base.eq(token * (d // 4)),
+            re.count.eq(Mux((op == Op.EMBED) & (state == _State.EMB_M), d // 4, 0)),
+        ]
+        with m.Switch(op):
+            with m.Case(Op.MLGRU_H):
+                m.d.comb += [r1.base.eq(regions["I"]), r1.count.eq(instr.n_in),
+                             rc.count.eq(instr.n_in)]
+            with m.Case(Op.MLGRU_O):
+                m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in),
+                             r0.count.eq(0)]
+            with m.Case(Op.GLU):
+                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(instr.n_in)]
+            with m.Case(Op.BITLINEAR, Op.HEAD):
+                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0)),
+                             rc.count.eq(instr.n_in)]
+            with m.Case(Op.NORM):
+                m.d.comb += rc.count.eq(instr.n_in)
+            with m.Case(Op.EMBED):
+                m.d.comb += [rc.base.eq(instr.cbase + token),
+                             rc.count.eq(state == _State.START)]
+
+        # --- RMSNorm -> quantizer -> q buffer --------------------------------------------
+        norm_ops = (op == Op.NORM) | (op == Op.BITLINEAR) | (op == Op.HEAD)
+        m.d.comb += [
+            norm.eps.eq(instr.eps),
+            norm.out_shift.eq(instr.out_shift),
+            norm.inp.payload.data.eq(r0.out.payload.data),
+            norm.inp.payload.first.eq(r0.out.payload.first),
+            norm.inp.payload.last.eq(r0.out.payload.last),
+            norm.w.payload.data.eq(rc.out.payload.data[:NORM_W_BITS]),
+            quant.inp.payload.eq(norm.out.payload),
+        ]
+        with m.If(norm_ops):
+            m.d.comb += [
+                norm.inp.valid.eq(r0.out.valid), r0.out.ready.eq(norm.inp.ready),
+                norm.w.valid.eq(rc.out.valid), rc.out.ready.eq(norm.w.ready),
+            ]
+        with m.If((op == Op.BITLINEAR) | (op == Op.HEAD)):
+            m.d.comb += [quant.inp.valid.eq(norm.out.valid), norm.out.ready.eq(quant.inp.ready)]
+        q_wr = qbuf.write_port(granularity=8)
+        lane_bits = (lanes - 1).bit_length()
+        q_data = quant.out.payload.data
+        m.d.comb += [
+            quant.out.ready.eq(1),
+            q_wr.addr.eq(q_count >> lane_bits),
+            q_wr.data.eq(Cat(*[q_data] * lanes)),
+        ]
+        with m.If(quant.out.valid):
+            m.d.comb += q_wr.en.eq(Const(1, lanes) << q_count[:lane_bits] if lanes > 1 else 1)
+            m.d.sync += [q_count.eq(q_count + 1), ymax.eq(quant.out.payload.ymax)]
+
+        # --- ternary rows -> requantizer (-> residual add) -------------------------------
+        rows_total = Signal(32)
+        issue = Signal(32)            # chunks issued
+        chunk = Signal(16)
+        t_rd = tmem.read_port()
+        q_rd = qbuf.read_port()
+        t_valid = Signal()
+        t_last = Signal()
+        t_addr = Signal(range(max(2, len(image.tmem))))
+        advance = ~t_valid | tern.inp.ready
+        m.d.comb += [
+            t_rd.addr.eq(t_addr), t_rd.en.eq(advance),
+            q_rd.addr.eq(chunk), q_rd.en.eq(advance),
+            tern.inp.valid.eq(t_valid),
+            tern.inp.payload.w.eq(t_rd.data[:tern.w_bits]),
+            tern.inp.payload.q.eq(q_rd.data),
+            tern.inp.payload.last.eq(t_last),
+        ]
+        with m.If(state == _State.TERN):
+            m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
+                         rows_total.eq(instr.n_out * instr.chunks)]
+        with m.Elif(advance):
+            more = (state == _State.WAIT_T) & (issue != rows_total)
+            m.d.sync += [t_valid.eq(more), t_last.eq(chunk == instr.chunks - 1)]
+            with m.If(more):
+                m.d.sync += [issue.eq(issue + 1), t_addr.eq(t_addr + 1),
+                             chunk.eq(Mux(chunk == instr.chunks - 1, 0, chunk + 1))]
+
+        row_out = Signal(16)          # rows out of the ternary unit
+        with m.If(state == _State.TERN):
+            m.d.sync += row_out.eq(0)
+        with m.Elif(tern.out.valid & tern.out.ready):
+            m.d.sync += row_out.eq(row_out + 1)
+        m.d.comb += [
+            requant.inp.valid.eq(tern.out.valid),
+            tern.out.ready.eq(requant.inp.ready),
+            requant.inp.payload.acc.eq(tern.out.payload),
+            requant.inp.payload.ymax.eq(ymax),
+            requant.inp.payload.m.eq(instr.m),
+            requant.inp.payload.k.eq(instr.k),
+            requant.inp.payload.first.eq(row_out == 0),
+            requant.inp.payload.last.eq(row_out == instr.n_out - 1),
+            residual.a.payload.eq(requant.out.payload.data),
+            residual.b.payload.eq(r1.out.payload.data),
+            sampler.logits.payload.data.eq(saturate(m, requant.out.payload.data, LOGIT_BITS,
+                                                    "logit")),
+            sampler.logits.payload.first.eq(requant.out.payload.first),
+            sampler.logits.payload.last.eq(requant.out.payload.last),
+        ]
+        with m.If(op == Op.HEAD):
+            m.d.comb += [sampler.logits.valid.eq(requant.out.valid),
+                         requant.out.ready.eq(sampler.logits.ready)]
+        with m.Elif((op == Op.BITLINEAR) & instr.add):
+            m.d.comb += [residual.a.valid.eq(requant.out.valid),
+                         requant.out.ready.eq(residual.a.ready),
+                         residual.b.valid.eq(r1.out.valid), r1.out.ready.eq(residual.b.ready)]
+
+        # --- sampler --------------------------------------------------------------------
+        m.d.comb += [
+            sampler.x0.eq(self.x0), sampler.seed.eq(self.seed), sampler.load.eq(self.seed_load),
+            self.token.payload.eq(sampler.token.payload),
+            self.token.valid.eq(sampler.token.valid),
+            sampler.token.ready.eq(self.token.ready),
+        ]
+
+        # --- MLGRU and GLU --------------------------------------------------------------
+        layer_valid = h_valid.bit_select(instr.layer[:max(1, (cfg.num_layers - 1).bit_length())],
+                                         1)
+        m.d.comb += [
+            sig.frac.eq(instr.frac_a),
+            silu.frac.eq(instr.frac_b),
+            sig.inp.payload.eq(r0.out.payload),
+            gate.sig.payload.eq(sig.out.payload.data),
+            gate.silu.payload.eq(silu.out.payload.data),
+            gate.h.payload.eq(Mux(layer_valid, r2.out.payload.data, 0)),
+            gate.lb.payload.eq(rc.out.payload.data[:21]),
+            gate.has_lb.eq(instr.has_lb),
+            product.shift.eq(instr.shift[:6]),
+            product.b.payload.eq(r1.out.payload.data),
+        ]
+        if act is not silu:
+            m.d.comb += [act.frac.eq(instr.frac_a), act.inp.payload.eq(r0.out.payload)]
+        with m.Switch(op):
+            with m.Case(Op.MLGRU_H):
+                m.d.comb += [
+                    sig.inp.valid.eq(r0.out.valid), r0.out.ready.eq(sig.inp.ready),
+                    silu.inp.payload.eq(r1.out.payload),
+                    silu.inp.valid.eq(r1.out.valid), r1.out.ready.eq(silu.inp.ready),
+                    gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
+                    gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
+                    gate.h.valid.eq(r2.out.valid), r2.out.ready.eq(gate.h.ready),
+                    gate.lb.valid.eq(rc.out.valid), rc.out.ready.eq(gate.lb.ready),
+                ]
+            with m.Case(Op.MLGRU_O):
+                m.d.comb += [
+                    silu.inp.payload.eq(r2.out.payload),
+                    silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
+                    product.a.payload.eq(silu.out.payload.data),
+                    product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
+                    product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
+                ]
+            with m.Case(Op.GLU):
+                if act is silu:
+                    m.d.comb += silu.frac.eq(instr.frac_a)
+                m.d.comb += [
+                    act.inp.payload.eq(r0.out.payload),
+                    act.inp.valid.eq(r0.out.valid), r0.out.ready.eq(act.inp.ready),
+                    product.a.payload.eq(act.out.payload.data),
+                    product.a.valid.eq(act.out.valid), act.out.ready.eq(product.a.ready),
+                    product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
+                ]
+            with m.Case(Op.EMBED):
+                byte = Signal(2)
+                m.d.comb += [
+                    embed.q.payload.eq(re.out.payload.data.word_select(byte, 8)),
+                    embed.q.valid.eq(re.out.valid),
+                    re.out.ready.eq(embed.q.ready & (byte == 3)),
+                ]
+                with m.If(embed.q.valid & embed.q.ready):
+                    m.d.sync += byte.eq(byte + 1)
+        mult = Signal(15)
+        m.d.comb += [embed.mult.eq(mult), embed.shift.eq(instr.shift)]
+
+        # --- the writer -----------------------------------------------------------------
+        v_wr = vmem.write_port()
+        result = Signal(signed(ACT_BITS))
+        result_valid = Signal()
+        with m.Switch(op):
+            with m.Case(Op.EMBED):
+                m.d.comb += [result.eq(embed.out.payload), result_valid.eq(embed.out.valid),
+                             embed.out.ready.eq(1)]
+            with m.Case(Op.NORM):
+                m.d.comb += [result.eq(norm.out.payload.data), result_valid.eq(norm.out.valid),
+                             norm.out.ready.eq(1)]
+            with m.Case(Op.MLGRU_H):
+                m.d.comb += [result.eq(gate.out.payload), result_valid.eq(gate.out.valid),
+                             gate.out.ready.eq(1)]
+            with m.Case(Op.MLGRU_O, Op.GLU):
+                m.d.comb += [result.eq(product.out.payload), result_valid.eq(product.out.valid),
+                             product.out.ready.eq(1)]
+            with m.Case(Op.BITLINEAR):
+                with m.If(instr.add):
+                    m.d.comb += [result.eq(residual.out.payload),
+                                 result_valid.eq(residual.out.valid), residual.out.ready.eq(1)]
+                with m.Else():
+                    m.d.comb += [result.eq(requant.out.payload.data),
+                                 result_valid.eq(requant.out.valid), requant.out.ready.eq(1)]
+        load_region = self.load.payload.addr[REGION_SHIFT:]
+        load_index = self.load.payload.addr[:REGION_SHIFT]
+        with m.If(result_valid):
+            m.d.comb += [v_wr.addr.eq(instr.dst + count), v_wr.data.eq(result), v_wr.en.eq(1)]
+            m.d.sync += count.eq(count + 1)
+
+        # --- the load port --------------------------------------------------------------
+        m.d.comb += self.load.ready.eq(state == _State.IDLE)
+        loading = self.load.valid & self.load.ready
+        for memory, region, words in ((prog, "prog", INSTR_WORDS), (cmem, "cmem", 1),
+                                      (emb, "emb", 1), (tmem, "tmem", image.tmem_words)):
+            port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
+            sub_bits = (words - 1).bit_length()
+            m.d.comb += [
+                port.addr.eq(load_index >> sub_bits),
+                port.data.eq(Cat(*[self.load.payload.data] * words)),
+            ]
+            hit = loading & (load_region == REGION[region])
+            if words > 1:
+                m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
+            else:
+                m.d.comb += port.en.eq(hit)
+
+        if self._debug:
+            peek = vmem.read_port()
+            m.d.comb += [peek.addr.eq(self.peek_addr), self.peek_data.eq(peek.data)]
+
+        self._dbg = dict(state=state, pc=pc, count=count, q_count=q_count, op=op,
+                         re_valid=re.out.valid, re_ready=re.out.ready, ev=embed.out.valid,
+                         rv=result_valid, eq=embed.q.valid, eqr=embed.q.ready)
+        # --- the sequencer --------------------------------------------------------------
+        m.d.comb += self.step.ready.eq(state == _State.IDLE)
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
+                with m.If(self.reset_state):
+                    m.d.sync += h_valid.eq(0)
+                with m.If(self.step.valid):
+                    m.d.sync += [token.eq(self.step.payload.token), emit.eq(self.step.payload.emit),
+                                 pc.eq(0), cycles.eq(1), state.eq(_State.FETCH)]
+            with m.Case(_State.FETCH):
+                m.d.sync += state.eq(_State.DECODE)
+            with m.Case(_State.DECODE):
+                m.d.sync += [instr.eq(prog_rd.data[:INSTR_LAYOUT.size]),
+                             count.eq(0), q_count.eq(0)]
+                decoded = Signal(INSTR_LAYOUT)
+                m.d.comb += decoded.eq(prog_rd.data[:INSTR_LAYOUT.size])
+                with m.If(decoded.emit_only & ~emit):
+                    m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
+                with m.Elif(decoded.op == Op.END):
+                    m.d.sync += state.eq(_State.IDLE)
+                with m.Else():
+                    m.d.sync += state.eq(_State.START)
+            with m.Case(_State.START):
+                m.d.comb += start.eq(1)
+                m.d.sync += state.eq(Mux(op == Op.EMBED, _State.EMB_M, _State.RUN))
+            with m.Case(_State.EMB_M):
+                m.d.comb += rc.out.ready.eq(1)
+                with m.If(rc.out.valid):
+                    m.d.sync += mult.eq(rc.out.payload.data[:15])
+                    m.d.comb += start.eq(1)
+                    m.d.sync += state.eq(_State.RUN)
+            with m.Case(_State.RUN):
+                with m.If((op == Op.BITLINEAR) | (op == Op.HEAD)):
+                    with m.If(q_count == instr.n_in):
+                        m.d.sync += state.eq(_State.TERN)
+                with m.Elif(count == instr.n_in):
+                    with m.If(op == Op.MLGRU_H):
+                        m.d.sync += h_valid.eq(h_valid | (Const(1, len(h_valid)) << instr.layer))
+                    m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
+            with m.Case(_State.TERN):
+                m.d.sync += state.eq(_State.WAIT_T)
+            with m.Case(_State.WAIT_T):
+                with m.If(op == Op.HEAD):
+                    with m.If(self.token.valid & self.token.ready):
+                        m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
+                with m.Elif(count == instr.n_out):
+                    m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
+        return m

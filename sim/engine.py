@@ -1,0 +1,275 @@
+"""The decode engine's program and memory image, computed on the host from an integer model.
+
+:class:`EngineImage` turns an :class:`~mmfree.sim.golden.IntModel` and a lane count into what
+:class:`mmfree.hw.engine.Engine` holds in its memories: the layer program (one
+:data:`INSTR_LAYOUT` instruction per step of the schedule), the constants (norm weights,
+lower bounds, embedding multipliers), the int8 embeddings, and the packed ternary weights
+in the order the ternary unit reads them. The same words are the memory initialization of a
+generated engine and the payload of the load port (:meth:`EngineImage.load_words`).
+
+Everything here is plain Python/numpy: the host tools import it without Amaranth.
+
+Vector memory (``vmem``, 32-bit signed words), regions in this order: ``X`` (residual
+stream), ``R`` (residual after the token mixer), ``N`` (output of a stand-alone RMSNorm:
+attention/mlp/final norm), ``I``, ``F``, ``G`` (the MLGRU projections), ``GN`` (RMSNorm(g)),
+``O`` (the token mixer's output), ``GU`` (gate and up, ``2 I``), ``P`` (the GLU product,
+``I``), ``H`` (the recurrent state, ``L x d``, layer ``l`` at ``H + l d``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmfree.sim import golden
+from mmfree.sim.packing import WEIGHTS_PER_BYTE, pack_ternary
+
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "chunk_bytes"]
+
+
+class Op(enum.IntEnum):
+    """Instruction opcodes (the hardware's ``op`` field)."""
+    END       = 0   # the step is over
+    EMBED     = 1   # X = shift_round(emb_q[token] * emb_m[token], emb_k)
+    NORM      = 2   # dst = RMSNorm(src) with the constants at cbase
+    BITLINEAR = 3   # dst = BitLinear(src) (+ aux, saturated, when `add`)
+    MLGRU_H   = 4   # H[l] = f * H[l] + SiLU(i) * (1 - f), f = lb + (1 - lb) * sigmoid(F)
+    MLGRU_O   = 5   # O = RMSNorm(g) * SiLU(H[l])
+    GLU       = 6   # P = act(GU[:I]) * GU[I:]
+    HEAD      = 7   # logits = BitLinear(src) into the sampler; the step's token comes out
+
+
+#: Fields of an instruction, (name, width, signed). The hardware layout is built from this
+#: list; :meth:`EngineImage.instr_words` packs instructions in this order, LSB first.
+INSTR_FIELDS = [
+    ("op",        3, False),
+    ("emit_only", 1, False),   # skipped in a step that does not emit a token (prefill)
+    ("add",       1, False),   # BITLINEAR: add the vector at aux, saturate to 32 bits
+    ("has_lb",    1, False),   # MLGRU_H: the layer has a lower bound (layers > 0)
+    ("layer",     8, False),   # MLGRU_H/O: the layer (its state-valid flag)
+    ("src",      20, False),   # vmem addresses
+    ("dst",      20, False),
+    ("aux",      20, False),
+    ("n_in",     16, False),   # input length (BITLINEAR/HEAD/NORM) or vector length
+    ("n_out",    16, False),   # rows (BITLINEAR/HEAD)
+    ("cbase",    24, False),   # cmem address of the norm weights (or lower bounds)
+    ("eps",      61, False),   # RMSNorm constants
+    ("out_shift", 6, False),
+    ("tbase",    24, False),   # tmem row of the first chunk
+    ("chunks",   16, False),   # chunks per row: ceil(n_in / lanes)
+    ("m",        15, False),   # requantizer multiplier and shift
+    ("k",         6, False),
+    ("frac_a",    5, False),   # sigmoid/SiLU input formats
+    ("frac_b",    5, False),
+    ("shift",     7, True),    # the shift of the elementwise product (EMBED: emb_k)
+]
+INSTR_BITS = sum(width for _, width, _ in INSTR_FIELDS)
+INSTR_WORDS = 1 << math.ceil(math.log2(-(-INSTR_BITS // 32)))   # power of two
+
+#: Load-port regions: word address = (region << REGION_SHIFT) | index.
+REGION_SHIFT = 24
+REGION = {"prog": 0, "cmem": 1, "emb": 2, "tmem": 3}
+
+
+def chunk_bytes(lanes: int, packing: str) -> int:
+    """Bytes of one chunk of ``lanes`` packed weights (as :func:`mmfree.hw.unpack.chunk_bytes`)."""
+    return -(-lanes // WEIGHTS_PER_BYTE[packing])
+
+
+def _pow2_words(bits: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(-(-bits // 32))))
+
+
+@dataclass
+class EngineImage:
+    """The program and memory contents of an engine for one model and lane count.
+
+    ``lanes``: a power of two, at least 4 (``"2bit"``) or 1 (``"1.6bit"``).
+    """
+    im: golden.IntModel
+    lanes: int
+    regions: dict = field(init=False)
+    program: list = field(init=False)
+    cmem: list = field(init=False)
+    emb: list = field(init=False)
+    tmem: list = field(init=False)          # one int per chunk (chunk_bytes, little-endian)
+
+    def __post_init__(self):
+        cfg = self.im.config
+        lanes = self.lanes
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes <= 0 or \
+                lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a positive power of two, not {lanes!r}")
+        if cfg.packing == "2bit" and lanes < 4:
+            raise ValueError(f"lanes must be at least 4 for 2bit packing, not {lanes}")
+        d, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+        if d % 4:
+            raise ValueError(f"hidden_size must be a multiple of 4 for the engine, not {d}")
+        if layers > 255:
+            raise ValueError(f"num_layers must be at most 255 for the engine, not {layers}")
+        sizes = [("X", d), ("R", d), ("N", d), ("I", d), ("F", d), ("G", d), ("GN", d),
+                 ("O", d), ("GU", 2 * inter), ("P", inter), ("H", layers * d)]
+        self.regions, base = {}, 0
+        for name, size in sizes:
+            self.regions[name] = base
+            base += size
+        self.vmem_depth = base
+        self.n_max = max(d, inter)
+        self._cmem, self._tmem, self.program = [], [], []
+        self.cmem_emb_m = self._const(self.im.emb_m)
+        self._build()
+        self.cmem = self._cmem
+        self.tmem = self._tmem
+        self.emb = [int.from_bytes(row.tobytes(), "little")
+                    for row in self.im.emb_q.astype(np.int8).reshape(-1, 4)]
+
+    # -- construction ---------------------------------------------------------------------
+
+    def _const(self, values) -> int:
+        base = len(self._cmem)
+        self._cmem.extend(int(v) for v in values)
+        return base
+
+    def _check(self, name, value, lo, hi):
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} = {value} is outside the engine's range {lo}..{hi}")
+        return value
+
+    def _norm_fields(self, nc: golden.NormConst, what: str) -> dict:
+        return {"cbase": self._const(nc.w), "eps": nc.eps,
+                "out_shift": self._check(f"{what}: RMSNorm out_shift",
+                                         30 + nc.w_frac - nc.f_out, 0, 63)}
+
+    def _ternary(self, T: np.ndarray) -> tuple[int, int]:
+        rows, n = T.shape
+        chunks = -(-n // self.lanes)
+        t = np.zeros((rows, chunks * self.lanes), dtype=np.int8)
+        t[:, :n] = T
+        packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.im.config.packing)
+        base = len(self._tmem)
+        self._tmem.extend(int.from_bytes(row.tobytes(), "little") for row in packed)
+        return base, chunks
+
+    def _bitlinear(self, bl: golden.BitLinearConst, what: str, src: int, dst: int = 0,
+                   **extra) -> dict:
+        tbase, chunks = self._ternary(bl.T)
+        instr = {"op": Op.BITLINEAR, "src": src, "dst": dst, "n_in": bl.T.shape[1],
+                 "n_out": bl.T.shape[0], "tbase": tbase, "chunks": chunks, "m": bl.m,
+                 "k": self._check(f"{what}: requantizer shift k", bl.k, 1, 63),
+                 **self._norm_fields(bl.norm, what)}
+        instr.update(extra)
+        return instr
+
+    def _frac(self, what, value):
+        return self._check(f"{what}: activation format", value, 0, 31)
+
+    def _build(self):
+        im, reg, d = self.im, self.regions, self.im.config.hidden_size
+        inter = im.config.intermediate_size
+        prog = self.program
+        prog.append({"op": Op.EMBED, "dst": reg["X"], "n_in": d, "cbase": self.cmem_emb_m,
+                     "shift": self._check("embedding shift emb_k", im.emb_k, -15, 63)})
+        for index, lc in enumerate(im.layers):
+            what = f"layer {index}"
+            h = reg["H"] + index * d
+            prog.append({"op": Op.NORM, "src": reg["X"], "dst": reg["N"], "n_in": d,
+                         **self._norm_fields(lc.attn_norm, f"{what} attn_norm")})
+            for name, region in (("i_proj", "I"), ("f_proj", "F"), ("g_proj", "G")):
+                prog.append(self._bitlinear(getattr(lc, name), f"{what} {name}", reg["N"],
+                                            reg[region]))
+            prog.append({"op": Op.NORM, "src": reg["G"], "dst": reg["GN"], "n_in": d,
+                         **self._norm_fields(lc.g_norm, f"{what} g_norm")})
+            f_i, f_f = lc.i_proj.f_out, lc.f_proj.f_out
+            lb = {"has_lb": 1, "cbase": self._const(lc.lb)} if lc.lb is not None else {}
+            prog.append({"op": Op.MLGRU_H, "src": reg["F"], "dst": h, "aux": h, "n_in": d, "layer": index,
+                         "frac_a": self._frac(f"{what} f_proj", f_f),
+                         "frac_b": self._frac(f"{what} i_proj", f_i), **lb})
+            prog.append({"op": Op.MLGRU_O, "aux": h, "dst": reg["O"], "n_in": d,
+                         "layer": index, "frac_b": f_i,
+                         "shift": self._check(f"{what}: o shift", golden.F_NORM + f_i - lc.f_o,
+                                              1, 63)})
+            prog.append(self._bitlinear(lc.o_proj, f"{what} o_proj", reg["O"], reg["R"],
+                                        add=1, aux=reg["X"]))
+            prog.append({"op": Op.NORM, "src": reg["R"], "dst": reg["N"], "n_in": d,
+                         **self._norm_fields(lc.mlp_norm, f"{what} mlp_norm")})
+            prog.append(self._bitlinear(lc.gate_proj, f"{what} gate_proj", reg["N"],
+                                        reg["GU"]))
+            f_gu = lc.gate_proj.f_out
+            prog.append({"op": Op.GLU, "src": reg["GU"], "aux": reg["GU"] + inter,
+                         "dst": reg["P"], "n_in": inter,
+                         "frac_a": self._frac(f"{what} gate_proj", f_gu),
+                         "shift": self._check(f"{what}: GLU shift", 2 * f_gu - lc.f_p, 1, 63)})
+            prog.append(self._bitlinear(lc.down_proj, f"{what} down_proj", reg["P"], reg["X"],
+                                        add=1, aux=reg["R"]))
+        prog.append({"op": Op.NORM, "src": reg["X"], "dst": reg["N"], "n_in": d,
+                     "emit_only": 1, **self._norm_fields(im.norm, "final norm")})
+        head = self._bitlinear(im.lm_head, "lm_head", reg["N"], emit_only=1)
+        head["op"] = Op.HEAD
+        prog.append(head)
+        prog.append({"op": Op.END})
+        for instr in prog:
+            for name, width, signed in INSTR_FIELDS:
+                value = int(instr.setdefault(name, 0))
+                lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else \
+                    (0, (1 << width) - 1)
+                self._check(f"instruction field {name}", value, lo, hi)
+
+    # -- contents -------------------------------------------------------------------------
+
+    @property
+    def packing(self) -> str:
+        return self.im.config.packing
+
+    @property
+    def chunk_bits(self) -> int:
+        return 8 * chunk_bytes(self.lanes, self.packing)
+
+    @property
+    def tmem_words(self) -> int:
+        """32-bit words per tmem row (a power of two)."""
+        return _pow2_words(self.chunk_bits)
+
+    @staticmethod
+    def instr_value(instr: dict) -> int:
+        value, offset = 0, 0
+        for name, width, _ in INSTR_FIELDS:
+            value |= (int(instr.get(name, 0)) & ((1 << width) - 1)) << offset
+            offset += width
+        return value
+
+    def prog_init(self) -> list[int]:
+        return [self.instr_value(instr) for instr in self.program]
+
+    def load_words(self) -> list[tuple[int, int]]:
+        """``(word address, 32-bit word)`` pairs that write this image through the load
+        port: every memory, row by row, low word first."""
+        words = []
+        for name, rows, per_row in (("prog", self.prog_init(), INSTR_WORDS),
+                                    ("cmem", self.cmem, 1), ("emb", self.emb, 1),
+                                    ("tmem", self.tmem, self.tmem_words)):
+            for row, value in enumerate(rows):
+                value &= (1 << (32 * per_row)) - 1
+                for sub in range(per_row):
+                    address = (REGION[name] << REGION_SHIFT) | (row * per_row + sub)
+                    words.append((address, (value >> (32 * sub)) & 0xFFFF_FFFF))
+        return words
+
+    def ternary_weights(self) -> int:
+        """Ternary weights per emitted token (every BitLinear and the lm_head)."""
+        cfg = self.im.config
+        d, inter = cfg.hidden_size, cfg.intermediate_size
+        return cfg.num_layers * (4 * d * d + 2 * inter * d + d * inter) + cfg.vocab_size * d
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of every engine memory (before the synthesizer rounds them to block RAMs)."""
+        return {
+            "prog": len(self.program) * INSTR_WORDS * 32,
+            "cmem": len(self.cmem) * 32,
+            "emb": len(self.emb) * 32,
+            "tmem": len(self.tmem) * self.chunk_bits,
+            "vmem": self.vmem_depth * 32,
+            "qbuf": -(-self.n_max // self.lanes) * self.lanes * 8,
+        }
