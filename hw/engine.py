@@ -409,9 +409,6 @@ class Engine(wiring.Component):
             peek = vmem.read_port()
             m.d.comb += [peek.addr.eq(self.peek_addr), self.peek_data.eq(peek.data)]
 
-        self._dbg = dict(state=state, pc=pc, count=count, q_count=q_count, op=op,
-                         re_valid=re.out.valid, re_ready=re.out.ready, ev=embed.out.valid,
-                         rv=result_valid, eq=embed.q.valid, eqr=embed.q.ready)
         # --- the sequencer --------------------------------------------------------------
         m.d.comb += self.step.ready.eq(state == _State.IDLE)
         with m.Switch(state):

@@ -27,7 +27,8 @@ import numpy as np
 from mmfree.sim import golden
 from mmfree.sim.packing import WEIGHTS_PER_BYTE, pack_ternary
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "chunk_bytes"]
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "chunk_bytes", "op_cycles",
+           "step_cycles"]
 
 
 class Op(enum.IntEnum):
@@ -273,3 +274,63 @@ class EngineImage:
             "vmem": self.vmem_depth * 32,
             "qbuf": -(-self.n_max // self.lanes) * self.lanes * 8,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The schedule: cycles per instruction and per step (docs/engine.md derives every term).
+
+#: Cycles to fetch, decode and start an instruction (FETCH, DECODE, START), and of the
+#: reader's 2-cycle latency, are in the constants below; a skipped instruction costs 2.
+SKIP_CYCLES = 2
+
+
+def tree_latency(lanes: int) -> int:
+    """:attr:`mmfree.hw.ternary.TernaryAccumulate.latency`: ``ceil(log2(lanes) / 2) + 2``."""
+    return ((lanes.bit_length() - 1) + 1) // 2 + 2
+
+
+def op_cycles(instr: dict, lanes: int, *, vocab: int = 0, token: int = 0,
+              sampled: bool = False) -> int:
+    """Cycles the engine spends on one instruction, from its fetch to the next fetch.
+
+    ``n`` = ``n_in``, ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
+
+    - EMBED: ``n + 9``;
+    - NORM: ``2 n + 63`` (RMSNorm: ``2 n + 53`` plus reader, pipeline and sequencer);
+    - BITLINEAR: ``3 n + rows * chunks + 131 + tree_latency(lanes) + add``;
+    - HEAD: as BITLINEAR (greedy), plus ``2 V + 26 + token`` when sampling (the sampler's
+      Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
+    - MLGRU_H: ``n + 37``; MLGRU_O and GLU: ``n + 36``.
+    """
+    op, n = Op(instr["op"]), instr["n_in"]
+    if op == Op.EMBED:
+        return n + 9
+    if op == Op.NORM:
+        return 2 * n + 63
+    if op in (Op.BITLINEAR, Op.HEAD):
+        cycles = 3 * n + instr["n_out"] * instr["chunks"] + 131 + tree_latency(lanes) + \
+            instr["add"]
+        if op == Op.HEAD and sampled:
+            cycles += 2 * vocab + 26 + token
+        return cycles
+    if op == Op.MLGRU_H:
+        return n + 37
+    if op in (Op.MLGRU_O, Op.GLU):
+        return n + 36
+    if op == Op.END:
+        return 0
+    raise ValueError(f"no cycle count for {op!r}")
+
+
+def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
+                sampled: bool = False) -> int:
+    """Cycles of one decode step (the engine's ``cycles`` output): ``emit`` runs the final
+    norm, the lm_head and the sampler; ``token`` is the sampled token (its scan time)."""
+    total = 1 + SKIP_CYCLES    # the step transfer, and the END instruction's fetch and decode
+    for instr in image.program:
+        if instr["emit_only"] and not emit:
+            total += SKIP_CYCLES
+        else:
+            total += op_cycles(instr, image.lanes, vocab=image.im.config.vocab_size,
+                               token=token, sampled=sampled)
+    return total

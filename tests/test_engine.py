@@ -1,0 +1,144 @@
+# amaranth: UnusedElaboratable=no
+"""The decode engine (hw/engine.py): bit-exact whole decode steps against the golden model,
+in the Amaranth simulator (a tiny model) and on Verilator through cocotb (random models and
+the shipped ones), with the cycle count of every step checked against the schedule."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from mmfree.hw.engine import Engine
+from mmfree.sim import golden
+from mmfree.sim.engine import EngineImage, Op, step_cycles
+from mmfree.sim.model import ModelConfig, random_model
+from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
+
+TB_DIR = Path(__file__).parent / "tb"
+sys.path.insert(0, str(TB_DIR))
+from engine_tb import golden_run, model_from_spec  # noqa: E402
+
+MODELS = Path(__file__).parent.parent / "tools" / "models"
+
+
+def _tiny(act="silu", seed=1, **overrides):
+    fields = dict(vocab_size=16, hidden_size=16, num_layers=2, intermediate_size=24,
+                  hidden_act=act)
+    fields.update(overrides)
+    return golden.prepare(random_model(ModelConfig(**fields), seed=seed))
+
+
+def test_image_parameters():
+    im = _tiny()
+    with pytest.raises(ValueError, match="lanes must be a positive power of two, not 12"):
+        EngineImage(im, 12)
+    with pytest.raises(ValueError, match="lanes must be at least 4 for 2bit packing, not 2"):
+        EngineImage(im, 2)
+    with pytest.raises(ValueError, match="hidden_size must be a multiple of 4 for the engine, "
+                                         "not 18"):
+        EngineImage(_tiny(hidden_size=18), 4)
+    with pytest.raises(TypeError, match="image must be an EngineImage, not 3"):
+        Engine(3)
+
+
+def test_image_program():
+    im = _tiny()
+    image = EngineImage(im, 8)
+    ops = [instr["op"] for instr in image.program]
+    layer = [Op.NORM, Op.BITLINEAR, Op.BITLINEAR, Op.BITLINEAR, Op.NORM, Op.MLGRU_H,
+             Op.MLGRU_O, Op.BITLINEAR, Op.NORM, Op.BITLINEAR, Op.GLU, Op.BITLINEAR]
+    assert ops == [Op.EMBED] + layer * 2 + [Op.NORM, Op.HEAD, Op.END]
+    assert image.ternary_weights() == 2 * (4 * 16 * 16 + 3 * 24 * 16) + 16 * 16
+    # The load words cover every memory row; addresses are unique.
+    words = image.load_words()
+    assert len({address for address, _ in words}) == len(words)
+    # Every packed chunk decodes back to the ternary weights (2-bit: 2 bits per weight).
+    first = image.program[1 + 1]            # layer 0 i_proj
+    assert (first["chunks"], first["n_out"]) == (2, 16)
+
+
+def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):
+    image = EngineImage(im, lanes)
+    dut = Engine(image)
+    x0 = golden.sampler_x0(temperature) if temperature else 0
+    steps = golden_run(im, prompt, count, x0, seed)
+    cfg = im.config
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.token.ready, 1)
+        ctx.set(dut.x0, x0)
+        ctx.set(dut.seed, seed)
+        ctx.set(dut.seed_load, 1)
+        await ctx.tick()
+        ctx.set(dut.seed_load, 0)
+        for token_in, emit, expected, state in steps:
+            ctx.set(dut.step.payload, {"token": token_in, "emit": int(emit)})
+            ctx.set(dut.step.valid, 1)
+            await ctx.tick().until(dut.step.ready)
+            ctx.set(dut.step.valid, 0)
+            got = None
+            for _ in range(step_cycles(image, token=cfg.vocab_size, sampled=True) + 10):
+                await ctx.tick()
+                if ctx.get(dut.token.valid):
+                    got = ctx.get(dut.token.payload)
+                if not ctx.get(dut.busy):
+                    break
+            hw_state = np.zeros(cfg.num_layers * cfg.hidden_size, dtype=np.int64)
+            for index in range(len(hw_state)):
+                ctx.set(dut.peek_addr, image.regions["H"] + index)
+                await ctx.tick()
+                hw_state[index] = ctx.get(dut.peek_data)
+            seen.append((got, hw_state.reshape(state.shape), ctx.get(dut.cycles)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(seen) == len(steps)
+    for index, ((got, hw_state, cycles), (_, emit, expected, state)) in enumerate(
+            zip(seen, steps)):
+        assert got == expected, f"step {index}"
+        np.testing.assert_array_equal(hw_state, state, err_msg=f"state after step {index}")
+        assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
+
+
+@pytest.mark.parametrize("act, lanes, temperature", [
+    ("silu", 4, 0.0), ("gelu", 8, 0.8),
+], ids=["silu-l4-greedy", "gelu-l8-sampled"])
+def test_engine_amaranth(act, lanes, temperature):
+    """A tiny model (d 16, L 2, I 24, V 16) in the Amaranth simulator: tokens, every layer's
+    state after every step, and the cycle count of every step."""
+    _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7)
+
+
+# Verilator runs: (id, model spec, lanes, new tokens per run, load-port seed, marks).
+COCOTB = [
+    ("d64-L2-I192-V256-l64", "random:64,2,192,256,1", 64, 32, 2, ()),
+    ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
+    ("d32-L2-I40-V64-gelu-l16", "random:32,2,40,64,5,gelu", 16, 32, None, ()),
+    ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
+     (pytest.mark.slow,)),
+    ("ulx3s-85f-l128", str(MODELS / "ulx3s-85f.safetensors"), 128, 32, None,
+     (pytest.mark.slow,)),
+]
+
+
+@pytest.mark.parametrize("spec, lanes, tokens, load_seed", [
+    pytest.param(*c[1:5], id=c[0], marks=c[5]) for c in COCOTB])
+def test_engine_cocotb(spec, lanes, tokens, load_seed):
+    """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
+    and (where given) a second model written through the load port: every token, every
+    layer's state after every step, and every step's cycle count equal the golden model and
+    the documented schedule."""
+    im = golden.prepare(model_from_spec(spec))
+    dut = Engine(EngineImage(im, lanes))
+    env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens)}
+    if load_seed is not None:
+        env["ENGINE_LOAD_SEED"] = str(load_seed)
+    result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),
+                        test_module="engine_tb", python_path=[TB_DIR], seed=1, extra_env=env)
+    expected = ["greedy_and_reset", "sampled"] + (["load_port"] if load_seed else [])
+    assert sorted(result.passed) == sorted(expected)
