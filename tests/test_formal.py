@@ -283,15 +283,15 @@ def test_run_bmc_mode_argument():
     Fragment.get(top, None)  # elaborated: no UnusedElaboratable warning
 
 
-def _shiftgelu_probe():
-    """A :class:`~mmfree.hw.shiftgelu.ShiftGELU` (n_max 2, in_width 8, out_bits 8) that also
-    drives ``emitting``: its FSM is in state ``EMIT`` (read from the elaborated fragment; the
-    block itself is unchanged)."""
-    ShiftGELU = _block("shiftgelu", "ShiftGELU")
+def _emit_probe(module, cls, **kwargs):
+    """A block whose output stream is valid exactly in its FSM state ``EMIT``, made to also
+    drive ``emitting`` (that state, read from the elaborated fragment; the block itself is
+    unchanged)."""
+    base = _block(module, cls)
 
-    class Probe(ShiftGELU):
+    class Probe(base):
         def __init__(self):
-            super().__init__(n_max=2, in_width=8, out_bits=8)
+            super().__init__(**kwargs)
             self.emitting = Signal(name="emitting")
 
         def elaborate(self, platform):
@@ -304,11 +304,25 @@ def _shiftgelu_probe():
     return Probe()
 
 
+def _shiftgelu_probe():
+    """:class:`~mmfree.hw.shiftgelu.ShiftGELU` (n_max 2, in_width 8, out_bits 8) with
+    ``emitting``."""
+    return _emit_probe("shiftgelu", "ShiftGELU", n_max=2, in_width=8, out_bits=8)
+
+
 def _shiftgelu_invariant(m, dut):
     # Auxiliary invariant that makes the stream rules inductive: out.valid is high exactly in
     # the FSM state EMIT (it is set on the way DIVIDE -> EMIT and cleared on the transfer that
     # leaves EMIT).
     m.d.comb += Assert(dut.out.valid == dut.emitting, "out.valid iff the FSM is in EMIT")
+
+
+def _sampler_invariant(m, dut):
+    # token.valid is high exactly in the FSM state EMIT (set on the way IN/SCAN -> EMIT,
+    # cleared on the transfer that leaves it); token.payload only changes outside EMIT.
+    # x0 in range; the PRNG may be reseeded at any time.
+    m.d.comb += Assume((dut.x0 == 0) | ((dut.x0 <= -4) & (dut.x0 > -2**16)))
+    m.d.comb += Assert(dut.token.valid == dut.emitting, "token.valid iff the FSM is in EMIT")
 
 
 # Unbounded proofs of the stream rules (k-induction, sby `mode prove`): (id, factory,
@@ -330,6 +344,16 @@ PROOFS = [
     ("quantizer-n2-32", lambda: _block("quantizer", "ActivationQuantizer")(n_max=2,
                                                                           in_width=32), None, 2),
     ("shiftgelu-n2-8-8", _shiftgelu_probe, _shiftgelu_invariant, 2),
+    ("shiftmax-n2", lambda: _block("shiftmax", "Shiftmax")(n_max=2, in_width=8, n=30),
+     _shiftmax_environment, 2),
+    ("pipelined-divider-4", lambda: _block("divider", "PipelinedDivider")(
+        num_width=4, den_width=4, quot_width=4), None, 2),
+    ("requantizer-8-4", lambda: _block("requantizer", "Requantizer")(acc_width=8, out_bits=4),
+     None, 2),
+    ("sampler-v2", lambda: _emit_probe("sampler", "Sampler", vocab=2, logit_width=4),
+     _sampler_invariant, 2),
+    ("sampler-v5-24", lambda: _emit_probe("sampler", "Sampler", vocab=5, logit_width=24),
+     _sampler_invariant, 2),
 ]
 
 
