@@ -202,6 +202,59 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def cmd_verilog(args) -> int:
+    import json
+
+    from ..sim import golden
+    from ..sim.engine import EngineImage, step_cycles
+
+    model_path = getattr(args, "model", None)
+    model = load_any(model_path)
+    model_path = str(model_path or default_model_path())
+    if args.lanes <= 0 or args.lanes & (args.lanes - 1):
+        raise CliError(f"--lanes must be a positive power of two, not {args.lanes}", EXIT_USAGE)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: exists and is not a directory")
+    targets = [out / f"{args.name}.v", out / f"{args.name}.json"]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not args.force:
+        raise CliError(f"{existing[0]} exists; give --force to overwrite it", EXIT_USAGE)
+    try:
+        image = EngineImage(golden.prepare(model), args.lanes)
+    except ValueError as error:
+        raise CliError(f"{model_path}: {error}") from None
+    from ..hw.engine import Engine
+    from ..sim.toolchain import amaranth_to_verilog
+
+    engine = Engine(image, debug=args.debug)
+    text = amaranth_to_verilog(engine, args.name)
+    cfg = model.config
+    cycles = step_cycles(image)
+    weights = image.ternary_weights()
+    summary = {
+        "model": model_path, "top": args.name, "lanes": args.lanes,
+        "config": {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+                   "num_layers": cfg.num_layers, "intermediate_size": cfg.intermediate_size,
+                   "hidden_act": cfg.hidden_act, "packing": cfg.packing},
+        "memory_bits": image.memory_bits(),
+        "ternary_weights_per_token": weights,
+        "cycles_per_token_greedy": cycles,
+        "lane_utilization": weights / args.lanes / cycles,
+        "debug_port": args.debug,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for path, content in zip(targets, (text, json.dumps(summary, indent=2) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
+    print(f"wrote {targets[0]} ({len(text) / 1024:,.0f} KiB) and {targets[1]}")
+    print(f"{args.lanes} lanes: {cycles:,} cycles per token (greedy), "
+          f"{weights:,} ternary weights per token, lane utilization "
+          f"{100 * summary['lane_utilization']:.1f}%")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
@@ -260,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="golden: the bit-exact integer model; float: the float64 reference")
     p.add_argument("--ids", action="store_true", help="print token ids, one per line")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("verilog", formatter_class=fmt,
+                       help="generate the decode engine's Verilog for a model",
+                       description="Generate plain Verilog of the decode engine (hw/engine.py) "
+                                   "for a model and a lane count, its memories initialized "
+                                   "with the model, plus a JSON summary (memory bits, cycles "
+                                   "per token, lane utilization).")
+    p.add_argument("--model", default=argparse.SUPPRESS,
+                   help="model file or checkpoint directory (default: the shipped "
+                        "ULX3S-85F-sized model)")
+    p.add_argument("--lanes", type=int, default=64, help="ternary lanes (a power of two)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--name", default="mmfree_engine", help="top module and file name")
+    p.add_argument("--no-debug", dest="debug", action="store_false",
+                   help="leave out the debug read port of the vector memory")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=cmd_verilog)
     return parser
 
 

@@ -124,6 +124,7 @@ class Harness:
 
     async def run(self, im, prompt, count, *, temperature=0.0, seed=0, check_cycles=True):
         x0 = golden.sampler_x0(temperature) if temperature else 0
+        prompt = [token % im.config.vocab_size for token in prompt]
         self.dut.x0.value = x0
         self.dut.seed.value = seed
         await self.pulse("seed_load")

@@ -1,0 +1,120 @@
+"""Decode-engine benchmark: cycles per token and lane utilization over lane counts (from the
+schedule, :func:`mmfree.sim.engine.step_cycles`, which the simulation tests check cycle for
+cycle), where the cycles go, and the engine's simulation speed under Verilator (measured).
+Writes ``docs/engine-bench.md``.
+
+    python -m mmfree.tools.bench_engine [--model M] [--lanes 64] [--tokens 16] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from ..sim import golden
+from ..sim.engine import EngineImage, Op, op_cycles, step_cycles
+from ..sim.modelfile import load_model
+from .bench_golden import machine
+
+MODELS = Path(__file__).parent / "models"
+LANES = [16, 32, 64, 128, 256, 512, 1024]
+
+
+def breakdown(image: EngineImage) -> dict[str, int]:
+    """Cycles of one greedy step by kind: the ternary rows (``rows * chunks`` of every
+    BitLinear and the lm_head) and the rest of each instruction."""
+    out = collections.Counter()
+    for instr in image.program:
+        cycles = op_cycles(instr, image.lanes)
+        if instr["op"] in (Op.BITLINEAR, Op.HEAD):
+            rows = instr["n_out"] * instr["chunks"]
+            out["ternary rows"] += rows
+            out["BitLinear norm + quantize + pipeline"] += cycles - rows
+        elif instr["op"] == Op.NORM:
+            out["RMSNorm (attn, g, mlp, final)"] += cycles
+        elif instr["op"] in (Op.MLGRU_H, Op.MLGRU_O, Op.GLU):
+            out["MLGRU and GLU elementwise"] += cycles
+        else:
+            out["embedding, sequencing"] += cycles
+    out["embedding, sequencing"] += step_cycles(image) - sum(out.values())
+    return dict(out)
+
+
+def simulate(model: Path, lanes: int, tokens: int) -> dict:
+    from ..hw.engine import Engine
+    from ..sim.toolchain import amaranth_to_verilog, run_cocotb
+
+    im = golden.prepare(load_model(model))
+    dut = Engine(EngineImage(im, lanes))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),
+                   test_module="mmfree.sim.engine_bench_tb", test_dir=Path(tmp) / "run",
+                   extra_env={"ENGINE_MODEL": str(model), "ENGINE_LANES": str(lanes),
+                              "ENGINE_TOKENS": str(tokens), "ENGINE_BENCH_OUT": str(out)})
+        return json.loads(out.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfree.tools.bench_engine",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=MODELS / "ulx3s-85f.safetensors")
+    parser.add_argument("--lanes", type=int, default=64, help="lanes of the Verilator run")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens of the Verilator run")
+    parser.add_argument("--out", type=Path, default=Path("docs/engine-bench.md"))
+    args = parser.parse_args(argv)
+
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python -m mmfree.tools.bench_engine"] + ([shlex.join(given)] if given
+                                                                   else []))
+    models = [args.model] + [p for p in (MODELS / "icebreaker.safetensors",) if p != args.model]
+    lines = ["# Decode engine benchmark", "",
+             f"Command: `{command}`",
+             "", f"Machine: {machine()}", "",
+             f"Date: {datetime.date.today().isoformat()}", "",
+             "Cycles per token come from the documented schedule (docs/engine.md), which the "
+             "simulation tests (tests/test_engine.py) check against the hardware's cycle "
+             "counter for every step. Lane utilization = (ternary weights per token / lanes) "
+             "/ cycles per token (greedy; a sampled token adds `2 V + 26 + token` cycles).", ""]
+    for path in models:
+        im = golden.prepare(load_model(path))
+        cfg = im.config
+        lines += [f"## {path.name}: d {cfg.hidden_size}, L {cfg.num_layers}, "
+                  f"I {cfg.intermediate_size}, V {cfg.vocab_size}", "",
+                  "| lanes | cycles/token | lower bound (weights/lanes) | utilization | "
+                  "tokens/s at 100 MHz |", "|---:|---:|---:|---:|---:|"]
+        for lanes in LANES:
+            image = EngineImage(im, lanes)
+            cycles = step_cycles(image)
+            bound = image.ternary_weights() / lanes
+            lines.append(f"| {lanes} | {cycles:,} | {bound:,.0f} | {100 * bound / cycles:.1f}% "
+                         f"| {100e6 / cycles:,.0f} |")
+        image = EngineImage(im, args.lanes)
+        lines += ["", f"Where the cycles of a greedy step go at {args.lanes} lanes:", "",
+                  "| part | cycles | share |", "|---|---:|---:|"]
+        total = step_cycles(image)
+        for name, cycles in breakdown(image).items():
+            lines.append(f"| {name} | {cycles:,} | {100 * cycles / total:.1f}% |")
+        lines.append("")
+
+    result = simulate(args.model, args.lanes, args.tokens)
+    lines += ["## Simulation speed (Verilator, cocotb driving the step/token streams)", "",
+              f"{args.model.name} at {args.lanes} lanes: {result['steps']} steps (prompt "
+              f"`ROMEO:` and {result['tokens']} greedy tokens, every token equal to the golden "
+              f"model) in {result['seconds']:.2f} s: **{result['cycles_per_second']:,.0f} "
+              f"simulated cycles/s**, **{result['steps_per_second']:.2f} tokens/s** "
+              f"({result['cycles']:,} cycles).", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
