@@ -57,14 +57,14 @@ def test_usage_errors_exit_2(capsys):
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("command", ["convert", "info", "eval", "generate"])
+@pytest.mark.parametrize("command", ["convert", "info", "eval", "generate", "verilog"])
 def test_help_shows_defaults(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: mmfree " + command)
-    if command in ("generate", "eval", "convert"):
+    if command in ("generate", "eval", "convert", "verilog"):
         assert "(default:" in out
 
 
@@ -286,3 +286,63 @@ def test_hf_tokenizer_needs_the_package(hf_model, capsys, monkeypatch):
     status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt", "to be")
     assert status == 3
     assert_one_line_error(err, r"needs the 'tokenizers' package")
+
+
+def test_verilog_writes_engine_and_summary(files, capsys, tmp_path):
+    """`mmfree verilog`: plain Verilog that Yosys elaborates, and a summary whose cycles per
+    token is the documented schedule's."""
+    import json
+
+    from mmfree.boards.toolchain import _yowasp_command
+    from mmfree.sim.engine import EngineImage, step_cycles
+
+    out = tmp_path / "engine"
+    status, stdout, err = run_cli(capsys, "verilog", "--model", files["model"], "--lanes", 16,
+                                  "--out", out)
+    assert status == 0, err
+    verilog, summary = out / "mmfree_engine.v", out / "mmfree_engine.json"
+    assert "module mmfree_engine(" in verilog.read_text()
+    image = EngineImage(golden.prepare(load_model(files["model"])), 16)
+    info = json.loads(summary.read_text())
+    assert info["lanes"] == 16
+    assert info["cycles_per_token_greedy"] == step_cycles(image)
+    assert info["ternary_weights_per_token"] == image.ternary_weights()
+    assert f"{step_cycles(image):,} cycles per token" in stdout
+    result = subprocess.run(
+        [_yowasp_command("yosys"), "-q", "-p",
+         "read_verilog mmfree_engine.v; hierarchy -check -top mmfree_engine; proc; "
+         "check -assert"],
+        capture_output=True, text=True, cwd=out)    # YoWASP tools see the working directory
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    # Never overwrites without --force; with it, it does.
+    before = verilog.read_text()
+    verilog.write_text("// mine\n")
+    status, _, err = run_cli(capsys, "verilog", "--model", files["model"], "--lanes", 16,
+                             "--out", out)
+    assert status == 2
+    assert_one_line_error(err, r"mmfree_engine\.v exists; give --force to overwrite it")
+    assert verilog.read_text() == "// mine\n"
+    status, _, err = run_cli(capsys, "verilog", "--model", files["model"], "--lanes", 16,
+                             "--out", out, "--force")
+    assert status == 0, err
+    assert verilog.read_text() == before
+
+
+@pytest.mark.parametrize("argv, status, pattern", [
+    (["--lanes", "12"], 2, r"--lanes must be a positive power of two, not 12"),
+    (["--lanes", "0"], 2, r"--lanes must be a positive power of two, not 0"),
+], ids=["lanes-12", "lanes-0"])
+def test_verilog_bad_arguments(files, capsys, tmp_path, argv, status, pattern):
+    code, _, err = run_cli(capsys, "verilog", "--model", files["model"], "--out", tmp_path / "o",
+                           *argv)
+    assert code == status
+    assert_one_line_error(err, pattern)
+    assert not (tmp_path / "o").exists()
+
+
+def test_verilog_missing_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "verilog", "--model", tmp_path / "none.safetensors",
+                           "--out", tmp_path / "o")
+    assert code == 1
+    assert_one_line_error(err, r"none\.safetensors: no such file or directory")
