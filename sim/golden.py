@@ -126,6 +126,13 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, w_frac: int, eps: int, f_in: int, f_ou
     return saturate(shift_round(t * _i64(w), 30 + w_frac - f_out), NORM_BITS)
 
 
+def norm_quant(x: np.ndarray, w: np.ndarray, w_frac: int, eps: int, f_in: int, f_out: int
+               ) -> tuple[np.ndarray, int]:
+    """:func:`rmsnorm` followed by :func:`activation_quant`: the input stage of a BitLinear,
+    ``(q int8, ymax)`` (one block in hardware, :class:`mmfree.hw.normquant.NormQuant`)."""
+    return activation_quant(rmsnorm(x, w, w_frac, eps, f_in, f_out))
+
+
 def sum_of_squares(x: np.ndarray) -> int:
     """Exact ``sum(x*x)`` of 32-bit integers as a Python int (int64 halves: x = hi*2**16 + lo)."""
     hi, lo = x >> 16, x & 0xFFFF

@@ -1,0 +1,295 @@
+"""NormQuant: integer RMSNorm and the per-token int8 activation quantizer, ``width`` elements
+per cycle."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.divider import SerialDivider
+from mmfree.hw.isqrt import Isqrt
+from mmfree.sim.golden import NORM_BITS
+
+__all__ = ["NormQuant"]
+
+ISQRT_WIDTH = 32         # s2 lies in [2**30, 2**32)
+RECIP_NUM = 1 << 31      # R = 2**31 // r
+T_LEFT = 14              # t's shift 1 + e/2 is at least -14 (e >= -30)
+Y_MAX, Y_MIN = (1 << (NORM_BITS - 1)) - 1, -(1 << (NORM_BITS - 1))
+
+
+class _State(enum.Enum, shape=3):
+    LOAD   = 0   # pass 1: buffer the vector, sum of squares
+    SQRT   = 1   # normalize the sum into s2, isqrt, R = 2**31 // r
+    NORM   = 2   # pass 2: y = RMSNorm(x) into the buffer, ymax = max |y|
+    RECIP  = 3   # Q = (127 << (nb + 15)) // ymax
+    OUTPUT = 4   # pass 3: q (and y) out
+
+
+def _tree(m, values, op, name):
+    """A combinational reduction tree of ``values`` with ``op(a, b)``."""
+    level = 0
+    while len(values) > 1:
+        nxt = []
+        for k in range(0, len(values) - 1, 2):
+            s = Signal.like(values[k], name=f"{name}{level}_{k // 2}")
+            m.d.comb += s.eq(op(values[k], values[k + 1]))
+            nxt.append(s)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+        level += 1
+    return values[0]
+
+
+class NormQuant(wiring.Component):
+    """``y = rmsnorm(x, w, ...)`` and ``(q, ymax) = activation_quant(y)`` of one vector,
+    ``width`` elements per transfer; golden model :func:`mmfree.sim.golden.norm_quant`
+    (bit-exact with :func:`~mmfree.sim.golden.rmsnorm` followed by
+    :func:`~mmfree.sim.golden.activation_quant`).
+
+    A vector is ``n / width`` beats on ``inp`` (``last`` on the final one); ``n`` must be a
+    multiple of ``width`` (a shorter vector is padded with zeros, which change neither the
+    sum of squares nor the maximum and come out as ``y = q = 0``), at most ``n_max``.
+
+    1. pass 1 stores the beats and accumulates ``ss = eps + sum(x*x)`` (three-stage pipeline:
+       squares, sum of the beat, accumulate);
+    2. ``e``, ``s2``, ``r = isqrt(s2)``, ``R = 2**31 // r`` as :class:`~mmfree.hw.rmsnorm.RMSNorm`;
+    3. pass 2 takes one ``w`` beat per cycle and computes
+       ``y = saturate(shift_round(shift_round(x R, 1 + e/2) w, out_shift), 32)`` into the
+       buffer, and ``ymax = max |y|``;
+    4. ``Q = (127 << (nb + 15)) // ymax`` (``nb = bitlen(ymax)``);
+    5. pass 3 streams ``q`` (and ``y``) out, as :class:`~mmfree.hw.quantizer.ActivationQuantizer`.
+
+    Latency and throughput with every stream at full rate, ``B = n / width`` beats: a vector
+    takes ``3 B + 118`` cycles from its first input transfer to the cycle after its last
+    output transfer (tests/test_normquant.py checks it): pass 1 ``B``; the sum pipeline,
+    normalization, :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a 32-bit
+    :class:`~mmfree.hw.divider.SerialDivider`, 33); pass 2 ``B`` plus its 6-stage pipeline;
+    ``Q`` (a 54-bit serial division); pass 3 ``B`` plus its 4-stage pipeline. One vector at a
+    time: ``inp`` is ready again after the last output transfer. Against
+    :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
+    :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
+    cycle), the passes shrink by ``width``; the fixed latency stays.
+
+    Parameters
+    ----------
+    width : int
+        Elements per beat, a power of two from 1 to 64.
+    n_max : int
+        Longest vector, a positive multiple of ``width``.
+
+    Members
+    -------
+    inp : In(stream.Signature(StructLayout({"data": ArrayLayout(signed(32), width), "last": 1})))
+    eps : In(unsigned(61)), out_shift : In(unsigned(6))
+        As :class:`~mmfree.hw.rmsnorm.RMSNorm`; sampled with the first beat of a vector.
+    w : In(stream.Signature(ArrayLayout(signed(24), width)))
+        The norm weights, one beat per pass-2 cycle.
+    out : Out(stream.Signature(StructLayout({"q": ArrayLayout(signed(8), width),
+        "y": ArrayLayout(signed(32), width), "ymax": unsigned(32), "first": 1, "last": 1})))
+    """
+
+    def __init__(self, *, width, n_max):
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1 or \
+                width & (width - 1) or width > 64:
+            raise ValueError(f"width must be a power of two from 1 to 64, not {width!r}")
+        if not isinstance(n_max, int) or isinstance(n_max, bool) or n_max < 1 or n_max % width:
+            raise ValueError(f"n_max must be a positive multiple of width {width}, "
+                             f"not {n_max!r}")
+        self._width = width
+        self._n_max = n_max
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(32), width), "last": 1}))),
+            "eps": In(unsigned(61)),
+            "out_shift": In(unsigned(6)),
+            "w": In(stream.Signature(data.ArrayLayout(signed(24), width))),
+            "out": Out(stream.Signature(data.StructLayout({
+                "q": data.ArrayLayout(signed(8), width),
+                "y": data.ArrayLayout(signed(32), width),
+                "ymax": unsigned(32), "first": 1, "last": 1}))),
+        })
+
+    width = property(lambda self: self._width)
+    n_max = property(lambda self: self._n_max)
+
+    @property
+    def acc_width(self):
+        return max(self._n_max.bit_length() + 62, 61) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        W, beats = self._width, self._n_max // self._width
+        m.submodules.buf = buf = Memory(shape=unsigned(32 * W), depth=beats, init=[])
+        m.submodules.isqrt = isqrt = Isqrt(width=ISQRT_WIDTH)
+        m.submodules.rdiv = rdiv = SerialDivider(num_width=32, den_width=ISQRT_WIDTH // 2)
+        m.submodules.qdiv = qdiv = SerialDivider(num_width=32 + 22, den_width=32)
+        wr = buf.write_port()
+        rd = buf.read_port()
+
+        state = Signal(_State)
+        index = Signal(range(beats + 1))
+        count = Signal(range(beats + 1))       # beats of the vector
+
+        # ---- pass 1: buffer and sum of squares ----
+        acc = Signal(self.acc_width)
+        shift_next = Signal(6)
+        take = self.inp.valid & self.inp.ready
+        squares = [Signal(62, name=f"sq{j}") for j in range(W)]
+        sq_v, sum_v = Signal(), Signal()
+        beat_sum = Signal(62 + W.bit_length())
+        m.d.comb += [
+            self.inp.ready.eq(state == _State.LOAD),
+            wr.addr.eq(index), wr.data.eq(self.inp.payload.data), wr.en.eq(take),
+        ]
+        for j in range(W):
+            x = self.inp.payload.data[j]
+            m.d.sync += squares[j].eq(x * x)
+        leaves = [Signal(len(beat_sum), name=f"sqw{j}") for j in range(W)]
+        for leaf, square in zip(leaves, squares):
+            m.d.comb += leaf.eq(square)
+        total = _tree(m, leaves, lambda l, r: l + r, "sqsum")
+        m.d.sync += [sq_v.eq(take), sum_v.eq(sq_v), beat_sum.eq(total)]
+        with m.If(sum_v):
+            m.d.sync += acc.eq(acc + beat_sum)
+        with m.If(take):
+            m.d.sync += index.eq(index + 1)
+            with m.If(index == 0):
+                m.d.sync += [acc.eq(self.eps), shift_next.eq(self.out_shift)]
+            with m.If(self.inp.payload.last):
+                m.d.sync += [count.eq(index + 1), index.eq(0), state.eq(_State.SQRT)]
+
+        # ---- normalization (as RMSNorm) ----
+        bitlen = Signal(range(self.acc_width + 1))
+        for i in range(self.acc_width):
+            with m.If(acc[i]):
+                m.d.comb += bitlen.eq(i + 1)
+        sh = Signal(range(self.acc_width + 2))
+        m.d.comb += sh.eq(bitlen - 2 + bitlen[0])
+        half = Signal(range(self.acc_width // 2 + 2))
+        s2 = Signal(ISQRT_WIDTH)
+        s2_ready = Signal()                    # s2 waits for the square root
+        s2_taken = Signal()                    # s2 of this vector has been computed
+        with m.If((state == _State.SQRT) & ~s2_taken & ~sq_v & ~sum_v):
+            m.d.sync += [s2.eq(((acc << 30) >> sh)[:ISQRT_WIDTH]), half.eq(sh[1:]),
+                         s2_ready.eq(1), s2_taken.eq(1)]
+        with m.If(state == _State.LOAD):
+            m.d.sync += s2_taken.eq(0)
+        m.d.comb += [
+            isqrt.inp.valid.eq(s2_ready),
+            isqrt.inp.payload.eq(s2),
+            rdiv.inp.valid.eq(isqrt.out.valid),
+            isqrt.out.ready.eq(rdiv.inp.ready),
+            rdiv.inp.payload.num.eq(RECIP_NUM),
+            rdiv.inp.payload.den.eq(isqrt.out.payload),
+            rdiv.out.ready.eq(state == _State.SQRT),
+        ]
+        with m.If(isqrt.inp.valid & isqrt.inp.ready):
+            m.d.sync += s2_ready.eq(0)
+        recip = Signal(17)
+        shift = Signal(6)
+        with m.If(rdiv.out.valid & rdiv.out.ready):
+            m.d.sync += [recip.eq(rdiv.out.payload.quotient), shift.eq(shift_next),
+                         index.eq(0), state.eq(_State.NORM)]
+
+        # ---- pass 2: y = RMSNorm(x) back into the buffer, ymax ----
+        # stages: 1 buffer data and w; 2 p = x R; 3 t; 4 t w; 5 y (written back); 6 max
+        issue2 = (state == _State.NORM) & (index != count) & self.w.valid
+        m.d.comb += self.w.ready.eq((state == _State.NORM) & (index != count))
+        v = [Signal(name=f"n{k}") for k in range(1, 6)]
+        a = [Signal(range(beats), name=f"na{k}") for k in range(1, 6)]
+        w1 = Signal(data.ArrayLayout(signed(24), W))
+        p2 = [Signal(signed(32 + 18), name=f"p2_{j}") for j in range(W)]
+        t3 = [Signal(signed(32), name=f"t3_{j}") for j in range(W)]
+        q4 = [Signal(signed(32 + 24), name=f"q4_{j}") for j in range(W)]
+        y5 = [Signal(signed(32), name=f"y5_{j}") for j in range(W)]
+        w2, w3 = (Signal(data.ArrayLayout(signed(24), W)) for _ in range(2))
+        ymax = Signal(32)
+        m.d.sync += [v[0].eq(issue2), a[0].eq(index), w1.eq(self.w.payload)]
+        for k in range(1, 5):
+            m.d.sync += [v[k].eq(v[k - 1]), a[k].eq(a[k - 1])]
+        m.d.sync += [w2.eq(w1), w3.eq(w2)]
+        with m.If(issue2):
+            m.d.sync += index.eq(index + 1)
+        x1 = rd.data
+        for j in range(W):
+            t_full = ((p2[j] << T_LEFT) + ((Const(1, 1) << half) >> 1)) >> half
+            y_full = (q4[j] + ((Const(1, 1) << shift) >> 1)) >> shift
+            m.d.sync += [
+                p2[j].eq(x1.word_select(j, 32).as_signed() * recip),
+                t3[j].eq(t_full[:32]),
+                q4[j].eq(t3[j] * w3[j]),
+                y5[j].eq(Mux(y_full > Y_MAX, Y_MAX, Mux(y_full < Y_MIN, Y_MIN, y_full[:32]))),
+            ]
+        mags = [Signal(32, name=f"mag{j}") for j in range(W)]
+        for j in range(W):
+            m.d.comb += mags[j].eq(abs(y5[j]))
+        top = _tree(m, mags, lambda l, r: Mux(l > r, l, r), "ymax")
+        with m.If(state == _State.SQRT):
+            m.d.sync += ymax.eq(0)
+        with m.If(v[4] & (top > ymax)):
+            m.d.sync += ymax.eq(top)
+        with m.If(v[4]):
+            m.d.comb += [wr.addr.eq(a[4]), wr.data.eq(Cat(*y5)), wr.en.eq(1)]
+        pass2_done = (state == _State.NORM) & (index == count) & ~Cat(*v).any()
+
+        # ---- Q = (127 << (nb + 15)) // ymax ----
+        nb = Signal(range(33))
+        for i in range(32):
+            with m.If(ymax[i]):
+                m.d.comb += nb.eq(i + 1)
+        qrecip = Signal(23)
+        q_sent = Signal()
+        m.d.comb += [
+            qdiv.inp.payload.num.eq(Const(127) << (nb + 15)),
+            qdiv.inp.payload.den.eq(ymax),
+            qdiv.inp.valid.eq(pass2_done & ~q_sent),
+            qdiv.out.ready.eq(state == _State.NORM),
+        ]
+        with m.If(qdiv.inp.valid & qdiv.inp.ready):
+            m.d.sync += q_sent.eq(1)
+        with m.If(qdiv.out.valid & qdiv.out.ready):
+            m.d.sync += [qrecip.eq(qdiv.out.payload.quotient), q_sent.eq(0), index.eq(0),
+                         state.eq(_State.OUTPUT)]
+
+        # ---- pass 3: q out (a pipeline that stalls as a whole) ----
+        advance = ~self.out.valid | self.out.ready
+        issue3 = (state == _State.OUTPUT) & (index != count)
+        s1_v, s2_v, s3_v = Signal(), Signal(), Signal()
+        s1_fl, s2_fl, s3_fl = Signal(2), Signal(2), Signal(2)
+        y2 = [Signal(signed(32), name=f"qy2_{j}") for j in range(W)]
+        y3 = [Signal(signed(32), name=f"qy3_{j}") for j in range(W)]
+        prod2 = [Signal(32 + 23, name=f"qp2_{j}") for j in range(W)]
+        e3 = [Signal(8, name=f"qe3_{j}") for j in range(W)]
+        with m.If(state != _State.NORM):
+            m.d.comb += [rd.addr.eq(index), rd.en.eq(advance)]
+        with m.Else():
+            m.d.comb += [rd.addr.eq(index), rd.en.eq(1)]
+        with m.If(advance & issue3):
+            m.d.sync += index.eq(index + 1)
+        with m.If(advance):
+            m.d.sync += [
+                s1_v.eq(issue3), s1_fl.eq(Cat(index == 0, index == count - 1)),
+                s2_v.eq(s1_v), s2_fl.eq(s1_fl),
+                s3_v.eq(s2_v), s3_fl.eq(s2_fl),
+                self.out.valid.eq(s3_v),
+                self.out.payload.first.eq(s3_fl[0]),
+                self.out.payload.last.eq(s3_fl[1]),
+                self.out.payload.ymax.eq(ymax),
+            ]
+            for j in range(W):
+                y1 = rd.data.word_select(j, 32).as_signed()
+                e = (prod2[j] + (Const(1, 1) << (nb + 14)))[:32 + 23] >> (nb + 15)
+                mag3 = abs(y3[j])
+                up = (mag3 * 254) >= ((e3[j] * 2 + 1) * ymax)
+                q = Mux(ymax == 0, 0, e3[j] + up)[:8]
+                m.d.sync += [
+                    y2[j].eq(y1), prod2[j].eq(abs(y1) * qrecip),
+                    y3[j].eq(y2[j]), e3[j].eq(e),
+                    self.out.payload.q[j].eq(Mux(y3[j] < 0, -q, q)),
+                    self.out.payload.y[j].eq(y3[j]),
+                ]
+        with m.If(self.out.valid & self.out.ready & self.out.payload.last):
+            m.d.sync += [index.eq(0), state.eq(_State.LOAD)]
+        return m

@@ -1,0 +1,111 @@
+# amaranth: UnusedElaboratable=no
+"""NormQuant (hw/normquant.py): RMSNorm + activation quantizer, ``width`` elements per cycle,
+bit-exact with :func:`mmfree.sim.golden.norm_quant` in the Amaranth simulator, with random
+gaps on ``inp``/``w`` and back-pressure on ``out``; the cycle count at full rate."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from mmfree.hw.normquant import NormQuant
+from mmfree.sim import golden
+
+
+def _vectors(rng, n, count):
+    out = []
+    for k in range(count):
+        scale = [2**31 - 1, 2**12, 3, 2**20, 1][k % 5]
+        x = rng.integers(-scale, scale + 1, n)
+        if k % 5 == 2:                       # a lone small element: large normalization shift
+            x[:] = 0
+            x[int(rng.integers(n))] = 1
+        if k % 5 == 4:                       # all zero: ymax 0, q 0
+            x[:] = 0
+        w = rng.integers(-(2**23) + 1, 2**23, n)
+        w_frac = int(rng.integers(0, 24))
+        eps = int(rng.integers(1, 2**60))
+        out_shift = int(rng.integers(0, 64))
+        y = golden.rmsnorm(x, w, w_frac, eps, 0, 30 + w_frac - out_shift)
+        q, ymax = golden.norm_quant(x, w, w_frac, eps, 0, 30 + w_frac - out_shift)
+        out.append((x, w, eps, out_shift, y, q, ymax))
+    return out
+
+
+def _run(dut, vectors, rng, gaps):
+    W = dut.width
+    results = []
+
+    async def bench(ctx):
+        for x, w, eps, shift, *_ in vectors:
+            n = len(x)
+            beats = n // W
+            ctx.set(dut.eps, eps)
+            ctx.set(dut.out_shift, shift)
+            cycles = 0
+            b = 0
+            while b < beats:
+                valid = not gaps or rng.random() < 0.7
+                ctx.set(dut.inp.payload, {"data": [int(v) for v in x[b * W:(b + 1) * W]],
+                                          "last": int(b == beats - 1)})
+                ctx.set(dut.inp.valid, int(valid))
+                ready = ctx.get(dut.inp.ready)
+                await ctx.tick()
+                if b or (valid and ready):
+                    cycles += 1
+                if valid and ready:
+                    b += 1
+            ctx.set(dut.inp.valid, 0)
+            wb, q, y, ymaxes = 0, [], [], set()
+            while len(q) < n:
+                w_valid = wb < beats and (not gaps or rng.random() < 0.7)
+                if wb < beats:
+                    ctx.set(dut.w.payload, [int(v) for v in w[wb * W:(wb + 1) * W]])
+                ctx.set(dut.w.valid, int(w_valid))
+                ready = not gaps or rng.random() < 0.6
+                ctx.set(dut.out.ready, int(ready))
+                w_take = w_valid and ctx.get(dut.w.ready)
+                out_valid = ctx.get(dut.out.valid)
+                payload = ctx.get(dut.out.payload)
+                await ctx.tick()
+                cycles += 1
+                wb += int(w_take)
+                if out_valid and ready:
+                    q += list(payload.q)
+                    y += list(payload.y)
+                    ymaxes.add(payload.ymax)
+                    assert payload.first == (len(q) == W)
+                    assert payload.last == (len(q) == n)
+            ctx.set(dut.w.valid, 0)
+            results.append((np.array(q), np.array(y), ymaxes, cycles))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+@pytest.mark.parametrize("width, n", [(1, 7), (4, 16), (16, 128), (8, 200)],
+                         ids=["w1-n7", "w4-n16", "w16-n128", "w8-n200"])
+@pytest.mark.parametrize("gaps", [False, True], ids=["full-rate", "gaps"])
+def test_normquant_matches_golden(width, n, gaps):
+    rng = np.random.default_rng(width * 1000 + n)
+    dut = NormQuant(width=width, n_max=n)
+    vectors = _vectors(rng, n, 10)
+    for (x, w, eps, shift, y, q, ymax), (hq, hy, hmax, cycles) in zip(
+            vectors, _run(dut, vectors, rng, gaps)):
+        np.testing.assert_array_equal(hy, y)
+        np.testing.assert_array_equal(hq, q)
+        assert hmax == {ymax}
+        if not gaps:
+            assert cycles == 3 * (n // width) + 118, cycles
+
+
+def test_normquant_parameters():
+    assert NormQuant(width=8, n_max=64).width == 8
+    with pytest.raises(ValueError, match="width must be a power of two from 1 to 64, not 3"):
+        NormQuant(width=3, n_max=12)
+    with pytest.raises(ValueError, match="width must be a power of two from 1 to 64, not 128"):
+        NormQuant(width=128, n_max=128)
+    with pytest.raises(ValueError, match="n_max must be a positive multiple of width 8, not 20"):
+        NormQuant(width=8, n_max=20)
