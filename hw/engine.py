@@ -7,9 +7,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.hw.mixer import EmbedUnit, GateUnit, ProductUnit, ResidualAdd, saturate
-from mmfree.hw.quantizer import ActivationQuantizer
+from mmfree.hw.normquant import NormQuant
 from mmfree.hw.requantizer import Requantizer
-from mmfree.hw.rmsnorm import RMSNorm
 from mmfree.hw.sampler import Sampler
 from mmfree.hw.sigmoid import Sigmoid
 from mmfree.hw.ternary import TernaryAccumulate
@@ -109,14 +108,16 @@ class Engine(wiring.Component):
         # --- memories -------------------------------------------------------------------
         m.submodules.prog = prog = Memory(shape=unsigned(32 * INSTR_WORDS),
                                           depth=len(image.program), init=image.prog_init())
-        m.submodules.cmem = cmem = Memory(shape=unsigned(32), depth=len(image.cmem),
-                                          init=[v & 0xFFFF_FFFF for v in image.cmem])
+        W = image.width
+        wbits = (W - 1).bit_length()
+        m.submodules.cmem = cmem = Memory(shape=unsigned(32 * W), depth=len(image.cmem) // W,
+                                          init=image.cmem_rows())
         m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
                                         init=image.emb)
         tmem_width = 32 * image.tmem_words
         m.submodules.tmem = tmem = Memory(shape=unsigned(tmem_width), depth=len(image.tmem),
                                           init=image.tmem)
-        m.submodules.vmem = vmem = Memory(shape=signed(ACT_BITS), depth=image.vmem_depth,
+        m.submodules.vmem = vmem = Memory(shape=unsigned(32 * W), depth=image.vmem_depth // W,
                                           init=[])
         q_depth = -(-image.n_max // lanes)
         m.submodules.qbuf = qbuf = Memory(shape=unsigned(8 * lanes), depth=q_depth, init=[])
@@ -130,14 +131,32 @@ class Engine(wiring.Component):
         m.submodules.rc = rc = VectorReader(shape=unsigned(32), addr_width=cbits)
         ebits = max(1, (len(image.emb) - 1).bit_length())
         m.submodules.re = re = VectorReader(shape=unsigned(32), addr_width=ebits)
-        for reader, memory in ((r0, vmem), (r1, vmem), (r2, vmem), (rc, cmem), (re, emb)):
+        # Element readers of the W-word memories: row addr >> log2(W), then the word of the
+        # element (its index registered with the read, so it follows the held output).
+        for name, reader, memory in (("r0", r0, vmem), ("r1", r1, vmem), ("r2", r2, vmem),
+                                     ("rc", rc, cmem), ("re", re, emb)):
+            port = memory.read_port()
+            words = len(port.data) // 32
+            m.d.comb += [port.addr.eq(reader.addr >> (words - 1).bit_length()),
+                         port.en.eq(reader.en)]
+            if words > 1:
+                word = Signal(range(words), name=f"{name}_word")
+                with m.If(reader.en):
+                    m.d.sync += word.eq(reader.addr[:(words - 1).bit_length()])
+                m.d.comb += reader.data.eq(port.data.word_select(word, 32))
+            else:
+                m.d.comb += reader.data.eq(port.data)
+        # Beat readers: W elements per transfer, into NormQuant.
+        rows_bits = max(1, (image.vmem_depth // W).bit_length())
+        m.submodules.rw = rw = VectorReader(shape=unsigned(32 * W), addr_width=rows_bits)
+        crow_bits = max(1, (len(image.cmem) // W).bit_length())
+        m.submodules.rcw = rcw = VectorReader(shape=unsigned(32 * W), addr_width=crow_bits)
+        for reader, memory in ((rw, vmem), (rcw, cmem)):
             port = memory.read_port()
             m.d.comb += [port.addr.eq(reader.addr), port.en.eq(reader.en),
                          reader.data.eq(port.data)]
 
-        m.submodules.norm = norm = RMSNorm(n_max=image.n_max, in_width=ACT_BITS,
-                                           w_width=NORM_W_BITS)
-        m.submodules.quant = quant = ActivationQuantizer(n_max=image.n_max, in_width=32)
+        m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max)
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
                                                      packing=cfg.packing)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
@@ -180,7 +199,7 @@ class Engine(wiring.Component):
             m.d.comb += reader.start.eq(start)
         m.d.comb += [
             r0.base.eq(instr.src),
-            r0.count.eq(Mux(op == Op.EMBED, 0, instr.n_in)),
+            r0.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.GLU), instr.n_in, 0)),
             r2.base.eq(instr.aux),
             r2.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.MLGRU_O), instr.n_in, 0)),
             rc.base.eq(instr.cbase),
@@ -192,48 +211,50 @@ class Engine(wiring.Component):
                 m.d.comb += [r1.base.eq(regions["I"]), r1.count.eq(instr.n_in),
                              rc.count.eq(instr.n_in)]
             with m.Case(Op.MLGRU_O):
-                m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in),
-                             r0.count.eq(0)]
+                m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
             with m.Case(Op.GLU):
                 m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(instr.n_in)]
             with m.Case(Op.BITLINEAR, Op.HEAD):
-                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0)),
-                             rc.count.eq(instr.n_in)]
-            with m.Case(Op.NORM):
-                m.d.comb += rc.count.eq(instr.n_in)
+                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0))]
             with m.Case(Op.EMBED):
                 m.d.comb += [rc.base.eq(instr.cbase + token),
                              rc.count.eq(state == _State.START)]
 
-        # --- RMSNorm -> quantizer -> q buffer --------------------------------------------
+        # --- NormQuant (RMSNorm, quantizer) -> q buffer or vmem ---------------------------
         norm_ops = (op == Op.NORM) | (op == Op.BITLINEAR) | (op == Op.HEAD)
+        beats = (instr.n_in + (W - 1)) >> wbits
+        tail = instr.n_in[:wbits] if W > 1 else Const(0, 1)     # elements of a partial beat
+        for reader, base in ((rw, instr.src), (rcw, instr.cbase)):
+            m.d.comb += [reader.start.eq(start), reader.base.eq(base >> wbits),
+                         reader.count.eq(Mux(norm_ops, beats, 0))]
         m.d.comb += [
-            norm.eps.eq(instr.eps),
-            norm.out_shift.eq(instr.out_shift),
-            norm.inp.payload.data.eq(r0.out.payload.data),
-            norm.inp.payload.first.eq(r0.out.payload.first),
-            norm.inp.payload.last.eq(r0.out.payload.last),
-            norm.w.payload.data.eq(rc.out.payload.data[:NORM_W_BITS]),
-            quant.inp.payload.eq(norm.out.payload),
+            nq.eps.eq(instr.eps),
+            nq.out_shift.eq(instr.out_shift),
+            nq.inp.payload.last.eq(rw.out.payload.last),
+            nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, 32)[:NORM_W_BITS]
+                                  for j in range(W)])),
         ]
+        for j in range(W):
+            # Elements past the vector's end (a partial last beat) enter as zeros.
+            keep = ~rw.out.payload.last | (tail == 0) | (j < tail)
+            m.d.comb += nq.inp.payload.data[j].eq(
+                Mux(keep, rw.out.payload.data.word_select(j, 32).as_signed(), 0))
         with m.If(norm_ops):
             m.d.comb += [
-                norm.inp.valid.eq(r0.out.valid), r0.out.ready.eq(norm.inp.ready),
-                norm.w.valid.eq(rc.out.valid), rc.out.ready.eq(norm.w.ready),
+                nq.inp.valid.eq(rw.out.valid), rw.out.ready.eq(nq.inp.ready),
+                nq.w.valid.eq(rcw.out.valid), rcw.out.ready.eq(nq.w.ready),
             ]
-        with m.If((op == Op.BITLINEAR) | (op == Op.HEAD)):
-            m.d.comb += [quant.inp.valid.eq(norm.out.valid), norm.out.ready.eq(quant.inp.ready)]
         q_wr = qbuf.write_port(granularity=8)
         lane_bits = (lanes - 1).bit_length()
-        q_data = quant.out.payload.data
         m.d.comb += [
-            quant.out.ready.eq(1),
+            nq.out.ready.eq(1),
             q_wr.addr.eq(q_count >> lane_bits),
-            q_wr.data.eq(Cat(*[q_data] * lanes)),
+            q_wr.data.eq(Cat(*[nq.out.payload.q[j] for j in range(W)] * (lanes // W))),
         ]
-        with m.If(quant.out.valid):
-            m.d.comb += q_wr.en.eq(Const(1, lanes) << q_count[:lane_bits] if lanes > 1 else 1)
-            m.d.sync += [q_count.eq(q_count + 1), ymax.eq(quant.out.payload.ymax)]
+        with m.If(nq.out.valid & ((op == Op.BITLINEAR) | (op == Op.HEAD))):
+            m.d.comb += q_wr.en.eq(Const((1 << W) - 1, lanes) << q_count[:lane_bits]
+                                   if lanes > W else (1 << W) - 1)
+            m.d.sync += [q_count.eq(q_count + W), ymax.eq(nq.out.payload.ymax)]
 
         # --- ternary rows -> requantizer (-> residual add) -------------------------------
         rows_total = Signal(32)
@@ -359,16 +380,13 @@ class Engine(wiring.Component):
         m.d.comb += [embed.mult.eq(mult), embed.shift.eq(instr.shift)]
 
         # --- the writer -----------------------------------------------------------------
-        v_wr = vmem.write_port()
+        v_wr = vmem.write_port(granularity=32)
         result = Signal(signed(ACT_BITS))
         result_valid = Signal()
         with m.Switch(op):
             with m.Case(Op.EMBED):
                 m.d.comb += [result.eq(embed.out.payload), result_valid.eq(embed.out.valid),
                              embed.out.ready.eq(1)]
-            with m.Case(Op.NORM):
-                m.d.comb += [result.eq(norm.out.payload.data), result_valid.eq(norm.out.valid),
-                             norm.out.ready.eq(1)]
             with m.Case(Op.MLGRU_H):
                 m.d.comb += [result.eq(gate.out.payload), result_valid.eq(gate.out.valid),
                              gate.out.ready.eq(1)]
@@ -384,14 +402,20 @@ class Engine(wiring.Component):
                                  result_valid.eq(requant.out.valid), requant.out.ready.eq(1)]
         load_region = self.load.payload.addr[REGION_SHIFT:]
         load_index = self.load.payload.addr[:REGION_SHIFT]
-        with m.If(result_valid):
-            m.d.comb += [v_wr.addr.eq(instr.dst + count), v_wr.data.eq(result), v_wr.en.eq(1)]
+        v_addr = instr.dst + count
+        with m.If((op == Op.NORM) & nq.out.valid):        # a whole beat of y
+            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(nq.out.payload.y),
+                         v_wr.en.eq((1 << W) - 1)]
+            m.d.sync += count.eq(count + W)
+        with m.Elif(result_valid):                          # one element
+            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(Cat(*[result] * W)),
+                         v_wr.en.eq(Const(1, W) << v_addr[:wbits] if W > 1 else 1)]
             m.d.sync += count.eq(count + 1)
 
         # --- the load port --------------------------------------------------------------
         m.d.comb += self.load.ready.eq(state == _State.IDLE)
         loading = self.load.valid & self.load.ready
-        for memory, region, words in ((prog, "prog", INSTR_WORDS), (cmem, "cmem", 1),
+        for memory, region, words in ((prog, "prog", INSTR_WORDS), (cmem, "cmem", W),
                                       (emb, "emb", 1), (tmem, "tmem", image.tmem_words)):
             port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
             sub_bits = (words - 1).bit_length()
@@ -407,7 +431,10 @@ class Engine(wiring.Component):
 
         if self._debug:
             peek = vmem.read_port()
-            m.d.comb += [peek.addr.eq(self.peek_addr), self.peek_data.eq(peek.data)]
+            peek_word = Signal(range(W))
+            m.d.sync += peek_word.eq(self.peek_addr[:wbits] if W > 1 else 0)
+            m.d.comb += [peek.addr.eq(self.peek_addr >> wbits),
+                         self.peek_data.eq(peek.data.word_select(peek_word, 32))]
 
         # --- the sequencer --------------------------------------------------------------
         m.d.comb += self.step.ready.eq(state == _State.IDLE)
@@ -442,9 +469,9 @@ class Engine(wiring.Component):
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.RUN):
                 with m.If((op == Op.BITLINEAR) | (op == Op.HEAD)):
-                    with m.If(q_count == instr.n_in):
+                    with m.If(q_count >= instr.n_in):
                         m.d.sync += state.eq(_State.TERN)
-                with m.Elif(count == instr.n_in):
+                with m.Elif(count >= instr.n_in):
                     with m.If(op == Op.MLGRU_H):
                         m.d.sync += h_valid.eq(h_valid | (Const(1, len(h_valid)) << instr.layer))
                     m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]

@@ -89,9 +89,14 @@ class EngineImage:
     """The program and memory contents of an engine for one model and lane count.
 
     ``lanes``: a power of two, at least 4 (``"2bit"``) or 1 (``"1.6bit"``).
+    ``vector_width``: elements per cycle of the normalize/quantize path
+    (:class:`~mmfree.hw.normquant.NormQuant`), a power of two; the engine uses
+    ``width = min(vector_width, lanes)``. Vectors in ``vmem`` and norm weights in ``cmem`` start
+    at multiples of ``width`` (both memories are ``width`` words wide).
     """
     im: golden.IntModel
     lanes: int
+    vector_width: int = 8
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -106,22 +111,29 @@ class EngineImage:
             raise ValueError(f"lanes must be a positive power of two, not {lanes!r}")
         if cfg.packing == "2bit" and lanes < 4:
             raise ValueError(f"lanes must be at least 4 for 2bit packing, not {lanes}")
+        vw = self.vector_width
+        if not isinstance(vw, int) or isinstance(vw, bool) or vw <= 0 or vw & (vw - 1) or \
+                vw > 64:
+            raise ValueError(f"vector_width must be a power of two from 1 to 64, not {vw!r}")
+        self.width = min(vw, lanes)
         d, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
         if d % 4:
             raise ValueError(f"hidden_size must be a multiple of 4 for the engine, not {d}")
         if layers > 255:
             raise ValueError(f"num_layers must be at most 255 for the engine, not {layers}")
+        self.h_stride = self._align(d)
         sizes = [("X", d), ("R", d), ("N", d), ("I", d), ("F", d), ("G", d), ("GN", d),
-                 ("O", d), ("GU", 2 * inter), ("P", inter), ("H", layers * d)]
+                 ("O", d), ("GU", 2 * inter), ("P", inter), ("H", layers * self.h_stride)]
         self.regions, base = {}, 0
         for name, size in sizes:
             self.regions[name] = base
-            base += size
+            base += self._align(size)
         self.vmem_depth = base
-        self.n_max = max(d, inter)
+        self.n_max = self._align(max(d, inter))
         self._cmem, self._tmem, self.program = [], [], []
         self.cmem_emb_m = self._const(self.im.emb_m)
         self._build()
+        self._cmem.extend([0] * (self._align(len(self._cmem)) - len(self._cmem)))
         self.cmem = self._cmem
         self.tmem = self._tmem
         self.emb = [int.from_bytes(row.tobytes(), "little")
@@ -129,7 +141,12 @@ class EngineImage:
 
     # -- construction ---------------------------------------------------------------------
 
+    def _align(self, n: int) -> int:
+        return -(-n // self.width) * self.width
+
     def _const(self, values) -> int:
+        """Append ``values`` to cmem at the next multiple of ``width``; returns its address."""
+        self._cmem.extend([0] * (self._align(len(self._cmem)) - len(self._cmem)))
         base = len(self._cmem)
         self._cmem.extend(int(v) for v in values)
         return base
@@ -175,7 +192,7 @@ class EngineImage:
                      "shift": self._check("embedding shift emb_k", im.emb_k, -15, 63)})
         for index, lc in enumerate(im.layers):
             what = f"layer {index}"
-            h = reg["H"] + index * d
+            h = reg["H"] + index * self.h_stride
             prog.append({"op": Op.NORM, "src": reg["X"], "dst": reg["N"], "n_in": d,
                          **self._norm_fields(lc.attn_norm, f"{what} attn_norm")})
             for name, region in (("i_proj", "I"), ("f_proj", "F"), ("g_proj", "G")):
@@ -233,6 +250,13 @@ class EngineImage:
         """32-bit words per tmem row (a power of two)."""
         return _pow2_words(self.chunk_bits)
 
+    def cmem_rows(self) -> list[int]:
+        """cmem as ``width``-word rows (element ``i`` in word ``i % width`` of row
+        ``i // width``), 32-bit two's complement words."""
+        W = self.width
+        return [sum((self.cmem[r * W + j] & 0xFFFF_FFFF) << (32 * j) for j in range(W))
+                for r in range(len(self.cmem) // W)]
+
     @staticmethod
     def instr_value(instr: dict) -> int:
         value, offset = 0, 0
@@ -249,7 +273,8 @@ class EngineImage:
         port: every memory, row by row, low word first."""
         words = []
         for name, rows, per_row in (("prog", self.prog_init(), INSTR_WORDS),
-                                    ("cmem", self.cmem, 1), ("emb", self.emb, 1),
+                                    ("cmem", self.cmem_rows(), self.width),
+                                    ("emb", self.emb, 1),
                                     ("tmem", self.tmem, self.tmem_words)):
             for row, value in enumerate(rows):
                 value &= (1 << (32 * per_row)) - 1
@@ -289,26 +314,29 @@ def tree_latency(lanes: int) -> int:
     return ((lanes.bit_length() - 1) + 1) // 2 + 2
 
 
-def op_cycles(instr: dict, lanes: int, *, vocab: int = 0, token: int = 0,
+def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token: int = 0,
               sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
-    ``n`` = ``n_in``, ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
+    ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
+    ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 9``;
-    - NORM: ``2 n + 63`` (RMSNorm: ``2 n + 53`` plus reader, pipeline and sequencer);
-    - BITLINEAR: ``3 n + rows * chunks + 131 + tree_latency(lanes) + add``;
+    - NORM: ``3 B + 123`` (:class:`~mmfree.hw.normquant.NormQuant`: ``3 B + 118``, plus the
+      beat readers and the sequencer);
+    - BITLINEAR: ``3 B + rows * chunks + 131 + tree_latency(lanes) + add``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 26 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - MLGRU_H: ``n + 37``; MLGRU_O and GLU: ``n + 36``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
+    beats = -(-n // width)
     if op == Op.EMBED:
         return n + 9
     if op == Op.NORM:
-        return 2 * n + 63
+        return 3 * beats + 123
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 3 * n + instr["n_out"] * instr["chunks"] + 131 + tree_latency(lanes) + \
+        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 131 + tree_latency(lanes) + \
             instr["add"]
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 26 + token
@@ -331,6 +359,6 @@ def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
         if instr["emit_only"] and not emit:
             total += SKIP_CYCLES
         else:
-            total += op_cycles(instr, image.lanes, vocab=image.im.config.vocab_size,
+            total += op_cycles(instr, image.lanes, image.width, vocab=image.im.config.vocab_size,
                                token=token, sampled=sampled)
     return total

@@ -24,7 +24,7 @@ MODELS = Path(__file__).parent.parent / "tools" / "models"
 
 
 def _tiny(act="silu", seed=1, **overrides):
-    fields = dict(vocab_size=16, hidden_size=16, num_layers=2, intermediate_size=24,
+    fields = dict(vocab_size=16, hidden_size=16, num_layers=2, intermediate_size=22,
                   hidden_act=act)
     fields.update(overrides)
     return golden.prepare(random_model(ModelConfig(**fields), seed=seed))
@@ -50,7 +50,7 @@ def test_image_program():
     layer = [Op.NORM, Op.BITLINEAR, Op.BITLINEAR, Op.BITLINEAR, Op.NORM, Op.MLGRU_H,
              Op.MLGRU_O, Op.BITLINEAR, Op.NORM, Op.BITLINEAR, Op.GLU, Op.BITLINEAR]
     assert ops == [Op.EMBED] + layer * 2 + [Op.NORM, Op.HEAD, Op.END]
-    assert image.ternary_weights() == 2 * (4 * 16 * 16 + 3 * 24 * 16) + 16 * 16
+    assert image.ternary_weights() == 2 * (4 * 16 * 16 + 3 * 22 * 16) + 16 * 16
     # The load words cover every memory row; addresses are unique.
     words = image.load_words()
     assert len({address for address, _ in words}) == len(words)
@@ -109,7 +109,7 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):
     ("silu", 4, 0.0), ("gelu", 8, 0.8),
 ], ids=["silu-l4-greedy", "gelu-l8-sampled"])
 def test_engine_amaranth(act, lanes, temperature):
-    """A tiny model (d 16, L 2, I 24, V 16) in the Amaranth simulator: tokens, every layer's
+    """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step."""
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7)
 
@@ -118,7 +118,7 @@ def test_engine_amaranth(act, lanes, temperature):
 COCOTB = [
     ("d64-L2-I192-V256-l64", "random:64,2,192,256,1", 64, 32, 2, ()),
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
-    ("d32-L2-I40-V64-gelu-l16", "random:32,2,40,64,5,gelu", 16, 32, None, ()),
+    ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     ("ulx3s-85f-l128", str(MODELS / "ulx3s-85f.safetensors"), 128, 32, None,

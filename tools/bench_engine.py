@@ -31,7 +31,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
     BitLinear and the lm_head) and the rest of each instruction."""
     out = collections.Counter()
     for instr in image.program:
-        cycles = op_cycles(instr, image.lanes)
+        cycles = op_cycles(instr, image.lanes, image.width)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
             rows = instr["n_out"] * instr["chunks"]
             out["ternary rows"] += rows
