@@ -40,14 +40,19 @@ class Engine(wiring.Component):
     """Executes the decode step of an :class:`~mmfree.sim.engine.EngineImage` (one model,
     one lane count), one instruction at a time.
 
-    Datapath (shared by every instruction): three vector-memory readers, a constant reader
-    and an embedding reader feed :class:`~mmfree.hw.rmsnorm.RMSNorm`,
-    :class:`~mmfree.hw.quantizer.ActivationQuantizer` (into the q buffer),
-    :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row per pass, weights
-    from ``tmem``) and :class:`~mmfree.hw.requantizer.Requantizer`, the sigmoid/SiLU(/GELU)
-    units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer stores results in
-    the vector memory. The schedule and its cycle count are documented in ``docs/engine.md``
-    and computed by :func:`mmfree.sim.engine_schedule.step_cycles`.
+    Datapath (shared by every instruction): two beat readers (vector and norm weights, ``W``
+    elements per transfer, ``W = image.width``) feed :class:`~mmfree.hw.normquant.NormQuant`
+    (into the q buffer, or back into the vector memory for a stand-alone RMSNorm); the rows
+    of :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row per pass,
+    weights from ``tmem``) go through :class:`~mmfree.hw.requantizer.Requantizer`; three
+    vector-memory element readers, a constant reader and an embedding reader feed the
+    sigmoid/SiLU(/GELU) units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer
+    stores results in the vector memory (an element, or a beat of ``W``). The schedule and
+    its cycle count are documented in ``docs/engine.md`` and computed by
+    :func:`mmfree.sim.engine.step_cycles`.
+
+    Latency: a step takes :func:`~mmfree.sim.engine.step_cycles` cycles from the ``step``
+    transfer until ``busy`` falls. Throughput: one step at a time.
 
     Members
     -------

@@ -1,6 +1,6 @@
 """Vector reader: streams ``count`` consecutive words of a memory read port."""
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
