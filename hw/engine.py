@@ -3,6 +3,7 @@
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -204,7 +205,7 @@ class Engine(wiring.Component):
             m.d.comb += reader.start.eq(start)
         m.d.comb += [
             r0.base.eq(instr.src),
-            r0.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.GLU), instr.n_in, 0)),
+            r0.count.eq(Mux(op == Op.MLGRU_H, instr.n_in, 0)),
             r2.base.eq(instr.aux),
             r2.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.MLGRU_O), instr.n_in, 0)),
             rc.base.eq(instr.cbase),
@@ -217,8 +218,6 @@ class Engine(wiring.Component):
                              rc.count.eq(instr.n_in)]
             with m.Case(Op.MLGRU_O):
                 m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
-            with m.Case(Op.GLU):
-                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(instr.n_in)]
             with m.Case(Op.BITLINEAR, Op.HEAD):
                 m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0))]
             with m.Case(Op.EMBED):
@@ -310,9 +309,26 @@ class Engine(wiring.Component):
             sampler.logits.payload.first.eq(requant.out.payload.first),
             sampler.logits.payload.last.eq(requant.out.payload.last),
         ]
+        # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
+        # that holds them while their gate is in the activation's pipeline.
+        m.submodules.up_fifo = up_fifo = SyncFIFOBuffered(width=ACT_BITS, depth=64)
+        parity = Signal()             # the next row out of the requantizer is an up row
+        with m.If(state == _State.TERN):
+            m.d.sync += parity.eq(0)
+        with m.Elif(requant.out.valid & requant.out.ready):
+            m.d.sync += parity.eq(~parity)
+        m.d.comb += up_fifo.w_data.eq(requant.out.payload.data)
         with m.If(op == Op.HEAD):
             m.d.comb += [sampler.logits.valid.eq(requant.out.valid),
                          requant.out.ready.eq(sampler.logits.ready)]
+        with m.Elif((op == Op.BITLINEAR) & instr.glu):
+            with m.If(parity):
+                m.d.comb += [up_fifo.w_en.eq(requant.out.valid),
+                             requant.out.ready.eq(up_fifo.w_rdy)]
+            with m.Else():
+                m.d.comb += [act.inp.valid.eq(requant.out.valid),
+                             requant.out.ready.eq(act.inp.ready)]
+
         with m.Elif((op == Op.BITLINEAR) & instr.add):
             m.d.comb += [residual.a.valid.eq(requant.out.valid),
                          requant.out.ready.eq(residual.a.ready),
@@ -339,10 +355,9 @@ class Engine(wiring.Component):
             gate.lb.payload.eq(rc.out.payload.data[:21]),
             gate.has_lb.eq(instr.has_lb),
             product.shift.eq(instr.shift[:6]),
-            product.b.payload.eq(r1.out.payload.data),
         ]
         if act is not silu:
-            m.d.comb += [act.frac.eq(instr.frac_a), act.inp.payload.eq(r0.out.payload)]
+            m.d.comb += act.frac.eq(instr.frac_a)
         with m.Switch(op):
             with m.Case(Op.MLGRU_H):
                 m.d.comb += [
@@ -360,16 +375,7 @@ class Engine(wiring.Component):
                     silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
                     product.a.payload.eq(silu.out.payload.data),
                     product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
-                    product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
-                ]
-            with m.Case(Op.GLU):
-                if act is silu:
-                    m.d.comb += silu.frac.eq(instr.frac_a)
-                m.d.comb += [
-                    act.inp.payload.eq(r0.out.payload),
-                    act.inp.valid.eq(r0.out.valid), r0.out.ready.eq(act.inp.ready),
-                    product.a.payload.eq(act.out.payload.data),
-                    product.a.valid.eq(act.out.valid), act.out.ready.eq(product.a.ready),
+                    product.b.payload.eq(r1.out.payload.data),
                     product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
                 ]
             with m.Case(Op.EMBED):
@@ -381,6 +387,17 @@ class Engine(wiring.Component):
                 ]
                 with m.If(embed.q.valid & embed.q.ready):
                     m.d.sync += byte.eq(byte + 1)
+        with m.If((op == Op.BITLINEAR) & instr.glu):
+            if act is silu:
+                m.d.comb += silu.frac.eq(instr.frac_a)
+            m.d.comb += [
+                act.inp.payload.data.eq(requant.out.payload.data),
+                act.inp.payload.first.eq(requant.out.payload.first),
+                product.a.payload.eq(act.out.payload.data),
+                product.a.valid.eq(act.out.valid), act.out.ready.eq(product.a.ready),
+                product.b.payload.eq(up_fifo.r_data),
+                product.b.valid.eq(up_fifo.r_rdy), up_fifo.r_en.eq(product.b.ready),
+            ]
         mult = Signal(15)
         m.d.comb += [embed.mult.eq(mult), embed.shift.eq(instr.shift)]
 
@@ -395,11 +412,14 @@ class Engine(wiring.Component):
             with m.Case(Op.MLGRU_H):
                 m.d.comb += [result.eq(gate.out.payload), result_valid.eq(gate.out.valid),
                              gate.out.ready.eq(1)]
-            with m.Case(Op.MLGRU_O, Op.GLU):
+            with m.Case(Op.MLGRU_O):
                 m.d.comb += [result.eq(product.out.payload), result_valid.eq(product.out.valid),
                              product.out.ready.eq(1)]
             with m.Case(Op.BITLINEAR):
-                with m.If(instr.add):
+                with m.If(instr.glu):
+                    m.d.comb += [result.eq(product.out.payload),
+                                 result_valid.eq(product.out.valid), product.out.ready.eq(1)]
+                with m.Elif(instr.add):
                     m.d.comb += [result.eq(residual.out.payload),
                                  result_valid.eq(residual.out.valid), residual.out.ready.eq(1)]
                 with m.Else():
@@ -486,6 +506,6 @@ class Engine(wiring.Component):
                 with m.If(op == Op.HEAD):
                     with m.If(self.token.valid & self.token.ready):
                         m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
-                with m.Elif(count == instr.n_out):
+                with m.Elif(count == Mux(instr.glu, instr.n_out >> 1, instr.n_out)):
                     m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
         return m

@@ -12,12 +12,12 @@ Everything here is plain Python/numpy: the host tools import it without Amaranth
 Vector memory (``vmem``, 32-bit signed words), regions in this order: ``X`` (residual
 stream), ``R`` (residual after the token mixer), ``N`` (output of a stand-alone RMSNorm:
 attention/mlp/final norm), ``I``, ``F``, ``G`` (the MLGRU projections), ``GN`` (RMSNorm(g)),
-``O`` (the token mixer's output), ``GU`` (gate and up, ``2 I``), ``P`` (the GLU product,
-``I``), ``H`` (the recurrent state, ``L x d``, layer ``l`` at ``H + l d``).
+``O`` (the token mixer's output), ``P`` (the GLU product, ``I``), ``H`` (the recurrent state, ``L x d``, layer ``l`` at ``H + l d``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
@@ -39,7 +39,6 @@ class Op(enum.IntEnum):
     BITLINEAR = 3   # dst = BitLinear(src) (+ aux, saturated, when `add`)
     MLGRU_H   = 4   # H[l] = f * H[l] + SiLU(i) * (1 - f), f = lb + (1 - lb) * sigmoid(F)
     MLGRU_O   = 5   # O = RMSNorm(g) * SiLU(H[l])
-    GLU       = 6   # P = act(GU[:I]) * GU[I:]
     HEAD      = 7   # logits = BitLinear(src) into the sampler; the step's token comes out
 
 
@@ -50,6 +49,7 @@ INSTR_FIELDS = [
     ("emit_only", 1, False),   # skipped in a step that does not emit a token (prefill)
     ("add",       1, False),   # BITLINEAR: add the vector at aux, saturate to 32 bits
     ("has_lb",    1, False),   # MLGRU_H: the layer has a lower bound (layers > 0)
+    ("glu",       1, False),   # BITLINEAR: rows alternate gate/up; write act(gate) * up
     ("layer",     8, False),   # MLGRU_H/O: the layer (its state-valid flag)
     ("src",      20, False),   # vmem addresses
     ("dst",      20, False),
@@ -123,7 +123,7 @@ class EngineImage:
             raise ValueError(f"num_layers must be at most 255 for the engine, not {layers}")
         self.h_stride = self._align(d)
         sizes = [("X", d), ("R", d), ("N", d), ("I", d), ("F", d), ("G", d), ("GN", d),
-                 ("O", d), ("GU", 2 * inter), ("P", inter), ("H", layers * self.h_stride)]
+                 ("O", d), ("P", inter), ("H", layers * self.h_stride)]
         self.regions, base = {}, 0
         for name, size in sizes:
             self.regions[name] = base
@@ -213,13 +213,15 @@ class EngineImage:
                                         add=1, aux=reg["X"]))
             prog.append({"op": Op.NORM, "src": reg["R"], "dst": reg["N"], "n_in": d,
                          **self._norm_fields(lc.mlp_norm, f"{what} mlp_norm")})
-            prog.append(self._bitlinear(lc.gate_proj, f"{what} gate_proj", reg["N"],
-                                        reg["GU"]))
+            # gate and up rows interleaved (gate_j, up_j): the GLU product is computed as the
+            # rows come out, act(gate_j) * up_j into P.
             f_gu = lc.gate_proj.f_out
-            prog.append({"op": Op.GLU, "src": reg["GU"], "aux": reg["GU"] + inter,
-                         "dst": reg["P"], "n_in": inter,
-                         "frac_a": self._frac(f"{what} gate_proj", f_gu),
-                         "shift": self._check(f"{what}: GLU shift", 2 * f_gu - lc.f_p, 1, 63)})
+            rows = np.empty_like(lc.gate_proj.T)
+            rows[0::2], rows[1::2] = lc.gate_proj.T[:inter], lc.gate_proj.T[inter:]
+            prog.append(self._bitlinear(
+                dataclasses.replace(lc.gate_proj, T=rows), f"{what} gate_proj", reg["N"],
+                reg["P"], glu=1, frac_a=self._frac(f"{what} gate_proj", f_gu),
+                shift=self._check(f"{what}: GLU shift", 2 * f_gu - lc.f_p, 1, 63)))
             prog.append(self._bitlinear(lc.down_proj, f"{what} down_proj", reg["P"], reg["X"],
                                         add=1, aux=reg["R"]))
         prog.append({"op": Op.NORM, "src": reg["X"], "dst": reg["N"], "n_in": d,
@@ -327,7 +329,10 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     - BITLINEAR: ``3 B + rows * chunks + 131 + tree_latency(lanes) + add``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 26 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
-    - MLGRU_H: ``n + 37``; MLGRU_O and GLU: ``n + 36``.
+    - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
+      ``max(31 - chunks, 4)``: the last product waits for SiLU/GELU (29 cycles) of the last
+      gate row, which left the ternary unit ``chunks`` cycles before the last up row;
+    - MLGRU_H: ``n + 37``; MLGRU_O: ``n + 36``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
@@ -338,12 +343,14 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op in (Op.BITLINEAR, Op.HEAD):
         cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 131 + tree_latency(lanes) + \
             instr["add"]
+        if instr["glu"]:
+            cycles += max(31 - instr["chunks"], 4)
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 26 + token
         return cycles
     if op == Op.MLGRU_H:
         return n + 37
-    if op in (Op.MLGRU_O, Op.GLU):
+    if op == Op.MLGRU_O:
         return n + 36
     if op == Op.END:
         return 0

@@ -48,7 +48,7 @@ def test_image_program():
     image = EngineImage(im, 8)
     ops = [instr["op"] for instr in image.program]
     layer = [Op.NORM, Op.BITLINEAR, Op.BITLINEAR, Op.BITLINEAR, Op.NORM, Op.MLGRU_H,
-             Op.MLGRU_O, Op.BITLINEAR, Op.NORM, Op.BITLINEAR, Op.GLU, Op.BITLINEAR]
+             Op.MLGRU_O, Op.BITLINEAR, Op.NORM, Op.BITLINEAR, Op.BITLINEAR]
     assert ops == [Op.EMBED] + layer * 2 + [Op.NORM, Op.HEAD, Op.END]
     assert image.ternary_weights() == 2 * (4 * 16 * 16 + 3 * 22 * 16) + 16 * 16
     # The load words cover every memory row; addresses are unique.

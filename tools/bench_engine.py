@@ -38,8 +38,8 @@ def breakdown(image: EngineImage) -> dict[str, int]:
             out["BitLinear norm + quantize + pipeline"] += cycles - rows
         elif instr["op"] == Op.NORM:
             out["RMSNorm (attn, g, mlp, final)"] += cycles
-        elif instr["op"] in (Op.MLGRU_H, Op.MLGRU_O, Op.GLU):
-            out["MLGRU and GLU elementwise"] += cycles
+        elif instr["op"] in (Op.MLGRU_H, Op.MLGRU_O):
+            out["MLGRU elementwise"] += cycles
         else:
             out["embedding, sequencing"] += cycles
     out["embedding, sequencing"] += step_cycles(image) - sum(out.values())
