@@ -304,7 +304,7 @@ def test_verilog_writes_engine_and_summary(files, capsys, tmp_path):
     assert "module mmfree_engine(" in verilog.read_text()
     image = EngineImage(golden.prepare(load_model(files["model"])), 16)
     info = json.loads(summary.read_text())
-    assert info["lanes"] == 16
+    assert (info["lanes"], info["vector_width"]) == (16, 8)
     assert info["cycles_per_token_greedy"] == step_cycles(image)
     assert info["ternary_weights_per_token"] == image.ternary_weights()
     assert f"{step_cycles(image):,} cycles per token" in stdout
@@ -332,7 +332,8 @@ def test_verilog_writes_engine_and_summary(files, capsys, tmp_path):
 @pytest.mark.parametrize("argv, status, pattern", [
     (["--lanes", "12"], 2, r"--lanes must be a positive power of two, not 12"),
     (["--lanes", "0"], 2, r"--lanes must be a positive power of two, not 0"),
-], ids=["lanes-12", "lanes-0"])
+    (["--vector-width", "6"], 2, r"--vector-width must be a power of two from 1 to 64, not 6"),
+], ids=["lanes-12", "lanes-0", "vector-width-6"])
 def test_verilog_bad_arguments(files, capsys, tmp_path, argv, status, pattern):
     code, _, err = run_cli(capsys, "verilog", "--model", files["model"], "--out", tmp_path / "o",
                            *argv)

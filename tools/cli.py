@@ -213,6 +213,10 @@ def cmd_verilog(args) -> int:
     model_path = str(model_path or default_model_path())
     if args.lanes <= 0 or args.lanes & (args.lanes - 1):
         raise CliError(f"--lanes must be a positive power of two, not {args.lanes}", EXIT_USAGE)
+    vw = args.vector_width
+    if vw <= 0 or vw & (vw - 1) or vw > 64:
+        raise CliError(f"--vector-width must be a power of two from 1 to 64, not {vw}",
+                       EXIT_USAGE)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: exists and is not a directory")
@@ -221,7 +225,7 @@ def cmd_verilog(args) -> int:
     if existing and not args.force:
         raise CliError(f"{existing[0]} exists; give --force to overwrite it", EXIT_USAGE)
     try:
-        image = EngineImage(golden.prepare(model), args.lanes)
+        image = EngineImage(golden.prepare(model), args.lanes, args.vector_width)
     except ValueError as error:
         raise CliError(f"{model_path}: {error}") from None
     from ..hw.engine import Engine
@@ -234,6 +238,7 @@ def cmd_verilog(args) -> int:
     weights = image.ternary_weights()
     summary = {
         "model": model_path, "top": args.name, "lanes": args.lanes,
+        "vector_width": image.width,
         "config": {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
                    "num_layers": cfg.num_layers, "intermediate_size": cfg.intermediate_size,
                    "hidden_act": cfg.hidden_act, "packing": cfg.packing},
@@ -324,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file or checkpoint directory (default: the shipped "
                         "ULX3S-85F-sized model)")
     p.add_argument("--lanes", type=int, default=64, help="ternary lanes (a power of two)")
+    p.add_argument("--vector-width", type=int, default=8,
+                   help="elements per cycle of the normalize/quantize path (at most --lanes)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--name", default="mmfree_engine", help="top module and file name")
     p.add_argument("--no-debug", dest="debug", action="store_false",
