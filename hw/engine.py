@@ -108,7 +108,7 @@ class Engine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         image, cfg = self._image, self._image.im.config
-        lanes, d, inter = image.lanes, cfg.hidden_size, cfg.intermediate_size
+        lanes, d = image.lanes, cfg.hidden_size
         regions = image.regions
 
         # --- memories -------------------------------------------------------------------

@@ -5,7 +5,8 @@ from amaranth.hdl import Const, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.sim.packing import PACKINGS, WEIGHTS_PER_BYTE, pack_ternary, unpack_ternary
+from mmfree.sim.packing import (PACKINGS, WEIGHTS_PER_BYTE, pack_ternary, packed_row_bytes,
+                                 unpack_ternary)
 
 __all__ = ["TernaryDecoder", "chunk_bytes"]
 
@@ -14,7 +15,7 @@ def chunk_bytes(lanes: int, packing: str) -> int:
     """Bytes that hold one chunk of ``lanes`` weights: ``lanes / 4`` for ``"2bit"``,
     ``ceil(lanes / 5)`` for ``"1.6bit"`` (the chunk is packed on its own by
     :func:`~mmfree.sim.packing.pack_ternary`, its last byte padded with zero weights)."""
-    return -(-lanes // WEIGHTS_PER_BYTE[packing])
+    return packed_row_bytes(lanes, packing)
 
 
 def _byte_table(packing: str) -> list[tuple[int, int]]:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmfree.sim import golden
-from mmfree.sim.packing import WEIGHTS_PER_BYTE, pack_ternary
+from mmfree.sim.packing import pack_ternary, packed_row_bytes
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "chunk_bytes", "op_cycles",
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
            "step_cycles"]
 
 
@@ -75,11 +75,6 @@ REGION_SHIFT = 24
 REGION = {"prog": 0, "cmem": 1, "emb": 2, "tmem": 3}
 
 
-def chunk_bytes(lanes: int, packing: str) -> int:
-    """Bytes of one chunk of ``lanes`` packed weights (as :func:`mmfree.hw.unpack.chunk_bytes`)."""
-    return -(-lanes // WEIGHTS_PER_BYTE[packing])
-
-
 def _pow2_words(bits: int) -> int:
     return 1 << max(0, math.ceil(math.log2(-(-bits // 32))))
 
@@ -101,7 +96,7 @@ class EngineImage:
     program: list = field(init=False)
     cmem: list = field(init=False)
     emb: list = field(init=False)
-    tmem: list = field(init=False)          # one int per chunk (chunk_bytes, little-endian)
+    tmem: list = field(init=False)          # one int per chunk of lanes weights, little-endian
 
     def __post_init__(self):
         cfg = self.im.config
@@ -245,7 +240,7 @@ class EngineImage:
 
     @property
     def chunk_bits(self) -> int:
-        return 8 * chunk_bytes(self.lanes, self.packing)
+        return 8 * packed_row_bytes(self.lanes, self.packing)   # a chunk packed on its own
 
     @property
     def tmem_words(self) -> int:

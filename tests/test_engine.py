@@ -14,6 +14,7 @@ from mmfree.hw.engine import Engine
 from mmfree.sim import golden
 from mmfree.sim.engine import EngineImage, Op, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
+from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
 
 TB_DIR = Path(__file__).parent / "tb"
@@ -54,9 +55,13 @@ def test_image_program():
     # The load words cover every memory row; addresses are unique.
     words = image.load_words()
     assert len({address for address, _ in words}) == len(words)
-    # Every packed chunk decodes back to the ternary weights (2-bit: 2 bits per weight).
-    first = image.program[1 + 1]            # layer 0 i_proj
+    # The chunks of layer 0's i_proj decode back to its ternary weights, row by row.
+    first = image.program[1 + 1]
     assert (first["chunks"], first["n_out"]) == (2, 16)
+    chunks = image.tmem[first["tbase"]:first["tbase"] + 2 * 16]
+    packed = np.array([list(c.to_bytes(2, "little")) for c in chunks], dtype=np.uint8)
+    np.testing.assert_array_equal(unpack_ternary(packed, 8, "2bit").reshape(16, 16),
+                                  im.layers[0].i_proj.T)
 
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):

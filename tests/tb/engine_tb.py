@@ -180,12 +180,11 @@ async def load_port(dut):
     greedy decoding equal to that model's golden run (and the cycle counts of its image)."""
     im, image, h, count = _setup(dut)
     await h.start()
-    spec = os.environ["ENGINE_MODEL"].rsplit(",", 1)
     fields = os.environ["ENGINE_MODEL"][len("random:"):].split(",")
     fields[4] = os.environ["ENGINE_LOAD_SEED"]
     other = golden.prepare(model_from_spec("random:" + ",".join(fields)))
     other_image = EngineImage(other, image.lanes)
-    assert other_image.prog_init() != image.prog_init() or other_image.tmem != image.tmem, spec
+    assert other_image.tmem != image.tmem, "the second model must differ"
     words = other_image.load_words()
     dut.load__valid.value = 1
     for address, word in words:
