@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..sim import golden
 from ..sim.engine import EngineImage, Op, op_cycles, step_cycles
+from ..sim.model import ModelConfig, random_model
 from ..sim.modelfile import load_model
 from .bench_golden import machine
 
@@ -44,6 +45,22 @@ def breakdown(image: EngineImage) -> dict[str, int]:
             out["embedding, sequencing"] += cycles
     out["embedding, sequencing"] += step_cycles(image) - sum(out.values())
     return dict(out)
+
+
+def tested_configs():
+    """``(name, IntModel, lanes)`` of the engine's Verilator tests (tests/test_engine.py)."""
+    out = []
+    for d, layers, inter, vocab, seed, act, lanes in [(64, 2, 192, 256, 1, "silu", 64),
+                                                      (96, 3, 200, 97, 3, "silu", 32),
+                                                      (32, 2, 44, 64, 5, "gelu", 16)]:
+        cfg = ModelConfig(vocab_size=vocab, hidden_size=d, num_layers=layers,
+                          intermediate_size=inter, hidden_act=act)
+        out.append((f"random d{d} L{layers} I{inter} V{vocab} {act}",
+                    golden.prepare(random_model(cfg, seed=seed)), lanes))
+    for path, lanes in ((MODELS / "icebreaker.safetensors", 64),
+                        (MODELS / "ulx3s-85f.safetensors", 128)):
+        out.append((path.name, golden.prepare(load_model(path)), lanes))
+    return out
 
 
 def simulate(model: Path, lanes: int, tokens: int) -> dict:
@@ -102,6 +119,16 @@ def main(argv=None) -> int:
         for name, cycles in breakdown(image).items():
             lines.append(f"| {name} | {cycles:,} | {100 * cycles / total:.1f}% |")
         lines.append("")
+
+    lines += ["## The configurations tests/test_engine.py runs on Verilator", "",
+              "| model | lanes | cycles/token (greedy) | lower bound | utilization |",
+              "|---|---:|---:|---:|---:|"]
+    for name, im, lanes in tested_configs():
+        image = EngineImage(im, lanes)
+        cycles, bound = step_cycles(image), image.ternary_weights() / lanes
+        lines.append(f"| {name} | {lanes} | {cycles:,} | {bound:,.0f} | "
+                     f"{100 * bound / cycles:.1f}% |")
+    lines.append("")
 
     result = simulate(args.model, args.lanes, args.tokens)
     lines += ["## Simulation speed (Verilator, cocotb driving the step/token streams)", "",
