@@ -1,0 +1,90 @@
+"""The system on chip of every board: UART, framing, link controller and decode engine.
+
+The board tops (:mod:`mmfree.boards.top`) add the clock (PLL), the pins and the LEDs; the
+simulated board (:mod:`mmfree.sim.simboard`) runs this same component in Verilator with its
+UART pins on a TCP socket.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.engine import Engine
+from mmfree.hw.framing import FrameReceiver, FrameTransmitter
+from mmfree.hw.link import LinkController
+from mmfree.hw.uart import UART
+from mmfree.sim.engine import EngineImage
+from mmfree.sim.protocol import Board, Identity, identity_for
+
+__all__ = ["SoC"]
+
+TX_FIFO_DEPTH = 64
+
+
+class SoC(wiring.Component):
+    """UART (8N1, ``divisor`` cycles a bit) -> :class:`~mmfree.hw.framing.FrameReceiver`
+    -> :class:`~mmfree.hw.link.LinkController` -> :class:`~mmfree.hw.engine.Engine`, and
+    back through :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO and the UART.
+
+    Members: ``uart_rx`` (into the device), ``uart_tx``, ``leds`` (:class:`~mmfree.hw.link.LED`).
+    A frame with no byte for ``timeout`` cycles (default: 4096 byte times) is abandoned.
+    """
+
+    def __init__(self, image: EngineImage, *, board: Board, clock_hz: int, divisor: int,
+                 timeout: int | None = None):
+        if not isinstance(image, EngineImage):
+            raise TypeError(f"image must be an EngineImage, not {image!r}")
+        self._image = image
+        self._divisor = divisor
+        self._timeout = timeout if timeout is not None else 4096 * 10 * divisor
+        self._identity = identity_for(image, board=board, clock_hz=clock_hz, divisor=divisor)
+        super().__init__({
+            "uart_rx": In(1, init=1),
+            "uart_tx": Out(1, init=1),
+            "leds":    Out(4),
+        })
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def image(self) -> EngineImage:
+        return self._image
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = uart = UART(divisor=self._divisor)
+        m.submodules.rx = rx = FrameReceiver(timeout=self._timeout)
+        m.submodules.tx = tx = FrameTransmitter()
+        m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=TX_FIFO_DEPTH)
+        m.submodules.ctrl = ctrl = LinkController(identity=self._identity)
+        m.submodules.engine = engine = Engine(self._image, debug=False)
+
+        m.d.comb += [
+            uart.rx.eq(self.uart_rx),
+            self.uart_tx.eq(uart.tx),
+            rx.line_error.eq(uart.rx_error | uart.rx_overrun),
+            self.leds.eq(ctrl.leds),
+            # frames in
+            rx.free.eq(ctrl.free), rx.free_bank.eq(ctrl.free_bank),
+            rx.rd_addr.eq(ctrl.rd_addr), rx.rd_en.eq(ctrl.rd_en), ctrl.rd_data.eq(rx.rd_data),
+            # frames out, through the FIFO
+            tx_fifo.w_data.eq(tx.out.payload), tx_fifo.w_en.eq(tx.out.valid),
+            tx.out.ready.eq(tx_fifo.w_rdy),
+            uart.tx_data.payload.eq(tx_fifo.r_data), uart.tx_data.valid.eq(tx_fifo.r_rdy),
+            tx_fifo.r_en.eq(uart.tx_data.ready),
+            # the engine
+            ctrl.busy.eq(engine.busy), ctrl.cycles.eq(engine.cycles),
+            engine.x0.eq(ctrl.x0), engine.seed.eq(ctrl.seed),
+            engine.seed_load.eq(ctrl.seed_load), engine.reset_state.eq(ctrl.reset_state),
+        ]
+        wiring.connect(m, uart.rx_data, rx.data)
+        wiring.connect(m, rx.frame, ctrl.frame)
+        wiring.connect(m, ctrl.tx_header, tx.header)
+        wiring.connect(m, ctrl.tx_payload, tx.payload)
+        wiring.connect(m, ctrl.step, engine.step)
+        wiring.connect(m, engine.token, ctrl.token)
+        wiring.connect(m, ctrl.load, engine.load)
+        return m
