@@ -132,6 +132,7 @@ def test_eval_prints_both_perplexities(files, capsys):
 def _generate(capsys, files, *extra):
     """Greedy unless ``extra`` sets a temperature (the CLI's default is 0.8)."""
     extra = extra if "--temperature" in extra else ("--temperature", 0, *extra)
+    extra = extra if "--backend" in extra else ("--backend", "golden", *extra)
     status, out, err = run_cli(capsys, "generate", "--model", files["model"], "--prompt", "ROMEO:",
                                "--max-new-tokens", 12, "--ids", *extra)
     assert status == 0, err
@@ -175,7 +176,7 @@ def test_generate_float_backend(files, capsys):
 
 def test_generate_prints_text(files, capsys):
     status, out, err = run_cli(capsys, "generate", "--model", files["model"], "--prompt", "ROMEO:",
-                               "--max-new-tokens", 5)
+                               "--max-new-tokens", 5, "--backend", "golden")
     assert status == 0, err
     assert out.startswith("ROMEO:")
 
@@ -230,7 +231,7 @@ def test_console_script_end_to_end(files):
     exe = shutil.which("mmfree")
     cmd = [exe] if exe else [sys.executable, "-m", "mmfree.tools.cli"]
     result = subprocess.run(cmd + ["generate", "--model", str(files["model"]), "--prompt", "ab",
-                                   "--max-new-tokens", "3", "--ids"],
+                                   "--max-new-tokens", "3", "--ids", "--backend", "golden"],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONWARNINGS": "error"})
     assert result.returncode == 0, result.stderr
@@ -270,14 +271,15 @@ def hf_model(tmp_path_factory):
 
 def test_generate_with_hf_tokenizer(hf_model, capsys):
     status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt",
-                               "to be or not", "--max-new-tokens", 4, "--ids", "--temperature", 0)
+                               "to be or not", "--max-new-tokens", 4, "--ids", "--temperature", 0,
+                               "--backend", "golden")
     assert status == 0, err
     tokens = [int(t) for t in out.split()]
     model = load_model(hf_model)
     # The prompt is encoded with a leading BOS: <s> to be or not.
     assert tokens == list(generate(GoldenBackend(model), [1, 3, 4, 5, 6], 4))
     status, out, err = run_cli(capsys, "generate", "--model", hf_model, "--prompt",
-                               "to be", "--max-new-tokens", 3)
+                               "to be", "--max-new-tokens", 3, "--backend", "golden")
     assert status == 0 and out.startswith("to be"), err
 
 

@@ -156,22 +156,75 @@ def cmd_generate(args) -> int:
         check_temperature(args.temperature)
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    backend_name = args.backend or ("board" if args.port else "sim")
+    if args.port and backend_name != "board":
+        raise CliError(f"--port is for --backend board, not {backend_name}", EXIT_USAGE)
     model = load_any(getattr(args, "model", None))
     tokenizer = tokenizer_for(model)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise CliError("the prompt is empty", EXIT_USAGE)
-    backend = BACKENDS[args.backend](model)
     out = sys.stdout
     feed = tokenizer.decoder()
+    if backend_name in BACKENDS:
+        tokens = generate(BACKENDS[backend_name](model), prompt, args.max_new_tokens,
+                          temperature=args.temperature, seed=args.seed)
+        _print_tokens(out, args, feed, tokens)
+        return EXIT_OK
+    return _generate_on_device(args, backend_name, model, prompt, out, feed)
+
+
+def _print_tokens(out, args, feed, tokens) -> None:
     if not args.ids:
         out.write(args.prompt)
-    for token in generate(backend, prompt, args.max_new_tokens, temperature=args.temperature,
-                          seed=args.seed):
+        out.flush()
+    for token in tokens:
         out.write(f"{token}\n" if args.ids else feed(token))
         out.flush()
     if not args.ids:
         out.write("\n")
+
+
+def _generate_on_device(args, backend_name, model, prompt, out, feed) -> int:
+    from ..sim import golden
+    from .device import DeviceSetupError, open_device
+    from .interface import LinkError
+
+    x0 = golden.sampler_x0(args.temperature) if args.temperature else 0
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc="loading weights", unit="B", unit_scale=True,
+                       disable=not sys.stderr.isatty(), file=sys.stderr)
+        bar.update(done - bar.n)
+
+    if backend_name == "sim":
+        logger.info("starting the simulated board (built once per model, then reused)")
+    try:
+        with open_device(model, backend=backend_name, board=args.board, port=args.port,
+                         baud=args.baud, progress=progress,
+                         force_load=args.force_load) as (iface, info):
+            if bar is not None:
+                bar.close()
+            load = info["load"]
+            if load.skipped:
+                logger.info("weights already on the device; load skipped")
+            else:
+                logger.info("loaded %d bytes in %.2f s (%.0f bytes/s, %d resends)", load.bytes,
+                            load.seconds, load.bytes / max(load.seconds, 1e-9), load.resends)
+            tokens = (token for token, _ in iface.generate(prompt, args.max_new_tokens,
+                                                           x0=x0, seed=args.seed))
+            _print_tokens(out, args, feed, tokens)
+    except DeviceSetupError as error:
+        raise CliError(str(error), error.status) from None
+    except LinkError as error:
+        raise CliError(str(error), EXIT_DATA) from None
+    finally:
+        if bar is not None:
+            bar.close()
     return EXIT_OK
 
 
@@ -314,8 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8,
                    help="0 for greedy; otherwise sampling temperature (1/64 .. 64)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
-    p.add_argument("--backend", choices=("golden", "float"), default="golden",
-                   help="golden: the bit-exact integer model; float: the float64 reference")
+    p.add_argument("--backend", choices=("sim", "board", "golden", "float"), default=None,
+                   help="sim: the simulated board (the SoC in Verilator over a byte stream; "
+                        "default without --port); board: a board on --port (default with "
+                        "--port); golden: the bit-exact integer model; float: the float64 "
+                        "reference")
+    p.add_argument("--port", default=None, help="serial port of the board, e.g. /dev/ttyUSB0")
+    p.add_argument("--board", default="ulx3s-85f", choices=("ulx3s-85f", "icebreaker"),
+                   help="the board (sim and board backends): engine size, clock, baud rate")
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART baud rate (default: the board's, 3000000)")
+    p.add_argument("--force-load", action="store_true",
+                   help="load the weights even if the device reports the same model hash")
     p.add_argument("--ids", action="store_true", help="print token ids, one per line")
     p.set_defaults(func=cmd_generate)
 
