@@ -72,7 +72,7 @@ class ErrorCode(enum.IntEnum):
     BAD_TOKEN       = 7    # a token >= the vocabulary (detail: its index in the request)
     NO_MODEL        = 8    # PREFILL/GENERATE while no verified model is loaded
     LINE            = 9    # a UART framing error or overrun inside the frame: dropped
-    BAD_VALUE       = 10   # SET_SAMPLING x0 outside 0 and -65536 .. -4
+    BAD_VALUE       = 10   # SET_SAMPLING x0 outside 0 and -65535 .. -4; GENERATE count 0
 
 
 class Board(enum.IntEnum):
