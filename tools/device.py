@@ -73,11 +73,15 @@ def engine_image(model, board: BoardConfig) -> EngineImage:
         raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
 
 
-def sim_verilog(image: EngineImage, board: BoardConfig) -> str:
-    """Verilog of the simulated board's SoC (top module ``top``)."""
+def sim_verilog(image: EngineImage, board: BoardConfig, *,
+                frame_timeout: int | None = None) -> str:
+    """Verilog of the simulated board's SoC (top module ``top``). ``frame_timeout``: cycles
+    of silence after which a partial frame is abandoned (default: the SoC's, 4096 byte
+    times); a host's retry interval must be longer than this."""
     from ..hw.soc import SoC
     from ..sim.toolchain import amaranth_to_verilog
-    soc = SoC(image, board=proto.Board.SIM, clock_hz=board.clock_hz, divisor=board.divisor)
+    soc = SoC(image, board=proto.Board.SIM, clock_hz=board.clock_hz, divisor=board.divisor,
+              timeout=frame_timeout)
     return amaranth_to_verilog(soc, name="top")
 
 
