@@ -1,0 +1,105 @@
+"""``mmfree generate`` on the simulated board, through the command line: the board's SoC in
+Verilator behind a TCP byte stream prints exactly what the golden integer model prints, and
+a model that does not fit the chosen board is refused before anything starts."""
+
+import logging
+import re
+
+import pytest
+
+from mmfree.sim.model import ModelConfig, random_state_dict
+from mmfree.tools.checkpoint import save_checkpoint
+from mmfree.tools.cli import main
+
+# Not a multiple of the lane count anywhere: d=48, I=80 with the ULX3S's 128 lanes.
+CONFIG = ModelConfig(vocab_size=256, hidden_size=48, num_layers=2, intermediate_size=80)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-sim")
+    save_checkpoint(CONFIG, random_state_dict(CONFIG, seed=21), root / "ckpt", dtype="bf16")
+    path = root / "model.safetensors"
+    assert main(["convert", str(root / "ckpt"), str(path)]) == 0
+    return path
+
+
+def run_cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("sampling, output", [
+    (("--temperature", 0), ()),
+    (("--temperature", 0), ("--ids",)),
+    (("--temperature", 0.8, "--seed", 5), ()),
+    (("--temperature", 1.5, "--seed", 77), ("--ids",)),
+], ids=["greedy-text", "greedy-ids", "t0.8-seed5-text", "t1.5-seed77-ids"])
+def test_sim_prints_what_golden_prints(model_file, capsys, sampling, output):
+    argv = ["generate", "--model", model_file, "--prompt", "ROMEO:\nBut soft",
+            "--max-new-tokens", 32, *sampling, *output]
+    status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
+    assert status == 0, err
+    status, sim_out, err = run_cli(capsys, *argv, "--backend", "sim")
+    assert status == 0, err
+    assert sim_out == golden_out
+    if output:
+        assert len(sim_out.split()) == 32
+
+
+def test_sim_is_the_default_backend(model_file, capsys):
+    argv = ["generate", "--model", model_file, "--prompt", "to be", "--max-new-tokens", 8,
+            "--temperature", 0, "--ids"]
+    status, default_out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
+    assert status == 0, err
+    assert default_out == golden_out
+
+
+def test_weights_through_the_link(model_file, capsys, caplog):
+    """--force-load streams the weights over the simulated UART even though the simulated
+    board starts with them, verifies them by hash, then generates."""
+    argv = ["generate", "--model", model_file, "--prompt", "ab", "--max-new-tokens", 4,
+            "--temperature", 0, "--ids"]
+    status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
+    assert status == 0, err
+    caplog.set_level(logging.INFO, logger="mmfree.tools.cli")
+    status, sim_out, err = run_cli(capsys, *argv, "--backend", "sim", "--force-load")
+    assert status == 0, err
+    assert sim_out == golden_out
+    assert re.search(r"loaded \d+ bytes in [\d.]+ s \(\d+ bytes/s, 0 resends\)", caplog.text)
+
+
+def assert_one_line_error(err, pattern):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mmfree: error: ") and re.search(pattern, lines[0]), err
+
+
+def test_model_too_big_for_the_board_is_refused_before_anything_starts(capsys, tmp_path,
+                                                                        monkeypatch):
+    """The shipped ULX3S model on the iCEBreaker: refused from the memory budget, before the
+    simulated board is built or a serial port opened."""
+    import mmfree.sim.simboard as simboard
+    import mmfree.tools.interface as interface
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing may start for a model that does not fit")
+
+    monkeypatch.setattr(simboard.SimBoard, "__init__", forbidden)
+    monkeypatch.setattr(interface.SerialTransport, "__init__", forbidden)
+    for backend in (("--backend", "sim"), ("--port", tmp_path / "ttyUSB9")):
+        status, out, err = run_cli(capsys, "generate", "--prompt", "ROMEO:", "--board",
+                                   "icebreaker", *backend)
+        assert status == 1
+        assert_one_line_error(err, r"does not fit the icebreaker")
+        assert out == ""
+
+
+def test_missing_serial_port_is_one_line(model_file, capsys, tmp_path):
+    status, out, err = run_cli(capsys, "generate", "--model", model_file, "--prompt", "a",
+                               "--port", tmp_path / "ttyUSB9")
+    assert status != 0
+    assert_one_line_error(err, re.escape(str(tmp_path / "ttyUSB9")))
