@@ -103,3 +103,17 @@ def test_missing_serial_port_is_one_line(model_file, capsys, tmp_path):
                                "--port", tmp_path / "ttyUSB9")
     assert status != 0
     assert_one_line_error(err, re.escape(str(tmp_path / "ttyUSB9")))
+
+
+@pytest.mark.parametrize("sampling", [("--temperature", 0), ("--temperature", 0.8, "--seed", 3)],
+                         ids=["greedy", "t0.8-seed3"])
+def test_shipped_model_on_the_simulated_board(capsys, sampling):
+    """The default model (tools/models/ulx3s-85f.safetensors) on the simulated ULX3S-85F,
+    128 lanes, as `mmfree generate` runs it with no options."""
+    argv = ["generate", "--prompt", "ROMEO:", "--max-new-tokens", 24, *sampling]
+    status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
+    assert status == 0, err
+    status, sim_out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    assert sim_out == golden_out
+    assert sim_out.startswith("ROMEO:") and len(sim_out) > len("ROMEO:") + 12
