@@ -4,6 +4,7 @@ a model that does not fit the chosen board is refused before anything starts."""
 
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,20 @@ def test_sim_is_the_default_backend(model_file, capsys):
     status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
     assert status == 0, err
     assert default_out == golden_out
+    assert _simulated_boards() == []              # started for the command, shut down after
+
+
+def _simulated_boards():
+    """Running simulated-board processes (their executables are named soc-<board>)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if Path(argv0.decode(errors="replace")).name.startswith("soc-ulx3s-85f"):
+            found.append(int(proc.name))
+    return found
 
 
 def test_weights_through_the_link(model_file, capsys, caplog):
