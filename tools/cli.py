@@ -313,6 +313,78 @@ def cmd_verilog(args) -> int:
     return EXIT_OK
 
 
+def _last_bitstream(board: str) -> Path:
+    import json
+
+    from ..boards.build import last_build_file
+    record = last_build_file(board)
+    try:
+        return Path(json.loads(record.read_text())["bitstream"])
+    except (OSError, ValueError, KeyError):
+        raise CliError(f"no bitstream given and no earlier build for the {board}; run "
+                       f"`mmfree build --board {board}` first or name the bitstream",
+                       EXIT_USAGE) from None
+
+
+def cmd_build(args) -> int:
+    from ..boards.build import BuildError, ProgramError, TimingError, build
+    from ..boards.toolchain import ToolchainError
+    from .device import DeviceSetupError
+
+    model_path = getattr(args, "model", None)
+    if model_path is None:
+        model_path = default_model_path().with_name(f"{args.board}.safetensors")
+    model = load_any(model_path)
+    model_path = str(model_path)
+    if args.lanes is not None and (args.lanes <= 0 or args.lanes & (args.lanes - 1)):
+        raise CliError(f"--lanes must be a positive power of two, not {args.lanes}", EXIT_USAGE)
+    vw = args.vector_width
+    if vw is not None and (vw <= 0 or vw & (vw - 1) or vw > 64):
+        raise CliError(f"--vector-width must be a power of two from 1 to 64, not {vw}",
+                       EXIT_USAGE)
+    out = Path(args.out if args.out is not None else Path("build") / f"board-{args.board}")
+    logger.info("building for the %s in %s (takes minutes)", args.board, out)
+    try:
+        result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
+                       program=args.program, allow_timing_fail=args.allow_timing_fail, seed=args.seed,
+                       force=args.force, model_path=model_path,
+                       command=["mmfree", *sys.argv[1:]])
+    except DeviceSetupError as error:
+        raise CliError(str(error), error.status) from None
+    except ToolchainError as error:
+        raise CliError(str(error), EXIT_ENV) from None
+    except TimingError as error:
+        raise CliError(str(error), EXIT_DATA) from None
+    except BuildError as error:
+        raise CliError(str(error), error.status) from None
+    except ProgramError as error:
+        raise CliError(str(error), EXIT_DATA) from None
+    fmax = result.min_fmax_mhz
+    used = ", ".join(f"{bel} {u}/{a}" for bel, (u, a) in result.utilization.items() if u)
+    print(f"wrote {result.bitstream} and {result.report}")
+    print(f"{args.board}, {result.lanes} lanes: Fmax "
+          f"{'unknown' if fmax is None else f'{fmax:.2f} MHz'} (engine clock "
+          f"{result.clock_hz / 1e6:g} MHz{'' if result.timing_met else ', NOT MET'}); {used}")
+    if args.program:
+        print(f"programmed the {args.board}")
+    return EXIT_OK
+
+
+def cmd_program(args) -> int:
+    from ..boards.build import ProgramError, program
+    from ..boards.toolchain import ToolchainError
+
+    bitstream = Path(args.bitstream) if args.bitstream else _last_bitstream(args.board)
+    try:
+        program(args.board, bitstream)
+    except ToolchainError as error:
+        raise CliError(str(error), EXIT_ENV) from None
+    except ProgramError as error:
+        raise CliError(str(error), EXIT_DATA) from None
+    print(f"programmed the {args.board} with {bitstream}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
@@ -400,6 +472,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the debug read port of the vector memory")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=cmd_verilog)
+
+    boards = ("ulx3s-85f", "icebreaker")
+    p = sub.add_parser("build", formatter_class=fmt,
+                       help="build a board's bitstream for a model (yosys, nextpnr)",
+                       description="Build the bitstream of the board's SoC (UART, link, decode "
+                                   "engine with the model in its memories) with the YoWASP "
+                                   "tools, report the achieved Fmax and utilization "
+                                   "(build-report.json beside the bitstream), and optionally "
+                                   "program the board. Fails with the achieved Fmax if it is "
+                                   "below the engine clock.")
+    p.add_argument("--board", required=True, choices=boards, help="the board to build for")
+    p.add_argument("--model", default=argparse.SUPPRESS,
+                   help="model file or checkpoint directory (default: the shipped model "
+                        "for the board, tools/models/BOARD.safetensors)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="ternary lanes, a power of two (default: the board's, 128 on the "
+                        "ULX3S-85F, 64 on the iCEBreaker)")
+    p.add_argument("--vector-width", type=int, default=None,
+                   help="elements per cycle of the normalize/quantize path, a power of two "
+                        "(default: the board's, 8; each element costs about 18 MULT18X18D)")
+    p.add_argument("--out", default=None,
+                   help="build directory (default: build/board-BOARD)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--program", action="store_true",
+                   help="program the board with openFPGALoader after the build")
+    p.add_argument("--allow-timing-fail", action="store_true",
+                   help="keep a bitstream whose Fmax is below the engine clock")
+    p.add_argument("--force", action="store_true", help="replace an earlier build in --out")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("program", formatter_class=fmt,
+                       help="program a board with a bitstream (openFPGALoader)",
+                       description="Load a bitstream with openFPGALoader: into the ULX3S-85F's "
+                                   "SRAM, or into the iCEBreaker's SPI flash.")
+    p.add_argument("--board", required=True, choices=boards, help="the board to program")
+    p.add_argument("bitstream", nargs="?", default=None,
+                   help="bitstream file (default: the last `mmfree build` for the board)")
+    p.set_defaults(func=cmd_program)
     return parser
 
 

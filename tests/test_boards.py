@@ -1,0 +1,186 @@
+# amaranth: UnusedElaboratable=no
+"""Board top levels, PLL settings, ``mmfree build`` and ``mmfree program``.
+
+The fast tests elaborate both tops and check Amaranth's build plan (PLL instance, pins,
+clock constraint) without running a tool; ``test_build_places_and_routes`` runs Yosys and
+nextpnr-ecp5 on a tiny model (``synth``)."""
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+
+from mmfree.boards import build as board_build
+from mmfree.boards.pll import ecp5_pll, ice40_pll
+from mmfree.sim.model import ModelConfig, random_model
+from mmfree.tools import cli
+
+TINY = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, intermediate_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_model(TINY, seed=1)
+
+
+# --- PLL settings ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("f_in, f_out", [(25_000_000, 48_000_000), (25_000_000, 100_000_000),
+                                         (25_000_000, 75_000_000), (25_000_000, 45_000_000)])
+def test_ecp5_pll_is_exact_and_in_range(f_in, f_out):
+    pll = ecp5_pll(f_in, f_out)
+    assert Fraction(f_in, pll.clki_div) * pll.clkfb_div * pll.clkop_div / pll.clkos_div == f_out
+    assert 3_125_000 <= pll.f_pfd <= 400_000_000, pll
+    assert 400_000_000 <= pll.f_vco <= 800_000_000, pll
+    assert 1 <= pll.clki_div <= 128 and 1 <= pll.clkfb_div <= 80, pll
+    assert 1 <= pll.clkop_div <= 128 and 1 <= pll.clkos_div <= 128, pll
+    params = pll.parameters()
+    assert params["p_CLKOS_CPHASE"] == pll.clkos_div - 1 and params["p_FEEDBK_PATH"] == "CLKOP"
+
+
+def test_ice40_pll_12_to_24_mhz():
+    pll = ice40_pll(12_000_000, 24_000_000)
+    assert (pll.divr, pll.divf, pll.divq, pll.filter_range) == (0, 63, 5, 1)
+    assert pll.f_vco == 768_000_000
+
+
+def test_pll_refuses_what_it_cannot_make():
+    with pytest.raises(ValueError, match=r"exactly 25 MHz from 12 MHz .* nearest: 24\.75"):
+        ice40_pll(12_000_000, 25_000_000)
+    with pytest.raises(ValueError, match="input must be 8..400 MHz"):
+        ecp5_pll(1_000_000, 48_000_000)
+    with pytest.raises(ValueError, match="positive integer"):
+        ecp5_pll(25_000_000, 48e6)
+
+
+# --- top levels: Amaranth's build plan, no tools --------------------------------------------
+
+PINS = {
+    # board: (PLL primitive, the SoC clock's constraint, {port: pin})
+    "ulx3s-85f": ("EHXPLLL", 'FREQUENCY NET "pll_clkos" 48000000.0 HZ;',
+                  {"clk25_0__io": "G2", "uart_0__rx__io": "M1", "uart_0__tx__io": "L4",
+                   "led_0__io": "B2", "led_1__io": "C2", "led_2__io": "C1", "led_3__io": "D2"}),
+    "icebreaker": ("SB_PLL40_PAD", "set_frequency pll_clk 24.0",
+                   {"clk12_0__io": "35", "uart_0__rx__io": "6", "uart_0__tx__io": "9",
+                    "led_g_0__io": "37", "led_2__io": "26", "led_3__io": "27",
+                    "led_r_0__io": "11"}),
+}
+
+
+def _text(content):
+    return content if isinstance(content, str) else content.decode()
+
+
+@pytest.mark.parametrize("board", list(PINS))
+def test_top_prepares_with_pll_and_pins(board, tiny_model):
+    platform, top, config, image = board_build.make_top(board, tiny_model, lanes=8)
+    plan = platform.prepare(top, name="top", debug_verilog=False)
+    files = {name: _text(content) for name, content in plan.files.items()}
+    primitive, constraint, pins = PINS[board]
+    assert f"cell \\{primitive} " in files["top.il"], f"{board}: no {primitive} instance"
+    constraints = files["top.lpf"] if board == "ulx3s-85f" else files["top.pcf"]
+    for port, pin in pins.items():
+        line = f'LOCATE COMP "{port}" SITE "{pin}";' if board == "ulx3s-85f" \
+            else f"set_io {port} {pin}"
+        assert line in constraints, f"{board}: {port} not on {pin}:\n{constraints}"
+    assert constraint in constraints, constraints
+    assert constraints.count("LOCATE COMP" if board == "ulx3s-85f" else "set_io") == len(pins)
+    assert top.soc.identity.clock_hz == config.clock_hz and image.lanes == 8
+
+
+def test_make_top_refuses_bad_lanes(tiny_model):
+    with pytest.raises(ValueError, match="power of two, not 12"):
+        board_build.make_top("ulx3s-85f", tiny_model, lanes=12)
+
+
+# --- the CLI, no tools ----------------------------------------------------------------------
+
+def _run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mmfree.tools.cli", *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("board", list(PINS))
+def test_program_without_a_board_is_one_line(board, tmp_path):
+    bitstream = tmp_path / "top.bit"
+    bitstream.write_bytes(b"\xff" * 64)
+    result = _run_cli("program", "--board", board, str(bitstream))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result
+    assert len(lines) == 1 and lines[0].startswith("mmfree: error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert ("ULX3S" if board == "ulx3s-85f" else "iCEBreaker") in lines[0], lines[0]
+
+
+def test_program_without_a_build_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMFREE_BUILD_DIR", str(tmp_path))
+    assert cli.main(["program", "--board", "icebreaker"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no earlier build for the icebreaker" in err[0], err
+
+
+def test_build_refuses_a_model_that_does_not_fit(tmp_path, monkeypatch, capsys):
+    """The ULX3S-sized default model on the iCEBreaker: one line, before any tool runs."""
+    def no_tools(*args, **kwargs):
+        raise AssertionError(f"a tool ran: {args}")
+    monkeypatch.setattr(board_build.subprocess, "run", no_tools)
+    out = tmp_path / "out"
+    status = cli.main(["build", "--board", "icebreaker", "--model",
+                       str(cli.default_model_path()), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_DATA, err
+    assert len(err) == 1 and err[0].startswith("mmfree: error: the model does not fit the "
+                                               "icebreaker"), err
+    assert not out.exists()
+
+
+def test_build_does_not_write_into_a_foreign_directory(tmp_path, tiny_model):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(board_build.BuildError, match="not an mmfree build directory"):
+        board_build.build("ulx3s-85f", tiny_model, lanes=8, out_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_over_capacity_is_read_from_the_nextpnr_log(tmp_path):
+    log = tmp_path / "top.tim"
+    log.write_text("Info: Device utilisation:\n"
+                   "Info: \t              DP16KD:       9/    208     4%\n"
+                   "Info: \t          MULT18X18D:     194/    156   124%\n"
+                   "ERROR: Unable to place cell 'x', no BELs remaining\n")
+    assert board_build._over_capacity(log) == "MULT18X18D 194/156"
+
+
+def test_build_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
+                     "nextpnr placement seed (default: 1)", "--allow-timing-fail",
+                     "128 on the ULX3S-85F, 64 on the iCEBreaker", "tools/models/BOARD"]:
+        assert expected in text, f"{expected!r} not in --help"
+    with pytest.raises(SystemExit):
+        cli.main(["program", "--help"])
+    assert "default: the last `mmfree build`" in " ".join(capsys.readouterr().out.split())
+
+
+# --- a real build ---------------------------------------------------------------------------
+
+@pytest.mark.synth
+def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypatch):
+    """The tiny model's SoC on the ULX3S-85F, 8 lanes and vector width 1 (the board's vector
+    width 8 needs more MULT18X18D than the 85F has, docs/boards.md): a bitstream and a
+    report with the achieved Fmax. Timing is reported, not asserted."""
+    result = board_build.build("ulx3s-85f", tiny_model, lanes=8, vector_width=1,
+                               out_dir=tmp_path / "build", allow_timing_fail=True,
+                               command=["pytest", "tests/test_boards.py"])
+    record_property("fmax_mhz", result.min_fmax_mhz)
+    record_property("seconds", result.seconds)
+    assert result.bitstream.is_file() and result.bitstream.stat().st_size > 100_000
+    report = json.loads(result.report.read_text())
+    assert report["board"] == "ulx3s-85f" and report["lanes"] == 8
+    assert report["fmax_mhz"] and min(report["fmax_mhz"].values()) > 0, report["fmax_mhz"]
+    assert report["utilization"]["TRELLIS_COMB"]["used"] > 0
+    assert report["timing_met"] == (result.min_fmax_mhz >= 48), report
+    assert "Yosys" in report["tools"]["yosys"], report["tools"]
