@@ -255,6 +255,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _check_engine_args(args) -> None:
+    """``--lanes`` and ``--vector-width`` (``None``: the board's default)."""
+    lanes, vw = args.lanes, args.vector_width
+    if lanes is not None and (lanes <= 0 or lanes & (lanes - 1)):
+        raise CliError(f"--lanes must be a positive power of two, not {lanes}", EXIT_USAGE)
+    if vw is not None and (vw <= 0 or vw & (vw - 1) or vw > 64):
+        raise CliError(f"--vector-width must be a power of two from 1 to 64, not {vw}",
+                       EXIT_USAGE)
+
+
 def cmd_verilog(args) -> int:
     import json
 
@@ -264,12 +274,7 @@ def cmd_verilog(args) -> int:
     model_path = getattr(args, "model", None)
     model = load_any(model_path)
     model_path = str(model_path or default_model_path())
-    if args.lanes <= 0 or args.lanes & (args.lanes - 1):
-        raise CliError(f"--lanes must be a positive power of two, not {args.lanes}", EXIT_USAGE)
-    vw = args.vector_width
-    if vw <= 0 or vw & (vw - 1) or vw > 64:
-        raise CliError(f"--vector-width must be a power of two from 1 to 64, not {vw}",
-                       EXIT_USAGE)
+    _check_engine_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: exists and is not a directory")
@@ -336,12 +341,8 @@ def cmd_build(args) -> int:
         model_path = default_model_path().with_name(f"{args.board}.safetensors")
     model = load_any(model_path)
     model_path = str(model_path)
-    if args.lanes is not None and (args.lanes <= 0 or args.lanes & (args.lanes - 1)):
-        raise CliError(f"--lanes must be a positive power of two, not {args.lanes}", EXIT_USAGE)
+    _check_engine_args(args)
     vw = args.vector_width
-    if vw is not None and (vw <= 0 or vw & (vw - 1) or vw > 64):
-        raise CliError(f"--vector-width must be a power of two from 1 to 64, not {vw}",
-                       EXIT_USAGE)
     out = Path(args.out if args.out is not None else Path("build") / f"board-{args.board}")
     logger.info("building for the %s in %s (takes minutes)", args.board, out)
     try:
