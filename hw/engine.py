@@ -14,7 +14,7 @@ from mmfree.hw.sampler import Sampler
 from mmfree.hw.sigmoid import Sigmoid
 from mmfree.hw.ternary import TernaryAccumulate
 from mmfree.hw.vector_reader import VectorReader
-from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, REGION, REGION_SHIFT, EngineImage,
+from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION, REGION_SHIFT, EngineImage,
                                Op)
 from mmfree.sim.golden import ACT_BITS, LOGIT_BITS, NORM_W_BITS, SAMPLER_N
 from mmfree.hw.shiftmax import x0_shape
@@ -112,7 +112,9 @@ class Engine(wiring.Component):
         regions = image.regions
 
         # --- memories -------------------------------------------------------------------
-        m.submodules.prog = prog = Memory(shape=unsigned(32 * INSTR_WORDS),
+        # Memory widths are what is used, not the load port's power-of-two strides: every
+        # bit over a multiple of the block RAM's 36 costs a whole column of blocks.
+        m.submodules.prog = prog = Memory(shape=unsigned(32 * PROG_WORDS),
                                           depth=len(image.program), init=image.prog_init())
         W = image.width
         wbits = (W - 1).bit_length()
@@ -120,8 +122,7 @@ class Engine(wiring.Component):
                                           init=image.cmem_rows())
         m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
                                         init=image.emb)
-        tmem_width = 32 * image.tmem_words
-        m.submodules.tmem = tmem = Memory(shape=unsigned(tmem_width), depth=len(image.tmem),
+        m.submodules.tmem = tmem = Memory(shape=unsigned(image.chunk_bits), depth=len(image.tmem),
                                           init=image.tmem)
         m.submodules.vmem = vmem = Memory(shape=unsigned(32 * W), depth=image.vmem_depth // W,
                                           init=[])
@@ -137,34 +138,15 @@ class Engine(wiring.Component):
         m.submodules.rc = rc = VectorReader(shape=unsigned(32), addr_width=cbits)
         ebits = max(1, (len(image.emb) - 1).bit_length())
         m.submodules.re = re = VectorReader(shape=unsigned(32), addr_width=ebits)
-        # Element readers of the W-word memories: row addr >> log2(W), then the word of the
-        # element (its index registered with the read, so it follows the held output).
-        for name, reader, memory in (("r0", r0, vmem), ("r1", r1, vmem), ("r2", r2, vmem),
-                                     ("rc", rc, cmem), ("re", re, emb)):
-            port = memory.read_port()
-            words = len(port.data) // 32
-            m.d.comb += [port.addr.eq(reader.addr >> (words - 1).bit_length()),
-                         port.en.eq(reader.en)]
-            if words > 1:
-                word = Signal(range(words), name=f"{name}_word")
-                with m.If(reader.en):
-                    m.d.sync += word.eq(reader.addr[:(words - 1).bit_length()])
-                m.d.comb += reader.data.eq(port.data.word_select(word, 32))
-            else:
-                m.d.comb += reader.data.eq(port.data)
         # Beat readers: W elements per transfer, into NormQuant.
         rows_bits = max(1, (image.vmem_depth // W).bit_length())
         m.submodules.rw = rw = VectorReader(shape=unsigned(32 * W), addr_width=rows_bits)
         crow_bits = max(1, (len(image.cmem) // W).bit_length())
         m.submodules.rcw = rcw = VectorReader(shape=unsigned(32 * W), addr_width=crow_bits)
-        for reader, memory in ((rw, vmem), (rcw, cmem)):
-            port = memory.read_port()
-            m.d.comb += [port.addr.eq(reader.addr), port.en.eq(reader.en),
-                         reader.data.eq(port.data)]
 
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max)
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
-                                                     packing=cfg.packing)
+                                                     packing=image.packing)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
                                                      out_bits=ACT_BITS)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")
@@ -224,8 +206,33 @@ class Engine(wiring.Component):
                 m.d.comb += [rc.base.eq(instr.cbase + token),
                              rc.count.eq(state == _State.START)]
 
-        # --- NormQuant (RMSNorm, quantizer) -> q buffer or vmem ---------------------------
+        # --- read ports -----------------------------------------------------------------
+        # Every read port of a memory is a copy of it in block RAM, so readers that never run
+        # in the same instruction share one (the engine runs one instruction at a time): the
+        # beat readers (norm ops) with r0 (MLGRU_H only) on vmem and with rc (MLGRU_H, EMBED)
+        # on cmem. Element readers address a row (addr >> log2(W)) and take the element's word
+        # (its index registered with the read, so it follows the held output).
         norm_ops = (op == Op.NORM) | (op == Op.BITLINEAR) | (op == Op.HEAD)
+        for name, reader, memory, beats_reader in (("r0", r0, vmem, rw), ("r1", r1, vmem, None),
+                                                   ("r2", r2, vmem, None), ("rc", rc, cmem, rcw),
+                                                   ("re", re, emb, None)):
+            port = memory.read_port()
+            words = len(port.data) // 32
+            addr, en = reader.addr >> (words - 1).bit_length(), reader.en
+            if beats_reader is not None:
+                addr = Mux(norm_ops, beats_reader.addr, addr)
+                en = Mux(norm_ops, beats_reader.en, en)
+                m.d.comb += beats_reader.data.eq(port.data)
+            m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
+            if words > 1:
+                word = Signal(range(words), name=f"{name}_word")
+                with m.If(reader.en):
+                    m.d.sync += word.eq(reader.addr[:(words - 1).bit_length()])
+                m.d.comb += reader.data.eq(port.data.word_select(word, 32))
+            else:
+                m.d.comb += reader.data.eq(port.data)
+
+        # --- NormQuant (RMSNorm, quantizer) -> q buffer or vmem ---------------------------
         beats = (instr.n_in + (W - 1)) >> wbits
         tail = instr.n_in[:wbits] if W > 1 else Const(0, 1)     # elements of a partial beat
         for reader, base in ((rw, instr.src), (rcw, instr.cbase)):
@@ -440,19 +447,40 @@ class Engine(wiring.Component):
         # --- the load port --------------------------------------------------------------
         m.d.comb += self.load.ready.eq(state == _State.IDLE)
         loading = self.load.valid & self.load.ready
-        for memory, region, words in ((prog, "prog", INSTR_WORDS), (cmem, "cmem", W),
-                                      (emb, "emb", 1), (tmem, "tmem", image.tmem_words)):
+        # prog, cmem, emb: a row of `words` words at a stride of `stride` (a power of two)
+        # addresses, written a word at a time.
+        for memory, region, words, stride in ((prog, "prog", PROG_WORDS, INSTR_WORDS),
+                                              (cmem, "cmem", W, W), (emb, "emb", 1, 1)):
             port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
-            sub_bits = (words - 1).bit_length()
+            sub_bits = (stride - 1).bit_length()
             m.d.comb += [
                 port.addr.eq(load_index >> sub_bits),
                 port.data.eq(Cat(*[self.load.payload.data] * words)),
             ]
             hit = loading & (load_region == REGION[region])
             if words > 1:
+                # Words past `words` (the stride's padding) are dropped.
                 m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
             else:
                 m.d.comb += port.en.eq(hit)
+        # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
+        # when their last word arrives, the words before it held in `t_stage`: a memory with
+        # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a
+        # row's words in order (EngineImage.load_words; the link applies chunks in order).
+        t_words = -(-image.chunk_bits // 32)
+        t_sub_bits = (image.tmem_words - 1).bit_length()
+        t_sub = load_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
+        t_hit = loading & (load_region == REGION["tmem"])
+        t_stage = Signal(32 * max(1, t_words - 1))
+        for k in range(t_words - 1):
+            with m.If(t_hit & (t_sub == k)):
+                m.d.sync += t_stage.word_select(k, 32).eq(self.load.payload.data)
+        t_wr = tmem.write_port()
+        m.d.comb += [
+            t_wr.addr.eq(load_index >> t_sub_bits),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], self.load.payload.data)),
+            t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
+        ]
 
         if self._debug:
             peek = vmem.read_port()

@@ -11,8 +11,15 @@ Everything here is plain Python/numpy: the host tools import it without Amaranth
 
 Vector memory (``vmem``, 32-bit signed words), regions in this order: ``X`` (residual
 stream), ``R`` (residual after the token mixer), ``N`` (output of a stand-alone RMSNorm:
-attention/mlp/final norm), ``I``, ``F``, ``G`` (the MLGRU projections), ``GN`` (RMSNorm(g)),
-``O`` (the token mixer's output), ``P`` (the GLU product, ``I``), ``H`` (the recurrent state, ``L x d``, layer ``l`` at ``H + l d``).
+attention/mlp/final norm), ``I``, ``F``, ``G`` (the MLGRU projections), ``O`` (the token
+mixer's output), ``H`` (the recurrent state, ``L x d``, layer ``l`` at ``H + l d``). Two
+regions share space with vectors that are dead while they live (the engine runs one
+instruction at a time): ``GN`` (RMSNorm(g)) is ``N`` (the attention norm's output has been read
+by the i/f/g BitLinears before the g norm writes it, and the mlp norm overwrites it after
+MLGRU_O has read it), and ``P`` (the GLU product, ``I`` elements) starts at ``I`` (``I``, ``F``,
+``G`` and ``O`` are dead once o_proj has run); the space from ``I`` to ``H`` holds
+``max(4 d, I)`` elements. Fewer words make fewer block RAMs: the vector memory has three read
+ports, and each is a copy of it in block RAM.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmfree.sim import golden
-from mmfree.sim.packing import pack_ternary, packed_row_bytes
+from mmfree.sim.packing import PACKINGS, pack_ternary, packed_row_bytes
 
 __all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
            "step_cycles"]
@@ -68,7 +75,10 @@ INSTR_FIELDS = [
     ("shift",     7, True),    # the shift of the elementwise product (EMBED: emb_k)
 ]
 INSTR_BITS = sum(width for _, width, _ in INSTR_FIELDS)
-INSTR_WORDS = 1 << math.ceil(math.log2(-(-INSTR_BITS // 32)))   # power of two
+#: 32-bit words an instruction takes in the program memory, and its stride in the load port's
+#: address space (a power of two, so that the hardware splits an address with a shift).
+PROG_WORDS = -(-INSTR_BITS // 32)
+INSTR_WORDS = 1 << math.ceil(math.log2(PROG_WORDS))
 
 #: Load-port regions: word address = (region << REGION_SHIFT) | index.
 REGION_SHIFT = 24
@@ -88,10 +98,14 @@ class EngineImage:
     (:class:`~mmfree.hw.normquant.NormQuant`), a power of two; the engine uses
     ``width = min(vector_width, lanes)``. Vectors in ``vmem`` and norm weights in ``cmem`` start
     at multiples of ``width`` (both memories are ``width`` words wide).
+    ``packing``: how the engine stores the ternary weights (``"2bit"`` or ``"1.6bit"``,
+    :mod:`mmfree.sim.packing`); empty: the model's. The weights are the same either way; a
+    board whose block RAM is short stores 1.6-bit rows (20% fewer bits).
     """
     im: golden.IntModel
     lanes: int
     vector_width: int = 8
+    packing: str = ""
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -104,7 +118,11 @@ class EngineImage:
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes <= 0 or \
                 lanes & (lanes - 1):
             raise ValueError(f"lanes must be a positive power of two, not {lanes!r}")
-        if cfg.packing == "2bit" and lanes < 4:
+        self.packing = self.packing or cfg.packing
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, "
+                             f"not {self.packing!r}")
+        if self.packing == "2bit" and lanes < 4:
             raise ValueError(f"lanes must be at least 4 for 2bit packing, not {lanes}")
         vw = self.vector_width
         if not isinstance(vw, int) or isinstance(vw, bool) or vw <= 0 or vw & (vw - 1) or \
@@ -117,13 +135,15 @@ class EngineImage:
         if layers > 255:
             raise ValueError(f"num_layers must be at most 255 for the engine, not {layers}")
         self.h_stride = self._align(d)
-        sizes = [("X", d), ("R", d), ("N", d), ("I", d), ("F", d), ("G", d), ("GN", d),
-                 ("O", d), ("P", inter), ("H", layers * self.h_stride)]
         self.regions, base = {}, 0
-        for name, size in sizes:
+        for name in ("X", "R", "N", "I", "F", "G", "O"):
             self.regions[name] = base
-            base += self._align(size)
-        self.vmem_depth = base
+            base += self._align(d)
+        self.regions["GN"] = self.regions["N"]
+        self.regions["P"] = self.regions["I"]
+        base = self.regions["I"] + max(4 * self._align(d), self._align(inter))
+        self.regions["H"] = base
+        self.vmem_depth = base + self._align(layers * self.h_stride)
         self.n_max = self._align(max(d, inter))
         self._cmem, self._tmem, self.program = [], [], []
         self.cmem_emb_m = self._const(self.im.emb_m)
@@ -161,7 +181,7 @@ class EngineImage:
         chunks = -(-n // self.lanes)
         t = np.zeros((rows, chunks * self.lanes), dtype=np.int8)
         t[:, :n] = T
-        packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.im.config.packing)
+        packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.packing)
         base = len(self._tmem)
         self._tmem.extend(int.from_bytes(row.tobytes(), "little") for row in packed)
         return base, chunks
@@ -235,10 +255,6 @@ class EngineImage:
     # -- contents -------------------------------------------------------------------------
 
     @property
-    def packing(self) -> str:
-        return self.im.config.packing
-
-    @property
     def chunk_bits(self) -> int:
         return 8 * packed_row_bytes(self.lanes, self.packing)   # a chunk packed on its own
 
@@ -289,7 +305,7 @@ class EngineImage:
     def memory_bits(self) -> dict[str, int]:
         """Bits of every engine memory (before the synthesizer rounds them to block RAMs)."""
         return {
-            "prog": len(self.program) * INSTR_WORDS * 32,
+            "prog": len(self.program) * PROG_WORDS * 32,
             "cmem": len(self.cmem) * 32,
             "emb": len(self.emb) * 32,
             "tmem": len(self.tmem) * self.chunk_bits,
@@ -322,7 +338,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     - NORM: ``3 B + 123`` (:class:`~mmfree.hw.normquant.NormQuant`: ``3 B + 118``, plus the
       beat readers and the sequencer);
     - BITLINEAR: ``3 B + rows * chunks + 131 + tree_latency(lanes) + add``;
-    - HEAD: as BITLINEAR (greedy), plus ``2 V + 26 + token`` when sampling (the sampler's
+    - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
       ``max(31 - chunks, 4)``: the last product waits for SiLU/GELU (29 cycles) of the last
@@ -341,7 +357,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
         if instr["glu"]:
             cycles += max(31 - instr["chunks"], 4)
         if op == Op.HEAD and sampled:
-            cycles += 2 * vocab + 26 + token
+            cycles += 2 * vocab + 34 + token
         return cycles
     if op == Op.MLGRU_H:
         return n + 37

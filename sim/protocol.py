@@ -242,7 +242,7 @@ def _geometry(image) -> dict:
     cfg = image.im.config
     return {"version": VERSION, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
             "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size,
-            "hidden_act": cfg.hidden_act, "packing": cfg.packing, "lanes": image.lanes,
+            "hidden_act": cfg.hidden_act, "packing": image.packing, "lanes": image.lanes,
             "width": image.width}
 
 
@@ -255,7 +255,7 @@ def identity_for(image, *, board: Board, clock_hz: int, divisor: int) -> Identit
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
         hidden_act=("silu", "gelu").index(cfg.hidden_act),
         intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
-        packing=("2bit", "1.6bit").index(cfg.packing), clock_hz=int(clock_hz),
+        packing=("2bit", "1.6bit").index(image.packing), clock_hz=int(clock_hz),
         divisor=int(divisor), config_hash=config_hash(image),
         model_hash=model_hash(image.load_words()), model_valid=1)
 

@@ -124,6 +124,9 @@ COCOTB = [
     ("d64-L2-I192-V256-l64", "random:64,2,192,256,1", 64, 32, 2, ()),
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
+    # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
+    # written whole by the load port).
+    ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit"),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     ("ulx3s-85f-l128", str(MODELS / "ulx3s-85f.safetensors"), 128, 32, None,
@@ -131,16 +134,17 @@ COCOTB = [
 ]
 
 
-@pytest.mark.parametrize("spec, lanes, tokens, load_seed", [
-    pytest.param(*c[1:5], id=c[0], marks=c[5]) for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed):
+@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing", [
+    pytest.param(*c[1:5], *(c[6:] or (8, "")), id=c[0], marks=c[5]) for c in COCOTB])
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
-    dut = Engine(EngineImage(im, lanes))
-    env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens)}
+    dut = Engine(EngineImage(im, lanes, width, packing))
+    env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
+           "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

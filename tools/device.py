@@ -29,13 +29,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """The SoC a board runs: engine lanes and vector width, engine clock, UART baud rate."""
+    """The SoC a board runs: engine lanes, vector width and weight packing (how the engine
+    stores the ternary weights, whatever the model file's), engine clock, UART baud rate."""
     name: str
     board: proto.Board
     lanes: int
     vector_width: int
     clock_hz: int
     baud: int
+    packing: str = "2bit"
 
     @property
     def divisor(self) -> int:
@@ -43,9 +45,11 @@ class BoardConfig:
 
 
 BOARD_CONFIGS = {
-    # 25 MHz oscillator -> PLL 48 MHz; FT231X at 3 Mbaud (16 cycles a bit).
-    "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=8,
-                             clock_hz=48_000_000, baud=3_000_000),
+    # 25 MHz oscillator -> PLL 48 MHz; FT231X at 3 Mbaud (16 cycles a bit). Vector width 4
+    # (the normalize/quantize path's multipliers: 122 MULT18X18D of 156) and 1.6-bit weight
+    # rows (the default model's weights and buffers in 208 DP16KD; docs/boards.md).
+    "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=4,
+                             clock_hz=48_000_000, baud=3_000_000, packing="1.6bit"),
     # 12 MHz oscillator -> PLL 24 MHz; FT2232H at 3 Mbaud (8 cycles a bit).
     "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=64, vector_width=8,
                               clock_hz=24_000_000, baud=3_000_000),
@@ -68,7 +72,8 @@ def engine_image(model, board: BoardConfig) -> EngineImage:
     if not ok:
         raise DeviceSetupError(f"the model does not fit the {board.name}: {detail}")
     try:
-        return EngineImage(golden.prepare(model), board.lanes, board.vector_width)
+        return EngineImage(golden.prepare(model), board.lanes, board.vector_width,
+                           board.packing)
     except ValueError as error:
         raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
 

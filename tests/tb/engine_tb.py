@@ -7,7 +7,8 @@ layer (read through the debug port), and the step's cycle count against
 
 Run from tests/test_engine.py through :func:`mmfree.sim.toolchain.run_cocotb`. Environment:
 ``ENGINE_MODEL`` (``random:d,L,I,V,seed[,act]`` or a model file), ``ENGINE_LANES``,
-``ENGINE_TOKENS`` (new tokens per run), ``ENGINE_LOAD_SEED`` (optional: the seed of a second
+``ENGINE_TOKENS`` (new tokens per run), ``ENGINE_WIDTH`` and ``ENGINE_PACKING`` (optional: the
+image's vector width and weight packing), ``ENGINE_LOAD_SEED`` (optional: the seed of a second
 random model of the same shape, written through the load port by the last test).
 """
 
@@ -149,10 +150,15 @@ class Harness:
         return tokens
 
 
+def _image(im, lanes):
+    return EngineImage(im, lanes, int(os.environ.get("ENGINE_WIDTH", "8")),
+                       os.environ.get("ENGINE_PACKING", ""))
+
+
 def _setup(dut):
     model = model_from_spec(os.environ["ENGINE_MODEL"])
     im = golden.prepare(model)
-    image = EngineImage(im, int(os.environ["ENGINE_LANES"]))
+    image = _image(im, int(os.environ["ENGINE_LANES"]))
     return im, image, Harness(dut, image), int(os.environ.get("ENGINE_TOKENS", "32"))
 
 
@@ -183,7 +189,7 @@ async def load_port(dut):
     fields = os.environ["ENGINE_MODEL"][len("random:"):].split(",")
     fields[4] = os.environ["ENGINE_LOAD_SEED"]
     other = golden.prepare(model_from_spec("random:" + ",".join(fields)))
-    other_image = EngineImage(other, image.lanes)
+    other_image = _image(other, image.lanes)
     assert other_image.tmem != image.tmem, "the second model must differ"
     words = other_image.load_words()
     dut.load__valid.value = 1
