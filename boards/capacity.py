@@ -2,9 +2,16 @@
 
 Everything the decode step touches lives on chip (no DRAM): packed ternary weights, the int8
 embedding table with its per-row multipliers, norm weights, lower bounds, the recurrent state and
-the engine's vector buffers. The bit counts follow the formats of docs/numerics.md and
-docs/formats.md; block RAM is counted in whole primitives of the widths the engine uses, so the
-estimate is a little pessimistic rather than optimistic.
+the engine's vector buffers.
+
+Two measures. :func:`memory_budget` counts bits (the formats of docs/numerics.md and
+docs/formats.md): what a model needs at best, for ``mmfree info``. :func:`soc_blocks` counts
+block RAMs the way Yosys maps the SoC's memories (every memory of
+:meth:`~mmfree.sim.engine.EngineImage.memories`, and those inside the engine's units and the
+link): whole blocks per column and per row of blocks, one copy per read port, write granules
+in columns of their own. That is the number that decides whether a build places, and
+:func:`fits_image` checks it before a build or a weight load. docs/boards.md compares it with
+Yosys's counts.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from ..sim import golden
 from ..sim.model import ModelConfig
 from ..sim.packing import packed_row_bytes
 
-__all__ = ["Board", "BOARDS", "MemoryBudget", "memory_budget", "fits"]
+__all__ = ["Board", "BOARDS", "MemoryBudget", "memory_budget", "fits", "ram_blocks",
+           "soc_blocks", "fits_image"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Board:
     bram_bits: int          # general block RAM (ECP5 EBR / iCE40 EBR)
     bram_blocks: int
     spram_bits: int = 0     # iCE40 UP5K single-port RAM (weights and embeddings go here)
+    family: str = "ecp5"
 
     @property
     def total_bits(self) -> int:
@@ -35,7 +44,7 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board("ulx3s-85f", "LFE5U-85F", bram_bits=208 * 18 * 1024, bram_blocks=208),
     "icebreaker": Board("icebreaker", "iCE40UP5K", bram_bits=30 * 4 * 1024, bram_blocks=30,
-                        spram_bits=4 * 256 * 1024),
+                        spram_bits=4 * 256 * 1024, family="ice40"),
 }
 
 
@@ -95,3 +104,86 @@ def fits(config: ModelConfig, board: Board, packing: str | None = None) -> tuple
 
 def _kbit(bits: int) -> str:
     return f"{bits / 1024:,.0f} Kbit"
+
+
+#: Block RAM shapes, (data bits, rows): the ECP5 DP16KD (1..18 bits a port, and 36 with one
+#: port writing and one reading, PDPW16KD) and the iCE40 SB_RAM40_4K.
+RAM_SHAPES = {
+    "ecp5":  ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512)),
+    "ice40": ((2, 2048), (4, 1024), (8, 512), (16, 256)),
+}
+#: Yosys's cost of one block RAM and of one 16 x 4 distributed RAM (ECP5 TRELLIS_DPR16X4;
+#: the iCE40 has none), as in its memory_libmap libraries.
+_BLOCK_COST, _LUTRAM_COST = 128, 4
+
+
+def ram_blocks(width: int, depth: int, *, granularity: int | None = None, copies: int = 1,
+               family: str = "ecp5") -> int:
+    """Block RAMs for one memory of ``width`` x ``depth`` with ``copies`` read ports, written
+    in granules of ``granularity`` bits (``None``: whole rows), as Yosys's memory_libmap maps it:
+    the cheapest shape, a block costing 128 and a row of blocks past the first costing one
+    output multiplexer per data bit; a memory that is cheaper as ECP5 distributed RAM
+    (4 per 16 x 4 cell, plus its multiplexers) takes no block."""
+    granules, grain = 1, width
+    if granularity is not None and granularity < width:
+        granules, grain = width // granularity, granularity
+    best_cost, best_blocks = None, 0
+    for bits, rows in RAM_SHAPES[family]:
+        columns = granules * -(-grain // bits)
+        row_blocks = -(-depth // rows)
+        cost = _BLOCK_COST * columns * row_blocks + width * (row_blocks - 1)
+        if best_cost is None or cost < best_cost:
+            best_cost, best_blocks = cost, columns * row_blocks
+    if family == "ecp5":
+        cells = -(-depth // 16)
+        lutram = _LUTRAM_COST * -(-width // 4) * cells + width * (cells - 1)
+        if lutram < best_cost:
+            return 0
+    return copies * best_blocks
+
+
+def soc_memories(image) -> dict[str, tuple[int, int, int, int | None]]:
+    """Every block-RAM candidate of the board SoC for ``image`` (an
+    :class:`~mmfree.sim.engine.EngineImage`): ``name: (width, depth, read ports,
+    granularity)``, the engine's own and those inside its units (hw/normquant.py,
+    hw/sampler.py, hw/shiftmax.py, hw/sigmoid.py, the GLU FIFO) and the link (hw/framing.py)."""
+    cfg = image.im.config
+    memories = {name: (width, depth, ports, None if grain == width else grain)
+                for name, (width, depth, ports, grain) in image.memories().items()}
+    exp_tables = 2 * (2 if cfg.hidden_act == "silu" else 3)      # sigmoid, SiLU (, GELU)
+    memories.update({
+        "nq.buf": (32 * image.width, -(-image.n_max // image.width), 1, None),
+        "sampler.probs": (golden.SAMPLER_BITS, cfg.vocab_size, 1, None),
+        "sampler.softmax.buf": (golden.LOGIT_BITS, cfg.vocab_size, 1, None),
+        "exp tables": (golden.EXP_BITS + 1, 256 * exp_tables, 1, None),
+        "up_fifo": (golden.ACT_BITS, 64, 1, None),
+        "link.rx": (8, 4096, 1, None),
+    })
+    return memories
+
+
+def soc_blocks(image, family: str = "ecp5") -> dict[str, int]:
+    """Block RAMs of each memory of :func:`soc_memories` (the exp tables are separate 256-row
+    memories, one block each)."""
+    blocks = {}
+    for name, (width, depth, ports, grain) in soc_memories(image).items():
+        if name == "exp tables":
+            blocks[name] = (depth // 256) * ram_blocks(width, 256, family=family)
+        else:
+            blocks[name] = ram_blocks(width, depth, granularity=grain, copies=ports,
+                                      family=family)
+    return blocks
+
+
+def fits_image(image, board: Board) -> tuple[bool, str]:
+    """(fits, one-line explanation) for the board SoC that holds ``image``: its block RAMs
+    (:func:`soc_blocks`) against the device's. On the iCE40 the weights would have to be in
+    SPRAM, which the engine does not use yet, so only the bit budget of :func:`fits` is
+    checked there."""
+    if board.spram_bits:
+        return fits(image.im.config, board, image.packing)
+    blocks = soc_blocks(image, board.family)
+    total = sum(blocks.values())
+    top = ", ".join(f"{name} {count}" for name, count in
+                    sorted(blocks.items(), key=lambda item: -item[1])[:3])
+    return total <= board.bram_blocks, f"{total} of {board.bram_blocks} block RAMs: {top}, ..."

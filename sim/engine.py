@@ -296,6 +296,21 @@ class EngineImage:
                     words.append((address, (value >> (32 * sub)) & 0xFFFF_FFFF))
         return words
 
+    def memories(self) -> dict[str, tuple[int, int, int, int]]:
+        """The engine's memories as :class:`mmfree.hw.engine.Engine` declares them (without
+        its debug port): ``name: (width, depth, read ports, write granularity)``, the
+        granularity being the width for rows written whole. In block RAM every read port is
+        a copy of the memory (one port of a block writes, the other reads)."""
+        W = self.width
+        return {
+            "prog": (32 * PROG_WORDS, len(self.program), 1, 32),
+            "cmem": (32 * W, len(self.cmem) // W, 1, 32),
+            "emb":  (32, len(self.emb), 1, 32),
+            "tmem": (self.chunk_bits, len(self.tmem), 1, self.chunk_bits),
+            "vmem": (32 * W, self.vmem_depth // W, 3, 32),
+            "qbuf": (8 * self.lanes, -(-self.n_max // self.lanes), 1, 8),
+        }
+
     def ternary_weights(self) -> int:
         """Ternary weights per emitted token (every BitLinear and the lm_head)."""
         cfg = self.im.config

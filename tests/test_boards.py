@@ -5,6 +5,7 @@ The fast tests elaborate both tops and check Amaranth's build plan (PLL instance
 clock constraint) without running a tool; ``test_build_places_and_routes`` runs Yosys and
 nextpnr-ecp5 on a tiny model (``synth``)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from fractions import Fraction
 import pytest
 
 from mmfree.boards import build as board_build
+from mmfree.boards.capacity import ram_blocks, soc_blocks
 from mmfree.boards.pll import ecp5_pll, ice40_pll
 from mmfree.sim.model import ModelConfig, random_model
+from mmfree.sim.modelfile import load_model
 from mmfree.tools import cli
+from mmfree.tools.device import BOARD_CONFIGS, engine_image
 
 TINY = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, intermediate_size=16)
 
@@ -134,6 +138,39 @@ def test_build_refuses_a_model_that_does_not_fit(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("mmfree: error: the model does not fit the "
                                                "icebreaker"), err
     assert not out.exists()
+
+
+def test_build_refuses_too_many_block_rams(tmp_path, monkeypatch, capsys):
+    """The default model at vector width 8 with 2-bit rows needs more DP16KD than the
+    LFE5U-85F has: refused by the block count, before any tool runs."""
+    def no_tools(*args, **kwargs):
+        raise AssertionError(f"a tool ran: {args}")
+    monkeypatch.setattr(board_build.subprocess, "run", no_tools)
+    monkeypatch.setitem(BOARD_CONFIGS, "ulx3s-85f", dataclasses.replace(
+        BOARD_CONFIGS["ulx3s-85f"], packing="2bit"))
+    out = tmp_path / "out"
+    status = cli.main(["build", "--board", "ulx3s-85f", "--vector-width", "8", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_DATA, err
+    assert err == ["mmfree: error: the model does not fit the ulx3s-85f: 264 of 208 block "
+                   "RAMs: tmem 174, cmem 24, vmem 24, ..."], err
+    assert not out.exists()
+
+
+def test_block_ram_estimate_is_what_yosys_maps():
+    """capacity.soc_blocks for the ULX3S SoC with its shipped model, memory by memory, equals
+    the DP16KD cells Yosys 0.70 (synth_ecp5) made of each (docs/boards.md), and the shapes
+    behind it: a whole-row memory, write granules in columns of their own, distributed RAM."""
+    image = engine_image(load_model(cli.default_model_path()), BOARD_CONFIGS["ulx3s-85f"])
+    assert soc_blocks(image) == {
+        "tmem": 132, "cmem": 20, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,
+        "exp tables": 4, "sampler.probs": 1, "sampler.softmax.buf": 1, "up_fifo": 1,
+        "qbuf": 0}
+    assert ram_blocks(208, 10496) == 132            # 12 x 11 of 1024 x 18 (not 6 x 21 of 512 x 36)
+    assert ram_blocks(128, 2336, granularity=32) == 20      # 4 granules x 5 of 512 x 36
+    assert ram_blocks(128, 384, granularity=32, copies=3) == 12
+    assert ram_blocks(1024, 4, granularity=8) == 0          # distributed RAM
+    assert ram_blocks(16, 256, family="ice40") == 1 and ram_blocks(32, 1024, family="ice40") == 8
 
 
 def test_build_does_not_write_into_a_foreign_directory(tmp_path, tiny_model):

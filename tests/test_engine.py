@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth.hdl import Shape
+from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
@@ -62,6 +64,22 @@ def test_image_program():
     packed = np.array([list(c.to_bytes(2, "little")) for c in chunks], dtype=np.uint8)
     np.testing.assert_array_equal(unpack_ternary(packed, 8, "2bit").reshape(16, 16),
                                   im.layers[0].i_proj.T)
+
+
+@pytest.mark.parametrize("lanes, width, packing", [(8, 4, "1.6bit"), (16, 8, "2bit")])
+def test_image_memories_are_the_engines(lanes, width, packing):
+    """EngineImage.memories() (what the block RAM estimate counts) describes the memories the
+    engine declares: width, depth, read ports and write granularity."""
+    image = EngineImage(_tiny(), lanes, width, packing)
+    m = Engine(image, debug=False).elaborate(None)
+    declared = {}
+    for name, (sub, *_) in m._named_submodules.items():
+        if isinstance(sub, Memory):
+            grains = {port.signature.granularity or Shape.cast(sub.shape).width
+                      for port in sub.write_ports}
+            declared[name] = (Shape.cast(sub.shape).width, sub.depth, len(sub.read_ports),
+                              *grains)
+    assert declared == image.memories()
 
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):

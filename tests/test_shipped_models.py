@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmfree.boards.capacity import BOARDS, fits
+from mmfree.boards.capacity import BOARDS, fits, fits_image
+from mmfree.tools.device import BOARD_CONFIGS, engine_image
 from mmfree.sim import golden
 from mmfree.sim.decoding import GoldenBackend, evaluate, generate
 from mmfree.sim.modelfile import load_model, save_model
@@ -40,9 +41,14 @@ def test_loads_with_documented_dimensions(shipped):
 
 
 def test_fits_its_board(shipped):
+    """The shipped model fits its board: bits, and (ULX3S) the block RAMs of the board's SoC."""
     board, _, _, model = shipped
-    ok, detail = fits(model.config, BOARDS[board])
+    ok, detail = fits(model.config, BOARDS[board], BOARD_CONFIGS[board].packing)
     assert ok, detail
+    image = engine_image(model, BOARD_CONFIGS[board])
+    if not BOARDS[board].spram_bits:
+        ok, detail = fits_image(image, BOARDS[board])
+        assert ok and "202 of 208 block RAMs" in detail, detail
 
 
 def test_round_trip(shipped, tmp_path):

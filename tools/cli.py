@@ -90,7 +90,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ..boards.capacity import BOARDS, fits, memory_budget
+    from ..boards.capacity import BOARDS, fits, fits_image, memory_budget
 
     model = load_any(args.model)
     cfg = model.config
@@ -107,9 +107,24 @@ def cmd_info(args) -> int:
         b = memory_budget(cfg, packing)
         print(f"size {packing:<7}    weights {b.weights / 8 / 1024:,.1f} KiB, "
               f"on chip in all {b.total / 8 / 1024:,.1f} KiB")
+    from ..sim.engine import EngineImage
+    from ..sim import golden
+    from .device import BOARD_CONFIGS
+    im = None
     for board in BOARDS.values():
+        config = BOARD_CONFIGS[board.name]
         for packing in ("2bit", "1.6bit"):
+            # Bits first; then, on a block-RAM board, the blocks of the board's SoC (its
+            # lanes and vector width) with this packing.
             ok, detail = fits(cfg, board, packing)
+            if ok and not board.spram_bits:
+                im = im or golden.prepare(model)
+                try:
+                    image = EngineImage(im, config.lanes, config.vector_width, packing)
+                except ValueError as error:
+                    ok, detail = False, str(error)
+                else:
+                    ok, detail = fits_image(image, board)
             print(f"{board.name:<12} {packing:<7} {'fits' if ok else 'does not fit':<13} "
                   f"({detail})")
     return EXIT_OK

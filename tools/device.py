@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..boards.capacity import BOARDS, fits
+from ..boards.capacity import BOARDS, fits, fits_image
 from ..sim import golden
 from ..sim import protocol as proto
 from ..sim.engine import EngineImage
@@ -68,14 +68,19 @@ class DeviceSetupError(Exception):
 def engine_image(model, board: BoardConfig) -> EngineImage:
     """The engine image of ``model`` for ``board``, or :class:`DeviceSetupError` if the
     model does not fit the board's memory (checked before anything is opened or sent)."""
-    ok, detail = fits(model.config, BOARDS[board.name])
+    # The bit budget first (cheap: no quantization of a model that is far too big), then the
+    # block RAMs the board's SoC would map this image to.
+    ok, detail = fits(model.config, BOARDS[board.name], board.packing)
+    if ok:
+        try:
+            image = EngineImage(golden.prepare(model), board.lanes, board.vector_width,
+                                board.packing)
+        except ValueError as error:
+            raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
+        ok, detail = fits_image(image, BOARDS[board.name])
     if not ok:
         raise DeviceSetupError(f"the model does not fit the {board.name}: {detail}")
-    try:
-        return EngineImage(golden.prepare(model), board.lanes, board.vector_width,
-                           board.packing)
-    except ValueError as error:
-        raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
+    return image
 
 
 def sim_verilog(image: EngineImage, board: BoardConfig, *,
