@@ -37,11 +37,11 @@ class Sampler(wiring.Component):
     accepted at 1 per cycle. Greedy: ``token`` is valid in the cycle after the last logit's
     transfer (latency 1), and the next vector's first logit is accepted in the cycle after the
     token's transfer: ``L + 1``
-    cycles per token. Sampled: ``token`` is valid ``2 L + 27 + t`` cycles after the last
-    logit's transfer, for token index ``t`` (Shiftmax: ``L + 24`` to the first ``p``, ``L - 1``
-    more to collect them, 1 draw cycle, ``t + 2`` scan cycles, 1 to register), and the next
-    vector's first logit is accepted in the cycle after the token's transfer:
-    ``3 L + 27 + t`` cycles per token.
+    cycles per token. Sampled: ``token`` is valid ``2 L + 35 + t`` cycles after the last
+    logit's transfer, for token index ``t`` (Shiftmax: ``L + 32`` to the first ``p``, ``L - 1``
+    more to collect them, 1 draw cycle, 1 cycle for ``r`` while ``p[0]`` is read, ``t + 1``
+    scan cycles, 1 to register), and the next vector's first logit is accepted in the cycle
+    after the token's transfer: ``3 L + 35 + t`` cycles per token.
 
     Parameters
     ----------
@@ -101,9 +101,8 @@ class Sampler(wiring.Component):
         greedy = Signal()
         best = Signal(signed(self._logit_width))
         total = Signal(SAMPLER_BITS + vocab.bit_length())
-        r = Signal(len(total))
-        cumsum = Signal(len(total))
-        scan_valid = Signal()                  # rd.data holds p[index - 1]
+        draw = Signal(32)                      # the PRNG word of a sampled token
+        left = Signal(len(total))              # r minus the probabilities scanned so far
 
         with m.FSM():
             with m.State("IN"):
@@ -144,26 +143,25 @@ class Sampler(wiring.Component):
             with m.State("DRAW"):
                 m.d.comb += prng.out.ready.eq(1)
                 with m.If(prng.out.valid):
-                    m.d.sync += [
-                        r.eq((prng.out.payload * total) >> 32),
-                        index.eq(0),
-                        cumsum.eq(0),
-                        scan_valid.eq(0),
-                    ]
-                    m.next = "SCAN"
-            with m.State("SCAN"):
+                    m.d.sync += [draw.eq(prng.out.payload), index.eq(0)]
+                    m.next = "SCALE"
+            with m.State("SCALE"):
+                # r = (draw * total) >> 32, while p[0] is read.
                 m.d.comb += [rd.addr.eq(index), rd.en.eq(1)]
-                m.d.sync += [index.eq(index + 1), scan_valid.eq(1)]
-                with m.If(scan_valid):
-                    running = cumsum + rd.data
-                    m.d.sync += cumsum.eq(running)
-                    with m.If(running > r):
-                        m.d.sync += [
-                            self.token.payload.eq(index - 1),
-                            self.token.valid.eq(1),
-                            index.eq(0),
-                        ]
-                        m.next = "EMIT"
+                m.d.sync += [left.eq((draw * total) >> 32), index.eq(index + 1)]
+                m.next = "SCAN"
+            with m.State("SCAN"):
+                # rd.data is p[index - 1]; cumsum + p > r, as p > r - cumsum (at least 0 until
+                # the token is found).
+                m.d.comb += [rd.addr.eq(index), rd.en.eq(1)]
+                m.d.sync += [index.eq(index + 1), left.eq(left - rd.data)]
+                with m.If(rd.data > left):
+                    m.d.sync += [
+                        self.token.payload.eq(index - 1),
+                        self.token.valid.eq(1),
+                        index.eq(0),
+                    ]
+                    m.next = "EMIT"
             with m.State("EMIT"):
                 with m.If(self.token.ready):
                     m.d.sync += [self.token.valid.eq(0), index.eq(0)]

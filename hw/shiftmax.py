@@ -1,6 +1,6 @@
 """I-ViT's Shiftmax: integer softmax over one vector with shifts, one division per vector."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -8,6 +8,9 @@ from amaranth.lib.wiring import In, Out
 from mmfree.sim.golden import INT31_MAX
 
 __all__ = ["ShiftExp", "Reciprocal31", "Shiftmax"]
+
+#: Pipeline stages of the :class:`ShiftExp` in :class:`Shiftmax`.
+EXP_STAGES = 3
 
 
 def _check_int(name, value, lo, hi=None):
@@ -25,7 +28,8 @@ def x0_shape(n):
 
 
 class ShiftExp(wiring.Component):
-    """I-ViT's shift-exp, combinational: :func:`mmfree.sim.golden.shift_exp` for one element.
+    """I-ViT's shift-exp: :func:`mmfree.sim.golden.shift_exp` for one element, combinational or
+    pipelined.
 
     ``p = x + (x >> 1) - (x >> 4)``; ``p = max(p, n * x0)``; ``q = p // x0``; ``r = p - q * x0``;
     ``e = ((r >> 1) - x0) << (n - q)``. With ``x <= 0`` and ``x0 < 0``: ``q = |p| // |x0|`` is in
@@ -33,12 +37,21 @@ class ShiftExp(wiring.Component):
     (restoring division with a quotient known to be below ``2**bit_length(n)``); no general
     divider is needed. ``r = -(|p| mod |x0|)`` and ``r >> 1 = -ceil(|r| / 2)``.
 
+    The datapath is ``bit_length(n) + 4`` steps: ``|p|``; the clamp ``min(|p|, n |x0|)``; the
+    compare-and-subtract steps; ``|x0| - ceil(|r| / 2)``; the shift. With ``stages = S > 0``,
+    registers (enabled by ``en``) follow the first ``ceil(i K / (S + 1))`` steps, for
+    ``i = 1..S`` and ``K`` steps: ``S + 1`` nearly equal groups. Then ``|x0|`` and ``n |x0|``
+    are registers too, loaded from ``x0`` in every cycle, so ``x0`` must be held from the cycle
+    before the first ``x`` of a run until that run's last ``e`` (as for one Shiftmax vector).
+
     Parameters
     ----------
     in_width : int
         Width of ``x`` (signed).
     n : int
         Shift-exp range, 1..30.
+    stages : int
+        Pipeline registers, 0 (combinational) or more.
 
     Members
     -------
@@ -46,22 +59,31 @@ class ShiftExp(wiring.Component):
         The input, at most 0 (a positive input gives an unspecified result).
     x0 : In(signed(32 - n))
         The scale constant, ``-2**(31 - n) < x0 < 0``.
+    en : In(1)
+        Pipeline enable: the registers advance in the cycles it is high (only with
+        ``stages > 0``).
     e : Out(unsigned(31))
         The shift-exp, ``< 2**31``.
 
-    Latency: combinational (0 cycles).
+    Latency: ``stages`` cycles (the ``latency`` property; 0: combinational) of ``en`` high from
+    ``x`` to ``e``; one element per cycle.
     """
 
-    def __init__(self, *, in_width, n):
+    def __init__(self, *, in_width, n, stages=0):
         _check_int("in_width", in_width, 2, 48)
         _check_int("n", n, 1, 30)
+        _check_int("stages", stages, 0)
         self._in_width = in_width
         self._n = n
-        super().__init__({
+        self._stages = stages
+        members = {
             "x":  In(signed(in_width)),
             "x0": In(x0_shape(n)),
             "e":  Out(unsigned(31)),
-        })
+        }
+        if stages:
+            members["en"] = In(1)
+        super().__init__(members)
 
     @property
     def in_width(self):
@@ -71,44 +93,76 @@ class ShiftExp(wiring.Component):
     def n(self):
         return self._n
 
+    @property
+    def stages(self):
+        return self._stages
+
+    @property
+    def latency(self):
+        return self._stages
+
     def elaborate(self, platform):
         m = Module()
-        n = self._n
+        n, stages = self._n, self._stages
         qbits = n.bit_length()
         x0_width = 31 - n                          # bits of |x0|
         abs_width = x0_width + qbits               # bits of |p| after the clamp (<= n * |x0|)
+        steps = qbits + 4
+        cuts = [0] * (steps + 1)                   # registers after the first k steps
+        for i in range(1, stages + 1):
+            cuts[-(-i * steps // (stages + 1))] += 1  # k = ceil(i * steps / (stages + 1))
+        step = iter(range(steps))
+
+        def stage(*values):
+            # The values after the next step, through the registers that follow it.
+            k = next(step) + 1
+            for index in range(cuts[k]):
+                regs = [Signal.like(v, name=f"{v.name}_s{k}_{index}") for v in values]
+                with m.If(self.en):
+                    m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+                values = regs
+            return values
+
+        # Per-vector constants: |x0| and the clamp n |x0|.
+        ax0 = Signal(x0_width)
+        limit = Signal(abs_width)
+        consts = [ax0.eq(-self.x0), limit.eq(-(self.x0 * n))]
+        if stages:
+            m.d.sync += consts
+        else:
+            m.d.comb += consts
 
         x = self.x
-        p = Signal(signed(self._in_width + 2))
-        m.d.comb += p.eq(x + (x >> 1) - (x >> 4))
-        ax0 = Signal(x0_width)
-        m.d.comb += ax0.eq(-self.x0)
-        limit = Signal(signed(abs_width + 1))
-        m.d.comb += limit.eq(-(ax0 * n))
-        pc = Signal(signed(max(abs_width + 1, len(p))))
-        m.d.comb += pc.eq(Mux(p < limit, limit, p))
-        a = Signal(abs_width)
-        m.d.comb += a.eq(-pc)
+        neg_p = Signal(signed(self._in_width + 2))  # |p| = -p (x <= 0)
+        m.d.comb += neg_p.eq((x >> 4) - x - (x >> 1))
+        neg_p, = stage(neg_p)
 
-        q = Signal(qbits)
-        rem = a
+        a = Signal(abs_width)
+        m.d.comb += a.eq(Mux(neg_p > limit, limit, neg_p))
+        rem, = stage(a)
+
+        q = []                                     # quotient bits, most significant first
         for k in reversed(range(qbits)):
             trial = Signal(abs_width + 1, name=f"trial{k}")
-            take = Signal(name=f"take{k}")
             nxt = Signal(abs_width, name=f"rem{k}")
+            take = Signal(name=f"take{k}")
             m.d.comb += [
                 trial.eq(rem - (ax0 << k)),
                 take.eq(~trial[-1]),
                 nxt.eq(Mux(take, trial, rem)),
-                q[k].eq(take),
             ]
-            rem = nxt
+            rem, *q = stage(nxt, *q, take)
 
         base = Signal(x0_width)                    # (r >> 1) - x0 = |x0| - ceil(|r| / 2)
         m.d.comb += base.eq(ax0 - ((rem + 1) >> 1))
         shift = Signal(range(n + 1))
-        m.d.comb += shift.eq(n - q)
-        m.d.comb += self.e.eq((base << shift)[:31])
+        m.d.comb += shift.eq(n - Cat(*reversed(q)))
+        base, shift = stage(base, shift)
+
+        e = Signal(31)
+        m.d.comb += e.eq((base << shift)[:31])
+        e, = stage(e)
+        m.d.comb += self.e.eq(e)
         return m
 
 
@@ -194,20 +248,21 @@ class Shiftmax(wiring.Component):
        sampled with the vector's first element (an element is first when it follows a ``last``
        or reset; the ``first`` field is not needed). A vector must end with ``last`` within
        ``n_max`` elements.
-    2. Sum: the buffer is read back through :class:`ShiftExp` (registered), ``e`` summed with
-       saturation at ``2**31 - 1``; then one division (:class:`Reciprocal31`), skipping the
-       ``n`` leading quotient bits that are zero because ``total >= e(max) = |x0| << n``.
-    3. Output: the buffer is read again, ``e`` recomputed and multiplied by ``factor``. The
-       output pipeline stalls as a whole under back-pressure.
+    2. Sum: the buffer is read back through ``x - max`` (registered) and a :class:`ShiftExp`
+       of :data:`EXP_STAGES` (3) pipeline stages, ``e`` registered and summed with saturation
+       at ``2**31 - 1``; then one division (:class:`Reciprocal31`), skipping the ``n``
+       leading quotient bits that are zero because ``total >= e(max) = |x0| << n``.
+    3. Output: the buffer is read again through the same pipeline, ``e`` recomputed and
+       multiplied by ``factor``. The output pipeline stalls as a whole under back-pressure.
 
     Latency and throughput, for a vector of ``L`` elements with no input gaps and no
     back-pressure: input ``ready`` is high in every load cycle (1 element/cycle in); the first
-    output element is valid ``L + 39 - n`` cycles after the cycle of the last input transfer
-    (``L + 24`` for ``n = 15``: ``L + 2`` sum cycles, 1 start cycle, ``32 - n`` division
-    cycles, 3 output pipeline cycles, 1 to register); outputs then follow at 1 element/cycle;
-    input ``ready`` is high again in the cycle after the last output transfer. One vector
-    takes ``3 L + 38 - n`` cycles from its first input transfer to the next vector's
-    (``3 L + 23`` for ``n = 15``).
+    output element is valid ``L + 47 - n`` cycles after the cycle of the last input transfer
+    (``L + 32`` for ``n = 15``: ``L + 6`` sum cycles, 1 start cycle, ``32 - n`` division
+    cycles, 7 output pipeline cycles (address, read, ``x - max``, 3 shift-exp stages, ``e``),
+    1 to register the product); outputs then follow at 1 element/cycle; input ``ready`` is high
+    again in the cycle after the last output transfer. One vector takes ``3 L + 46 - n`` cycles
+    from its first input transfer to the next vector's (``3 L + 31`` for ``n = 15``).
 
     Parameters
     ----------
@@ -257,7 +312,7 @@ class Shiftmax(wiring.Component):
         m.submodules.buf = buf = Memory(shape=signed(w), depth=n_max, init=[])
         wr = buf.write_port()
         rd = buf.read_port()
-        m.submodules.exp = exp = ShiftExp(in_width=w + 1, n=n)
+        m.submodules.exp = exp = ShiftExp(in_width=w + 1, n=n, stages=EXP_STAGES)
         m.submodules.div = div = Reciprocal31(den_min_log2=n)
 
         x0 = Signal(x0_shape(n))
@@ -266,15 +321,18 @@ class Shiftmax(wiring.Component):
         ptr = Signal(range(n_max + 1))
         total = Signal(31)
         factor = Signal(31 - n)
-        # Pipeline: address issued -> rd.data (stage 1) -> e (stage 2) -> sum / out register.
-        v1, f1, l1 = Signal(), Signal(), Signal()
-        v2, f2, l2 = Signal(), Signal(), Signal()
-        e2 = Signal(31)
+        # Pipeline, advancing as a whole: address issued -> rd.data (tags[0]) -> x = rd.data -
+        # max (tags[1]) -> the shift-exp's stages -> e (tags[-1]) -> sum / out register.
+        tag = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        tags = [Signal(tag, name=f"tag{i}") for i in range(exp.latency + 3)]
+        x = Signal(signed(w + 1))
+        e = Signal(31)
 
         advance = Signal()
         m.d.comb += [
-            exp.x.eq(rd.data - vmax),
+            exp.x.eq(x),
             exp.x0.eq(x0),
+            exp.en.eq(advance),
             rd.addr.eq(ptr),
             rd.en.eq(advance),
             div.den.eq(total),
@@ -282,8 +340,12 @@ class Shiftmax(wiring.Component):
         with m.If(advance):
             issue = ptr != length
             m.d.sync += [
-                v1.eq(issue), f1.eq(ptr == 0), l1.eq(ptr == length - 1),
-                v2.eq(v1), f2.eq(f1), l2.eq(l1), e2.eq(exp.e),
+                tags[0].valid.eq(issue),
+                tags[0].first.eq(ptr == 0),
+                tags[0].last.eq(ptr == length - 1),
+                [later.eq(earlier) for earlier, later in zip(tags, tags[1:])],
+                x.eq(rd.data - vmax),
+                e.eq(exp.e),
             ]
             with m.If(issue):
                 m.d.sync += ptr.eq(ptr + 1)
@@ -308,10 +370,10 @@ class Shiftmax(wiring.Component):
                         m.next = "SUM"
             with m.State("SUM"):
                 m.d.comb += advance.eq(1)
-                with m.If(v2):
-                    s = total + e2
-                    m.d.sync += total.eq(Mux(s > INT31_MAX, INT31_MAX, s))
-                    with m.If(l2):
+                with m.If(tags[-1].valid):
+                    s = total + e                  # < 2**32: saturated when bit 31 is set
+                    m.d.sync += total.eq(Mux(s[31], INT31_MAX, s))
+                    with m.If(tags[-1].last):
                         m.next = "START"
             with m.State("START"):
                 m.d.comb += div.start.eq(1)
@@ -325,10 +387,10 @@ class Shiftmax(wiring.Component):
                 m.d.comb += advance.eq(~self.out.valid | self.out.ready)
                 with m.If(advance):
                     m.d.sync += [
-                        self.out.valid.eq(v2),
-                        self.out.payload.data.eq((e2 * factor) >> (32 - self._out_bits)),
-                        self.out.payload.first.eq(f2),
-                        self.out.payload.last.eq(l2),
+                        self.out.valid.eq(tags[-1].valid),
+                        self.out.payload.data.eq((e * factor) >> (32 - self._out_bits)),
+                        self.out.payload.first.eq(tags[-1].first),
+                        self.out.payload.last.eq(tags[-1].last),
                     ]
                 with m.If(self.out.valid & self.out.ready & self.out.payload.last):
                     m.d.sync += length.eq(0)

@@ -209,12 +209,12 @@ def _ternary_accounting(m, dut):
 
 def _shiftmax_accounting(m, dut):
     # Every input vector produces one output vector of the same length; a vector of n_max
-    # elements is through 39 - n + 2 * n_max cycles after its last input transfer.
+    # elements is through 47 - n + 2 * n_max cycles after its last input transfer.
     # Data fixed (the control does not look at it) to keep the solver fast; the stream-rule
     # check (test_block_stream_rules) has it free.
     _shiftmax_environment(m, dut)
     m.d.comb += Assume((dut.x0 == -1) & (dut.inp.payload.data == 0))
-    conservation(m, dut.inp, dut.out, drain=39 - dut.n + 2 * dut.n_max + 2, elements=True)
+    conservation(m, dut.inp, dut.out, drain=47 - dut.n + 2 * dut.n_max + 2, elements=True)
 
 
 # Stream rules with the data free: (id, module, class, constructor arguments, environment
@@ -228,7 +228,7 @@ BLOCKS = [
     ("requantizer-8-4", "requantizer", "Requantizer", {"acc_width": 8, "out_bits": 4}, None, 8),
     ("isqrt-8", "isqrt", "Isqrt", {"width": 8}, None, 10),
     ("shiftmax-n2", "shiftmax", "Shiftmax", {"n_max": 2, "in_width": 8, "n": 30},
-     _shiftmax_environment, 18),
+     _shiftmax_environment, 26),
     ("sampler-v2", "sampler", "Sampler", {"vocab": 2, "logit_width": 4}, _sampler_environment,
      10),
 ]
@@ -239,7 +239,7 @@ ACCOUNTING = [
     ("ternary-l4-n8", "ternary", "TernaryAccumulate", {"lanes": 4, "n": 8},
      _ternary_accounting, 12),
     ("shiftmax-n2", "shiftmax", "Shiftmax", {"n_max": 2, "in_width": 8, "n": 30},
-     _shiftmax_accounting, 20),
+     _shiftmax_accounting, 28),
 ]
 
 

@@ -119,28 +119,54 @@ def test_parameters():
         Reciprocal31(den_min_log2=31)
     with pytest.raises(TypeError, match="in_width must be an integer, not '8'"):
         ShiftExp(in_width="8", n=15)
+    with pytest.raises(ValueError, match="stages must be at least 0, not -1"):
+        ShiftExp(in_width=8, n=15, stages=-1)
 
 
 # --- Amaranth simulator ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("stages", [0, 3, 10], ids=["comb", "s3", "s10"])
 @pytest.mark.parametrize("n", [15, 23])
-def test_shift_exp_exhaustive(n):
-    """ShiftExp equals golden.shift_exp for every x in -2**12..0 at several x0 (combinational)."""
-    dut = ShiftExp(in_width=14, n=n)
+def test_shift_exp_exhaustive(n, stages):
+    """ShiftExp equals golden.shift_exp for every x in -2**12..0 at several x0: combinational,
+    and pipelined (more stages than steps too) with ``en`` low in random cycles, the output
+    checked in every cycle against the input ``stages`` enabled cycles before."""
+    dut = ShiftExp(in_width=14, n=n, stages=stages)
+    assert dut.latency == stages
     xs = np.arange(-(1 << 12), 1)
     x0s = [x0 for x0 in [-1, -2, -3, -12, -100, -256, -1000] if -x0 < 1 << (31 - n)]
     x0s.append(-(1 << (31 - n)) + 1)
+    rng = random.Random(n)
 
     async def testbench(ctx):
         for x0 in x0s:
-            expected = shift_exp(xs, x0, n)
+            expected = shift_exp(xs, x0, n).tolist()
             ctx.set(dut.x0, x0)
-            for x, e in zip(xs.tolist(), expected.tolist()):
-                ctx.set(dut.x, x)
-                got = ctx.get(dut.e)
-                assert got == e, f"n={n} x0={x0} x={x}: got {got}, expected {e}"
+            if not stages:
+                for x, e in zip(xs.tolist(), expected):
+                    ctx.set(dut.x, x)
+                    got = ctx.get(dut.e)
+                    assert got == e, f"n={n} x0={x0} x={x}: got {got}, expected {e}"
+                continue
+            ctx.set(dut.en, 0)
+            await ctx.tick()                   # |x0| and n |x0| are registered
+            enabled = 0                        # enabled cycles so far
+            while enabled < len(xs) + stages - 1:
+                en = rng.random() < 0.75
+                ctx.set(dut.en, en)
+                ctx.set(dut.x, int(xs[min(enabled, len(xs) - 1)]))
+                await ctx.tick()
+                enabled += en
+                if enabled >= stages:
+                    index = enabled - stages
+                    got = ctx.get(dut.e)
+                    assert got == expected[index], (
+                        f"n={n} stages={stages} x0={x0} x={xs[index]}: got {got}, "
+                        f"expected {expected[index]}")
 
     sim = Simulator(dut)
+    if stages:
+        sim.add_clock(1e-8)
     sim.add_testbench(testbench)
     sim.run()
 
@@ -199,9 +225,9 @@ def test_shiftmax_sim(config, traffic):
         first_out = [c for i, (c, kind, _) in enumerate(log)
                      if kind == "out" and log[i - 1][1] == "in"]
         for index, row in enumerate(rows):
-            assert first_out[index] - last_in[index] == len(row) + 39 - n, (config, index)
+            assert first_out[index] - last_in[index] == len(row) + 47 - n, (config, index)
             if index + 1 < len(rows):
-                assert first_in[index + 1] - first_in[index] == 3 * len(row) + 38 - n
+                assert first_in[index + 1] - first_in[index] == 3 * len(row) + 46 - n
 
 
 # --- Verilog, Verilator, cocotb ----------------------------------------------------------------

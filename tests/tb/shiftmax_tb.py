@@ -134,18 +134,18 @@ async def rows_match_golden(dut, traffic):
         for index, (row, _) in enumerate(rows):
             length = len(row)
             latency = monitor.out_first[index] - monitor.in_last[index]
-            assert latency == length + 39 - n, (
+            assert latency == length + 47 - n, (
                 f"{config} row {index} (L={length}): latency {latency} cycles, "
-                f"documented L + 39 - n = {length + 39 - n}")
+                f"documented L + 47 - n = {length + 47 - n}")
             in_cycles = monitor.in_last[index] - monitor.in_first[index] + 1
             assert in_cycles == length, (config, index, in_cycles, length)
             out_cycles = monitor.out_last[index] - monitor.out_first[index] + 1
             assert out_cycles == length, (config, index, out_cycles, length)
             if index + 1 < len(rows):
                 period = monitor.in_first[index + 1] - monitor.in_first[index]
-                assert period == 3 * length + 38 - n, (
+                assert period == 3 * length + 46 - n, (
                     f"{config} row {index} (L={length}): {period} cycles per vector, "
-                    f"documented 3 L + 38 - n = {3 * length + 38 - n}")
+                    f"documented 3 L + 46 - n = {3 * length + 46 - n}")
     dut._log.info("%s traffic=%s: %d rows, %d elements", config, traffic, len(rows), len(words))
 
 
