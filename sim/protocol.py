@@ -178,6 +178,20 @@ class FrameDecoder:
             frames.append(Frame(body[0], body[1], body[4:]))
             del self._buf[:end]
 
+    @property
+    def pending(self) -> int:
+        """Bytes held: the start of a frame not yet complete."""
+        return len(self._buf)
+
+    def resync(self) -> list[Frame]:
+        """Give up the incomplete frame at the front (the line went quiet inside it: its length
+        was damaged or its end lost) and decode what follows its SYNC."""
+        if not self._buf:
+            return []
+        self.dropped += 1
+        del self._buf[:1]
+        return self.feed(b"")
+
 
 # --------------------------------------------------------------------------------------------
 # Identity: what the device says about itself.

@@ -5,7 +5,10 @@ The protocol is :mod:`mmfree.sim.protocol` (docs/protocol.md). Recovery rules:
 
 - every request gets a fresh ``seq``; replies with another ``seq`` are stale and ignored;
 - idempotent requests (IDENTIFY, LOAD_CHUNK, VERIFY, RESET_STATE, SET_SAMPLING, STOP) are
-  resent on a timeout, a BAD_CRC/LINE error or BUSY (after a STOP);
+  resent on a timeout, a BAD_CRC/LINE/BAD_LENGTH error (the request was damaged on the line
+  and not executed) or BUSY (after a STOP);
+- a reply frame cut short (its length damaged, or its end lost) is given up after a quiet
+  line of ``QUIET`` seconds, and the frames behind its first byte are decoded;
 - a weight load resumes where the device says it stands (LOAD_CHUNK is deduplicated by its
   offset), restarts from LOAD_BEGIN if the device lost it (a reset), and is only accepted
   when VERIFY agrees on the word count, the CRC-32 and the model hash;
@@ -147,6 +150,14 @@ class SerialTransport(Transport):
 
 # --------------------------------------------------------------------------------------------
 
+# Errors that mean the request arrived damaged and nothing was done: the host's own frames are
+# well formed, so a wrong length is a length byte hit on the line.
+DAMAGED = (ErrorCode.BAD_CRC, ErrorCode.LINE, ErrorCode.BAD_LENGTH)
+# A device sends a frame back to back at the line rate: this long without a byte in the middle
+# of one means the frame is broken (a damaged length asks for bytes that never come).
+QUIET = 0.1
+
+
 class LoadStats:
     def __init__(self, words: int, skipped: bool, seconds: float, resends: int):
         self.words, self.skipped, self.seconds, self.resends = words, skipped, seconds, resends
@@ -169,6 +180,7 @@ class Interface:
         self._t = transport
         self._decoder = FrameDecoder()
         self._frames: list[Frame] = []
+        self._last_byte = time.monotonic()
         self._seq = 0
         self.timeout = timeout
         self.step_timeout = step_timeout
@@ -200,9 +212,12 @@ class Interface:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            data = self._t.read(min(left, 0.5))
+            data = self._t.read(min(left, QUIET))
             if data:
+                self._last_byte = time.monotonic()
                 self._frames += self._decoder.feed(data)
+            elif self._decoder.pending and time.monotonic() - self._last_byte >= QUIET:
+                self._frames += self._decoder.resync()
         return self._frames.pop(0)
 
     def _await(self, seq: int, timeout: float) -> Frame | None:
@@ -241,7 +256,7 @@ class Interface:
             try:
                 return self._check(frame, cmd)
             except DeviceError as error:
-                if error.code in (ErrorCode.BAD_CRC, ErrorCode.LINE):
+                if error.code in DAMAGED:
                     last = str(error)
                     continue
                 if error.code == ErrorCode.BUSY:
@@ -346,7 +361,7 @@ class Interface:
                 code, cmd, detail = reply.fields()
                 if code == ErrorCode.OUT_OF_ORDER:
                     device_next, go_back = detail, True
-                elif code in (ErrorCode.BAD_CRC, ErrorCode.LINE):
+                elif code in DAMAGED:
                     device_next, go_back = acked, True
                 else:
                     raise DeviceError(code, cmd, detail)
@@ -388,7 +403,7 @@ class Interface:
                     yield token, cycles
                 return
             except DeviceError as error:
-                if error.code not in (ErrorCode.BAD_CRC, ErrorCode.LINE, ErrorCode.BUSY):
+                if error.code not in (*DAMAGED, ErrorCode.BUSY):
                     raise
                 last = str(error)
             except _Replay as replay:
