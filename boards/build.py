@@ -239,6 +239,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
                    for bel, value in report.get("utilization", {}).items()}
     target_mhz = config.clock_hz / 1e6
     timing_met = bool(fmax) and min(fmax.values()) >= target_mhz
+    paths = critical_paths(report)
     bitstream = out_dir / f"{TOP_NAME}.{suffix}"
     cfg = model.config
     summary = {
@@ -250,7 +251,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
                              "hidden_act": cfg.hidden_act, "packing": cfg.packing}},
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
-        "fmax_mhz": fmax, "timing_met": timing_met, "seed": seed,
+        "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),
@@ -271,13 +272,39 @@ def build(board_name: str, model, *, lanes: int | None = None,
                 seconds)
     if not timing_met and not allow_timing_fail:
         achieved = f"{min(fmax.values()):.2f} MHz" if fmax else "unknown"
+        worst = max(paths, key=lambda p: p["delay_ns"], default=None)
+        where = (f", critical path {worst['delay_ns']:.1f} ns from {worst['start']} to "
+                 f"{worst['end']}" if worst else "")
         raise TimingError(
             f"timing not met on the {board_name}: Fmax {achieved} < {target_mhz:g} MHz "
-            f"({config.lanes} lanes); --allow-timing-fail keeps the bitstream "
+            f"({config.lanes} lanes{where}); --allow-timing-fail keeps the bitstream "
             f"(report: {report_path})", built)
     if program:
         _program(board_name, bitstream)
     return built
+
+
+def critical_paths(report: dict) -> list[dict]:
+    """nextpnr's ``critical_paths`` (its ``--report`` JSON), one summary per clock pair: the
+    net the path starts from (a register's output), the cell it ends at, the total delay, how
+    much of it is logic and how much routing, and the logic cells it passes."""
+    summaries = []
+    for entry in report.get("critical_paths", []):
+        path = entry.get("path") or []
+        if not path:
+            continue
+        nets = [step["net"] for step in path if step.get("type") == "routing" and "net" in step]
+        logic = sum(step["delay"] for step in path if step.get("type") != "routing")
+        routing = sum(step["delay"] for step in path if step.get("type") == "routing")
+        summaries.append({
+            "from": entry.get("from"), "to": entry.get("to"),
+            "start": nets[0] if nets else path[0]["from"]["cell"],
+            "end": path[-1]["to"]["cell"],
+            "delay_ns": round(logic + routing, 3), "logic_ns": round(logic, 3),
+            "routing_ns": round(routing, 3),
+            "logic_cells": sum(1 for step in path if step.get("type") == "logic"),
+        })
+    return summaries
 
 
 def _model_hash(image) -> int:

@@ -203,6 +203,24 @@ def test_build_help_shows_defaults(capsys):
     assert "default: the last `mmfree build`" in " ".join(capsys.readouterr().out.split())
 
 
+def test_critical_paths_summary():
+    """nextpnr's critical path JSON, summarized for build-report.json and the timing line."""
+    def step(kind, delay, src, dst, net=None):
+        item = {"type": kind, "delay": delay, "from": {"cell": src, "port": "Q", "loc": [1, 1]},
+                "to": {"cell": dst, "port": "A", "loc": [1, 2]}}
+        return item | ({"net": net} if net else {})
+    report = {"critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+        step("clk-to-q", 0.5, "a_FF", "a_FF"),
+        step("routing", 1.25, "a_FF", "lut", net="soc.engine.a[3]"),
+        step("logic", 0.25, "lut", "lut"),
+        step("routing", 1.0, "lut", "b_FF", net="soc.engine.b"),
+        step("setup", 0.0, "b_FF", "b_FF")]}, {"from": "x", "to": "y", "path": []}]}
+    assert board_build.critical_paths(report) == [{
+        "from": "posedge clk", "to": "posedge clk", "start": "soc.engine.a[3]", "end": "b_FF",
+        "delay_ns": 3.0, "logic_ns": 0.75, "routing_ns": 2.25, "logic_cells": 1}]
+    assert board_build.critical_paths({}) == []
+
+
 # --- a real build ---------------------------------------------------------------------------
 
 @pytest.mark.synth
@@ -222,4 +240,8 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert report["utilization"]["TRELLIS_COMB"]["used"] > 0
     clock_mhz = BOARD_CONFIGS["ulx3s-85f"].clock_hz / 1e6
     assert report["timing_met"] == (result.min_fmax_mhz >= clock_mhz), report
+    # The slowest clock's period is about its critical path (clock skew aside).
+    worst = max(report["critical_paths"], key=lambda p: p["delay_ns"])
+    assert worst["start"] and worst["end"] and worst["logic_cells"] > 0, worst
+    assert 1000 / worst["delay_ns"] < 1.25 * result.min_fmax_mhz, (worst, result.min_fmax_mhz)
     assert "Yosys" in report["tools"]["yosys"], report["tools"]
