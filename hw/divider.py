@@ -56,12 +56,23 @@ class SerialDivider(wiring.Component):
         Width of the dividend (and of the quotient).
     den_width : int
         Width of the divisor (and of the remainder).
+    quotient_width : int or None
+        Quotient bits the divider computes, at most ``num_width`` (default: ``num_width``).
+        With ``quotient_width = k < num_width`` the caller guarantees ``num >> k < den``
+        (the quotient fits in ``k`` bits): the divider loads ``num >> k`` as the partial
+        remainder, the state a full-width division reaches after its first
+        ``num_width - k`` steps (all of them quotient bits 0), and makes only the last ``k``
+        bits. Results are exact under that guarantee and unspecified without it (division
+        by zero included). For per-vector constants whose range is known, such as
+        ``2**31 // r`` with ``r`` in ``[2**15, 2**16)`` (17 bits, not 32).
 
-    Latency: ``out.valid`` rises ``num_width + 1`` cycles after the cycle of the ``inp``
-    transfer (one cycle loads the operands, ``num_width`` cycles make one quotient bit each).
+    Latency: ``out.valid`` rises ``quotient_width + 1`` cycles after the cycle of the ``inp``
+    transfer (one cycle loads the operands, ``quotient_width`` cycles make one quotient bit
+    each).
 
     Throughput: one division at a time. ``inp.ready`` is high while idle and in the cycle where
-    the result transfers, so at full rate a new division starts every ``num_width + 1`` cycles.
+    the result transfers, so at full rate a new division starts every ``quotient_width + 1``
+    cycles.
 
     Members
     -------
@@ -71,9 +82,15 @@ class SerialDivider(wiring.Component):
         ``{"quotient": unsigned(num_width), "remainder": unsigned(den_width)}``.
     """
 
-    def __init__(self, *, num_width, den_width):
+    def __init__(self, *, num_width, den_width, quotient_width=None):
         self._num_width = _check_width("num_width", num_width)
         self._den_width = _check_width("den_width", den_width)
+        if quotient_width is None:
+            quotient_width = num_width
+        if _check_width("quotient_width", quotient_width) > num_width:
+            raise ValueError(f"quotient_width must be at most num_width {num_width}, "
+                             f"not {quotient_width}")
+        self._quotient_width = quotient_width
         inp, out = _layouts(num_width, den_width, num_width, None)
         super().__init__({
             "inp": In(stream.Signature(inp)),
@@ -88,14 +105,23 @@ class SerialDivider(wiring.Component):
     def den_width(self):
         return self._den_width
 
+    @property
+    def quotient_width(self):
+        return self._quotient_width
+
+    @property
+    def latency(self):
+        """Cycles from the ``inp`` transfer to ``out.valid``."""
+        return self._quotient_width + 1
+
     def elaborate(self, platform):
         m = Module()
-        nw, dw = self._num_width, self._den_width
+        nw, dw, qw = self._num_width, self._den_width, self._quotient_width
 
-        quo   = Signal(nw)       # dividend bits still to shift in (top), quotient bits (bottom)
+        quo   = Signal(qw)       # dividend bits still to shift in (top), quotient bits (bottom)
         den   = Signal(dw)
         rem   = Signal(dw)
-        count = Signal(range(nw + 1))
+        count = Signal(range(qw + 1))
         busy  = Signal()
         done  = Signal()
 
@@ -125,10 +151,11 @@ class SerialDivider(wiring.Component):
             m.d.sync += [busy.eq(0), done.eq(0)]
         with m.If(self.inp.valid & self.inp.ready):
             m.d.sync += [
-                quo.eq(self.inp.payload.num),
+                quo.eq(self.inp.payload.num[:qw]),
                 den.eq(self.inp.payload.den),
-                rem.eq(0),
-                count.eq(nw),
+                # num >> qw < den (the caller's guarantee when qw < nw) fits in dw bits
+                rem.eq(self.inp.payload.num[qw:] if qw < nw else 0),
+                count.eq(qw),
                 busy.eq(1),
                 done.eq(0),
             ]

@@ -14,6 +14,8 @@ __all__ = ["NormQuant"]
 
 ISQRT_WIDTH = 32         # s2 lies in [2**30, 2**32)
 RECIP_NUM = 1 << 31      # R = 2**31 // r
+RECIP_BITS = 17          # R <= 2**16 (r >= 2**15)
+QRECIP_BITS = 23         # Q <= 127 * 2**16
 T_LEFT = 14              # t's shift 1 + e/2 is at least -14 (e >= -30)
 Y_MAX, Y_MIN = (1 << (NORM_BITS - 1)) - 1, -(1 << (NORM_BITS - 1))
 
@@ -62,15 +64,16 @@ class NormQuant(wiring.Component):
     5. pass 3 streams ``q`` (and ``y``) out, as :class:`~mmfree.hw.quantizer.ActivationQuantizer`.
 
     Latency and throughput with every stream at full rate, ``B = n / width`` beats: a vector
-    takes ``3 B + 118`` cycles from its first input transfer to the cycle after its last
-    output transfer (tests/test_normquant.py checks it): pass 1 ``B``; the sum pipeline,
-    normalization, :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a 32-bit
-    :class:`~mmfree.hw.divider.SerialDivider`, 33); pass 2 ``B`` plus its 6-stage pipeline;
-    ``Q`` (a 54-bit serial division); pass 3 ``B`` plus its 4-stage pipeline. One vector at a
-    time: ``inp`` is ready again after the last output transfer. Against
-    :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
+    takes ``3 B + LATENCY`` (``3 B + 72``) cycles from its first input transfer to the cycle
+    after its last output transfer (tests/test_normquant.py checks it): pass 1 ``B``; the sum
+    pipeline, normalization, :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a
+    :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, 18); pass 2 ``B``
+    plus its 6-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
+    pass 3 ``B`` plus its 4-stage pipeline. One vector at a time: ``inp`` is ready again after
+    the last output transfer. Against :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
     :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
-    cycle), the passes shrink by ``width``; the fixed latency stays.
+    cycle, full-width dividers), the passes shrink by ``width`` and the dividers make only
+    the quotient bits that can be set.
 
     Parameters
     ----------
@@ -111,6 +114,9 @@ class NormQuant(wiring.Component):
                 "ymax": unsigned(32), "first": 1, "last": 1}))),
         })
 
+    #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats.
+    LATENCY = 72
+
     width = property(lambda self: self._width)
     n_max = property(lambda self: self._n_max)
 
@@ -123,8 +129,14 @@ class NormQuant(wiring.Component):
         W, beats = self._width, self._n_max // self._width
         m.submodules.buf = buf = Memory(shape=unsigned(32 * W), depth=beats, init=[])
         m.submodules.isqrt = isqrt = Isqrt(width=ISQRT_WIDTH)
-        m.submodules.rdiv = rdiv = SerialDivider(num_width=32, den_width=ISQRT_WIDTH // 2)
-        m.submodules.qdiv = qdiv = SerialDivider(num_width=32 + 22, den_width=32)
+        # Both quotients have a known range, so the dividers make only their significant bits:
+        # R = 2**31 // r with r in [2**15, 2**16) is at most 2**16 (17 bits, not 32), and
+        # Q = (127 << (nb + 15)) // ymax with ymax in [2**(nb-1), 2**nb) is at most
+        # 127 * 2**16 < 2**23 (23 bits, not 54); ymax = 0 gives q = 0 whatever Q is.
+        m.submodules.rdiv = rdiv = SerialDivider(num_width=32, den_width=ISQRT_WIDTH // 2,
+                                                 quotient_width=RECIP_BITS)
+        m.submodules.qdiv = qdiv = SerialDivider(num_width=32 + 22, den_width=32,
+                                                 quotient_width=QRECIP_BITS)
         wr = buf.write_port()
         rd = buf.read_port()
 
@@ -187,7 +199,7 @@ class NormQuant(wiring.Component):
         ]
         with m.If(isqrt.inp.valid & isqrt.inp.ready):
             m.d.sync += s2_ready.eq(0)
-        recip = Signal(17)
+        recip = Signal(RECIP_BITS)
         shift = Signal(6)
         with m.If(rdiv.out.valid & rdiv.out.ready):
             m.d.sync += [recip.eq(rdiv.out.payload.quotient), shift.eq(shift_next),
@@ -239,7 +251,7 @@ class NormQuant(wiring.Component):
         for i in range(32):
             with m.If(ymax[i]):
                 m.d.comb += nb.eq(i + 1)
-        qrecip = Signal(23)
+        qrecip = Signal(QRECIP_BITS)
         q_sent = Signal()
         m.d.comb += [
             qdiv.inp.payload.num.eq(Const(127) << (nb + 15)),

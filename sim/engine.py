@@ -350,9 +350,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 9``;
-    - NORM: ``3 B + 123`` (:class:`~mmfree.hw.normquant.NormQuant`: ``3 B + 118``, plus the
+    - NORM: ``3 B + 77`` (:class:`~mmfree.hw.normquant.NormQuant`: ``3 B + 72``, plus the
       beat readers and the sequencer);
-    - BITLINEAR: ``3 B + rows * chunks + 131 + tree_latency(lanes) + add``;
+    - BITLINEAR: ``3 B + rows * chunks + 85 + tree_latency(lanes) + add``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
@@ -365,9 +365,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op == Op.EMBED:
         return n + 9
     if op == Op.NORM:
-        return 3 * beats + 123
+        return 3 * beats + 77
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 131 + tree_latency(lanes) + \
+        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 85 + tree_latency(lanes) + \
             instr["add"]
         if instr["glu"]:
             cycles += max(31 - instr["chunks"], 4)

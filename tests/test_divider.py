@@ -34,7 +34,12 @@ def test_divider_parameters():
     with pytest.raises(AttributeError):
         d.quot_width = 3
     s = SerialDivider(num_width=8, den_width=5)
-    assert (s.num_width, s.den_width) == (8, 5)
+    assert (s.num_width, s.den_width, s.quotient_width, s.latency) == (8, 5, 8, 9)
+    with pytest.raises(ValueError, match="quotient_width must be at most num_width 8, not 9"):
+        SerialDivider(num_width=8, den_width=5, quotient_width=9)
+    with pytest.raises(TypeError, match="quotient_width must be a positive integer, not 0"):
+        SerialDivider(num_width=8, den_width=5, quotient_width=0)
+    assert SerialDivider(num_width=8, den_width=5, quotient_width=3).latency == 4
     for block, name in [(s, "serial_divider"), (d, "pipelined_divider")]:
         assert "module " + name in amaranth_to_verilog(block, name)
 
@@ -68,6 +73,34 @@ def test_serial_divider_sim_exhaustive(num_width, den_width, traffic):
         lat = num_width + 1
         assert [o - i for i, o in zip(in_cycles, out_cycles)] == [lat] * len(pairs)
         assert in_cycles == [k * lat for k in range(len(pairs))]
+
+
+SHORT_CONFIGS = [(7, 4, 3), (8, 3, 5), (6, 6, 1)]
+
+
+@pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+@pytest.mark.parametrize("num_width,den_width,quotient_width", SHORT_CONFIGS,
+                         ids=[f"n{a}_d{b}_q{c}" for a, b, c in SHORT_CONFIGS])
+def test_serial_divider_short_quotient_exhaustive(num_width, den_width, quotient_width,
+                                                  traffic):
+    """``quotient_width`` below ``num_width``: every (num, den) pair with ``num >> k < den``
+    (the quotient fits ``k`` bits) divides exactly, in ``k + 1`` cycles a division."""
+    ready_probability, gap_probability = traffic
+    k = quotient_width
+    dut = SerialDivider(num_width=num_width, den_width=den_width, quotient_width=k)
+    pairs = [(a, b) for a in range(1 << num_width) for b in range(1, 1 << den_width)
+             if a >> k < b]
+    assert len(pairs) > 50 and any(a >> k for a, _ in pairs)   # a nonzero start remainder
+    random.Random(3).shuffle(pairs)
+    outs, in_cycles, out_cycles = run_stream(dut, [{"num": a, "den": b} for a, b in pairs],
+                                             ready_probability=ready_probability,
+                                             gap_probability=gap_probability, seed=4)
+    assert len(outs) == len(pairs)
+    for (a, b), got in zip(pairs, outs):
+        assert (got.quotient, got.remainder) == (a // b, a % b), (a, b, got)
+    if traffic == (1.0, 0.0):
+        assert [o - i for i, o in zip(in_cycles, out_cycles)] == [k + 1] * len(pairs)
+        assert in_cycles == [j * (k + 1) for j in range(len(pairs))]
 
 
 PIPE_CONFIGS = [(6, 4, 6), (8, 4, 5), (4, 6, 4)]

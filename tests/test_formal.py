@@ -223,6 +223,8 @@ BLOCKS = [
     ("xorshift32", "xorshift", "Xorshift32", {}, _xorshift_environment, 12),
     ("ternary-l4-n8", "ternary", "TernaryAccumulate", {"lanes": 4, "n": 8}, None, 10),
     ("serial-divider-4", "divider", "SerialDivider", {"num_width": 4, "den_width": 4}, None, 12),
+    ("serial-divider-6-q3", "divider", "SerialDivider",
+     {"num_width": 6, "den_width": 4, "quotient_width": 3}, None, 10),
     ("pipelined-divider-4", "divider", "PipelinedDivider",
      {"num_width": 4, "den_width": 4, "quot_width": 4}, None, 10),
     ("requantizer-8-4", "requantizer", "Requantizer", {"acc_width": 8, "out_bits": 4}, None, 8),

@@ -98,7 +98,7 @@ def test_normquant_matches_golden(width, n, gaps):
         np.testing.assert_array_equal(hq, q)
         assert hmax == {ymax}
         if not gaps:
-            assert cycles == 3 * (n // width) + 118, cycles
+            assert cycles == 3 * (n // width) + NormQuant.LATENCY, cycles
 
 
 def test_normquant_parameters():
