@@ -241,6 +241,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             nq.eps.eq(instr.eps),
             nq.out_shift.eq(instr.out_shift),
+            nq.quantize.eq(op != Op.NORM),          # a stand-alone RMSNorm writes y alone
             nq.inp.payload.last.eq(rw.out.payload.last),
             nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, 32)[:NORM_W_BITS]
                                   for j in range(W)])),

@@ -70,7 +70,7 @@ class NormQuant(wiring.Component):
     :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, 18); pass 2 ``B``
     plus its 6-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
     pass 3 ``B`` plus its 4-stage pipeline. One vector at a time: ``inp`` is ready again after
-    the last output transfer. Against :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
+    the last output transfer; ``3 B + 48`` with ``quantize = 0``. Against :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
     :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
     cycle, full-width dividers), the passes shrink by ``width`` and the dividers make only
     the quotient bits that can be set.
@@ -87,6 +87,10 @@ class NormQuant(wiring.Component):
     inp : In(stream.Signature(StructLayout({"data": ArrayLayout(signed(32), width), "last": 1})))
     eps : In(unsigned(61)), out_shift : In(unsigned(6))
         As :class:`~mmfree.hw.rmsnorm.RMSNorm`; sampled with the first beat of a vector.
+    quantize : In(1)
+        Sampled with the first beat: 1 computes ``q`` (and its reciprocal ``Q``); 0 leaves the
+        reciprocal out (``LATENCY - QRECIP_CYCLES`` fixed cycles) and ``q`` unspecified, for
+        an RMSNorm whose ``y`` alone is used.
     w : In(stream.Signature(ArrayLayout(signed(24), width)))
         The norm weights, one beat per pass-2 cycle.
     out : Out(stream.Signature(StructLayout({"q": ArrayLayout(signed(8), width),
@@ -107,6 +111,7 @@ class NormQuant(wiring.Component):
                 "data": data.ArrayLayout(signed(32), width), "last": 1}))),
             "eps": In(unsigned(61)),
             "out_shift": In(unsigned(6)),
+            "quantize": In(1),
             "w": In(stream.Signature(data.ArrayLayout(signed(24), width))),
             "out": Out(stream.Signature(data.StructLayout({
                 "q": data.ArrayLayout(signed(8), width),
@@ -116,6 +121,8 @@ class NormQuant(wiring.Component):
 
     #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats.
     LATENCY = 72
+    #: Of which the quantizer's reciprocal ``Q`` (left out with ``quantize = 0``).
+    QRECIP_CYCLES = QRECIP_BITS + 1
 
     width = property(lambda self: self._width)
     n_max = property(lambda self: self._n_max)
@@ -147,6 +154,7 @@ class NormQuant(wiring.Component):
         # ---- pass 1: buffer and sum of squares ----
         acc = Signal(self.acc_width)
         shift_next = Signal(6)
+        quant = Signal()                       # this vector's `quantize`
         take = self.inp.valid & self.inp.ready
         squares = [Signal(62, name=f"sq{j}") for j in range(W)]
         sq_v, sum_v = Signal(), Signal()
@@ -168,7 +176,8 @@ class NormQuant(wiring.Component):
         with m.If(take):
             m.d.sync += index.eq(index + 1)
             with m.If(index == 0):
-                m.d.sync += [acc.eq(self.eps), shift_next.eq(self.out_shift)]
+                m.d.sync += [acc.eq(self.eps), shift_next.eq(self.out_shift),
+                             quant.eq(self.quantize)]
             with m.If(self.inp.payload.last):
                 m.d.sync += [count.eq(index + 1), index.eq(0), state.eq(_State.SQRT)]
 
@@ -256,7 +265,7 @@ class NormQuant(wiring.Component):
         m.d.comb += [
             qdiv.inp.payload.num.eq(Const(127) << (nb + 15)),
             qdiv.inp.payload.den.eq(ymax),
-            qdiv.inp.valid.eq(pass2_done & ~q_sent),
+            qdiv.inp.valid.eq(pass2_done & quant & ~q_sent),
             qdiv.out.ready.eq(state == _State.NORM),
         ]
         with m.If(qdiv.inp.valid & qdiv.inp.ready):
@@ -264,6 +273,8 @@ class NormQuant(wiring.Component):
         with m.If(qdiv.out.valid & qdiv.out.ready):
             m.d.sync += [qrecip.eq(qdiv.out.payload.quotient), q_sent.eq(0), index.eq(0),
                          state.eq(_State.OUTPUT)]
+        with m.If(pass2_done & ~quant):                # y alone: no reciprocal
+            m.d.sync += [index.eq(0), state.eq(_State.OUTPUT)]
 
         # ---- pass 3: q out (a pipeline that stalls as a whole) ----
         advance = ~self.out.valid | self.out.ready

@@ -350,7 +350,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 9``;
-    - NORM: ``3 B + 77`` (:class:`~mmfree.hw.normquant.NormQuant`: ``3 B + 72``, plus the
+    - NORM: ``3 B + 53`` (:class:`~mmfree.hw.normquant.NormQuant` without the quantizer's
+      reciprocal: ``3 B + 48``, plus the
       beat readers and the sequencer);
     - BITLINEAR: ``3 B + rows * chunks + 85 + tree_latency(lanes) + add``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
@@ -365,7 +366,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op == Op.EMBED:
         return n + 9
     if op == Op.NORM:
-        return 3 * beats + 77
+        return 3 * beats + 53
     if op in (Op.BITLINEAR, Op.HEAD):
         cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 85 + tree_latency(lanes) + \
             instr["add"]

@@ -31,7 +31,7 @@ def _vectors(rng, n, count):
     return out
 
 
-def _run(dut, vectors, rng, gaps):
+def _run(dut, vectors, rng, gaps, quantize=True):
     W = dut.width
     results = []
 
@@ -41,6 +41,7 @@ def _run(dut, vectors, rng, gaps):
             beats = n // W
             ctx.set(dut.eps, eps)
             ctx.set(dut.out_shift, shift)
+            ctx.set(dut.quantize, int(quantize))
             cycles = 0
             b = 0
             while b < beats:
@@ -99,6 +100,23 @@ def test_normquant_matches_golden(width, n, gaps):
         assert hmax == {ymax}
         if not gaps:
             assert cycles == 3 * (n // width) + NormQuant.LATENCY, cycles
+
+
+@pytest.mark.parametrize("width, n", [(1, 7), (8, 200)], ids=["w1-n7", "w8-n200"])
+@pytest.mark.parametrize("gaps", [False, True], ids=["full-rate", "gaps"])
+def test_normquant_without_quantizer(width, n, gaps):
+    """``quantize = 0`` (the engine's stand-alone RMSNorms): ``y`` and ``max |y|`` as the
+    golden model's, the quantizer's reciprocal left out of the latency."""
+    rng = np.random.default_rng(width * 1000 + n + 1)
+    dut = NormQuant(width=width, n_max=n)
+    vectors = _vectors(rng, n, 10)
+    for (x, w, eps, shift, y, q, ymax), (hq, hy, hmax, cycles) in zip(
+            vectors, _run(dut, vectors, rng, gaps, quantize=False)):
+        np.testing.assert_array_equal(hy, y)
+        assert hmax == {ymax}
+        if not gaps:
+            assert cycles == 3 * (n // width) + NormQuant.LATENCY - NormQuant.QRECIP_CYCLES, \
+                cycles
 
 
 def test_normquant_parameters():
