@@ -69,8 +69,9 @@ class NormQuant(wiring.Component):
     pipeline, normalization, :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a
     :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, 18); pass 2 ``B``
     plus its 6-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
-    pass 3 ``B`` plus its 4-stage pipeline. One vector at a time: ``inp`` is ready again after
-    the last output transfer; ``3 B + 48`` with ``quantize = 0``. Against :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
+    pass 3 ``B`` plus its 4-stage pipeline; ``3 B + 48`` with ``quantize = 0``. One vector
+    at a time: ``inp`` is ready again after the last output transfer. Against
+    :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
     :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
     cycle, full-width dividers), the passes shrink by ``width`` and the dividers make only
     the quotient bits that can be set.
