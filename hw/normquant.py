@@ -88,10 +88,10 @@ class NormQuant(wiring.Component):
     inp : In(stream.Signature(StructLayout({"data": ArrayLayout(signed(32), width), "last": 1})))
     eps : In(unsigned(61)), out_shift : In(unsigned(6))
         As :class:`~mmfree.hw.rmsnorm.RMSNorm`; sampled with the first beat of a vector.
-    quantize : In(1)
-        Sampled with the first beat: 1 computes ``q`` (and its reciprocal ``Q``); 0 leaves the
-        reciprocal out (``LATENCY - QRECIP_CYCLES`` fixed cycles) and ``q`` unspecified, for
-        an RMSNorm whose ``y`` alone is used.
+    quantize : In(1, init=1)
+        Sampled with the first beat: 1 (the default) computes ``q`` (and its reciprocal
+        ``Q``); 0 leaves the reciprocal out (``LATENCY - QRECIP_CYCLES`` fixed cycles) and
+        ``q`` unspecified, for an RMSNorm whose ``y`` alone is used.
     w : In(stream.Signature(ArrayLayout(signed(24), width)))
         The norm weights, one beat per pass-2 cycle.
     out : Out(stream.Signature(StructLayout({"q": ArrayLayout(signed(8), width),
@@ -112,7 +112,7 @@ class NormQuant(wiring.Component):
                 "data": data.ArrayLayout(signed(32), width), "last": 1}))),
             "eps": In(unsigned(61)),
             "out_shift": In(unsigned(6)),
-            "quantize": In(1),
+            "quantize": In(1, init=1),
             "w": In(stream.Signature(data.ArrayLayout(signed(24), width))),
             "out": Out(stream.Signature(data.StructLayout({
                 "q": data.ArrayLayout(signed(8), width),

@@ -121,6 +121,7 @@ def test_normquant_without_quantizer(width, n, gaps):
 
 def test_normquant_parameters():
     assert NormQuant(width=8, n_max=64).width == 8
+    assert NormQuant(width=8, n_max=64).quantize.init == 1   # q unless told otherwise
     with pytest.raises(ValueError, match="width must be a power of two from 1 to 64, not 3"):
         NormQuant(width=3, n_max=12)
     with pytest.raises(ValueError, match="width must be a power of two from 1 to 64, not 128"):
