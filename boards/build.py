@@ -35,6 +35,8 @@ __all__ = ["BOARD_FAMILIES", "BuildError", "TimingError", "BuildResult", "make_t
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "build-report.json"
+# nextpnr's routers (--router); router1 is its default.
+ROUTERS = ("router1", "router2")
 # Written to the report even when unused: LUT sites, flip-flops, block RAM, multipliers.
 _MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
               "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
@@ -186,7 +188,7 @@ def _over_capacity(log: Path) -> str:
 def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
           program: bool = False, allow_timing_fail: bool = False, seed: int = 1,
-          force: bool = False, model_path: str | None = None,
+          router: str = "router1", force: bool = False, model_path: str | None = None,
           command: list[str] | None = None) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -194,9 +196,13 @@ def build(board_name: str, model, *, lanes: int | None = None,
     tool runs), :class:`ToolchainError` (a tool is missing), :class:`BuildError` (a tool
     failed, or ``out_dir`` is not ours to write) and :class:`TimingError` (Fmax below the
     engine clock and not ``allow_timing_fail``; the bitstream and report are written first).
-    With ``program``, the bitstream is then loaded with :func:`program`.
+    With ``program``, the bitstream is then loaded with :func:`program`. ``router`` is
+    nextpnr's router: ``router1`` (its default) or ``router2``, the one for the congested
+    default-model ULX3S SoC, where router1 stalls (docs/boards.md).
     """
     _check_board(board_name)
+    if router not in ROUTERS:
+        raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
     out_dir = Path(out_dir).resolve()
     _check_out_dir(out_dir, force)
     family, suffix, _, _ = BOARD_FAMILIES[board_name]
@@ -207,7 +213,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
-    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed),
+                    "--router", router]
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
@@ -252,6 +259,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
+        "router": router,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),
