@@ -6,6 +6,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from mmfree.hw.arith import bit_length, split_mul
 from mmfree.hw.divider import SerialDivider
 from mmfree.hw.isqrt import Isqrt
 from mmfree.sim.golden import NORM_BITS
@@ -54,8 +55,8 @@ class NormQuant(wiring.Component):
     multiple of ``width`` (a shorter vector is padded with zeros, which change neither the
     sum of squares nor the maximum and come out as ``y = q = 0``), at most ``n_max``.
 
-    1. pass 1 stores the beats and accumulates ``ss = eps + sum(x*x)`` (three-stage pipeline:
-       squares, sum of the beat, accumulate);
+    1. pass 1 stores the beats and accumulates ``ss = eps + sum(x*x)`` (five-stage pipeline:
+       the beat registered, squares in two stages, sum of the beat, accumulate);
     2. ``e``, ``s2``, ``r = isqrt(s2)``, ``R = 2**31 // r`` as :class:`~mmfree.hw.rmsnorm.RMSNorm`;
     3. pass 2 takes one ``w`` beat per cycle and computes
        ``y = saturate(shift_round(shift_round(x R, 1 + e/2) w, out_shift), 32)`` into the
@@ -64,17 +65,25 @@ class NormQuant(wiring.Component):
     5. pass 3 streams ``q`` (and ``y``) out, as :class:`~mmfree.hw.quantizer.ActivationQuantizer`.
 
     Latency and throughput with every stream at full rate, ``B = n / width`` beats: a vector
-    takes ``3 B + LATENCY`` (``3 B + 72``) cycles from its first input transfer to the cycle
+    takes ``3 B + LATENCY`` (``3 B + 87``) cycles from its first input transfer to the cycle
     after its last output transfer (tests/test_normquant.py checks it): pass 1 ``B``; the sum
-    pipeline, normalization, :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a
+    pipeline, normalization (the sum's bit length registered, then ``s2``),
+    :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a
     :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, 18); pass 2 ``B``
-    plus its 6-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
-    pass 3 ``B`` plus its 4-stage pipeline; ``3 B + 48`` with ``quantize = 0``. One vector
+    plus its 13-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
+    pass 3 ``B`` plus its 8-stage pipeline; ``3 B + 63`` with ``quantize = 0``. One vector
     at a time: ``inp`` is ready again after the last output transfer. Against
     :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
     :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
     cycle, full-width dividers), the passes shrink by ``width`` and the dividers make only
     the quotient bits that can be set.
+
+    Clock: every stage does at most one variable shift (a rounding shift takes two: ``r =
+    (v << 1) >> s``, then ``(r + 1) >> 1``), half of a wide multiplication
+    (:func:`~mmfree.hw.arith.split_mul`) or one wide comparison (``log2(width)`` for the
+    maximum of a beat), and block RAM outputs are registered before they are used. Out of
+    context and 4 wide that took the block from 36.4 MHz (``3 B + 72``) to the figure in
+    docs/blocks.md.
 
     Parameters
     ----------
@@ -121,7 +130,7 @@ class NormQuant(wiring.Component):
         })
 
     #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats.
-    LATENCY = 72
+    LATENCY = 87
     #: Of which the quantizer's reciprocal ``Q`` (left out with ``quantize = 0``).
     QRECIP_CYCLES = QRECIP_BITS + 1
 
@@ -157,21 +166,26 @@ class NormQuant(wiring.Component):
         shift_next = Signal(6)
         quant = Signal()                       # this vector's `quantize`
         take = self.inp.valid & self.inp.ready
-        squares = [Signal(62, name=f"sq{j}") for j in range(W)]
+        squares = []
         sq_v, sum_v = Signal(), Signal()
         beat_sum = Signal(62 + W.bit_length())
         m.d.comb += [
             self.inp.ready.eq(state == _State.LOAD),
             wr.addr.eq(index), wr.data.eq(self.inp.payload.data), wr.en.eq(take),
         ]
+        # stages: 1 the beat registered, 2-3 squares, 4 sum of the beat, then the accumulator
+        x_v, pp_v = Signal(), Signal()
+        x_r = [Signal(signed(32), name=f"x{j}") for j in range(W)]
+        m.d.sync += [x_v.eq(take), pp_v.eq(x_v)]
         for j in range(W):
-            x = self.inp.payload.data[j]
-            m.d.sync += squares[j].eq(x * x)
+            square, partial, final = split_mul(x_r[j], x_r[j], f"sqp{j}")
+            m.d.sync += [x_r[j].eq(self.inp.payload.data[j]), *partial, *final]
+            squares.append(square)
         leaves = [Signal(len(beat_sum), name=f"sqw{j}") for j in range(W)]
         for leaf, square in zip(leaves, squares):
             m.d.comb += leaf.eq(square)
         total = _tree(m, leaves, lambda l, r: l + r, "sqsum")
-        m.d.sync += [sq_v.eq(take), sum_v.eq(sq_v), beat_sum.eq(total)]
+        m.d.sync += [sq_v.eq(pp_v), sum_v.eq(sq_v), beat_sum.eq(total)]
         with m.If(sum_v):
             m.d.sync += acc.eq(acc + beat_sum)
         with m.If(take):
@@ -183,17 +197,18 @@ class NormQuant(wiring.Component):
                 m.d.sync += [count.eq(index + 1), index.eq(0), state.eq(_State.SQRT)]
 
         # ---- normalization (as RMSNorm) ----
-        bitlen = Signal(range(self.acc_width + 1))
-        for i in range(self.acc_width):
-            with m.If(acc[i]):
-                m.d.comb += bitlen.eq(i + 1)
+        # sh (from the bit length of the sum) is registered; s2 is taken a cycle after the sum
+        # pipeline drained, when sh is that of the final sum.
+        bitlen = bit_length(m, acc, "acc_len")
         sh = Signal(range(self.acc_width + 2))
-        m.d.comb += sh.eq(bitlen - 2 + bitlen[0])
+        m.d.sync += sh.eq(bitlen - 2 + bitlen[0])
+        drained = Signal()
+        m.d.sync += drained.eq((state == _State.SQRT) & ~x_v & ~pp_v & ~sq_v & ~sum_v)
         half = Signal(range(self.acc_width // 2 + 2))
         s2 = Signal(ISQRT_WIDTH)
         s2_ready = Signal()                    # s2 waits for the square root
         s2_taken = Signal()                    # s2 of this vector has been computed
-        with m.If((state == _State.SQRT) & ~s2_taken & ~sq_v & ~sum_v):
+        with m.If((state == _State.SQRT) & ~s2_taken & drained):
             m.d.sync += [s2.eq(((acc << 30) >> sh)[:ISQRT_WIDTH]), half.eq(sh[1:]),
                          s2_ready.eq(1), s2_taken.eq(1)]
         with m.If(state == _State.LOAD):
@@ -216,51 +231,64 @@ class NormQuant(wiring.Component):
                          index.eq(0), state.eq(_State.NORM)]
 
         # ---- pass 2: y = RMSNorm(x) back into the buffer, ymax ----
-        # stages: 1 buffer data and w; 2 p = x R; 3 t; 4 t w; 5 y (written back); 6 max
+        # A rounding shift shift_round(v, s) = (v + (2**s >> 1)) >> s takes two stages:
+        # r = (v << 1) >> s, then (r + 1) >> 1 (the same for every s >= 0).
+        # stages: 1 buffer read (and w); 2 x registered; 3 p = x R; 4-5 t; 6-7 t w; 8-9 y
+        # unsaturated; 10 y saturated (written back); 11 |y|; 12 max of the beat; 13 ymax; 14
+        # ymax's bit length (for Q and pass 3)
         issue2 = (state == _State.NORM) & (index != count) & self.w.valid
         m.d.comb += self.w.ready.eq((state == _State.NORM) & (index != count))
-        v = [Signal(name=f"n{k}") for k in range(1, 6)]
-        a = [Signal(range(beats), name=f"na{k}") for k in range(1, 6)]
-        w1 = Signal(data.ArrayLayout(signed(24), W))
-        p2 = [Signal(signed(32 + 18), name=f"p2_{j}") for j in range(W)]
-        t3 = [Signal(signed(32), name=f"t3_{j}") for j in range(W)]
-        q4 = [Signal(signed(32 + 24), name=f"q4_{j}") for j in range(W)]
-        y5 = [Signal(signed(32), name=f"y5_{j}") for j in range(W)]
-        w2, w3 = (Signal(data.ArrayLayout(signed(24), W)) for _ in range(2))
+        v = [Signal(name=f"n{k}") for k in range(1, 14)]
+        a = [Signal(range(beats), name=f"na{k}") for k in range(1, 11)]
+        ws = [Signal(data.ArrayLayout(signed(24), W), name=f"nw{k}") for k in range(1, 6)]
+        x2 = [Signal(signed(32), name=f"x2_{j}") for j in range(W)]
+        p3 = [Signal(signed(32 + 18), name=f"p3_{j}") for j in range(W)]
+        r4 = [Signal(signed(32 + 18 + T_LEFT + 1), name=f"r4_{j}") for j in range(W)]
+        t5 = [Signal(signed(32), name=f"t5_{j}") for j in range(W)]
+        r8 = [Signal(signed(32 + 24 + 1), name=f"r8_{j}") for j in range(W)]
+        y9 = [Signal(signed(32 + 24 + 1), name=f"y9_{j}") for j in range(W)]
+        y10 = [Signal(signed(32), name=f"y10_{j}") for j in range(W)]
+        mags = [Signal(32, name=f"mag{j}") for j in range(W)]
         ymax = Signal(32)
-        m.d.sync += [v[0].eq(issue2), a[0].eq(index), w1.eq(self.w.payload)]
-        for k in range(1, 5):
-            m.d.sync += [v[k].eq(v[k - 1]), a[k].eq(a[k - 1])]
-        m.d.sync += [w2.eq(w1), w3.eq(w2)]
+        m.d.sync += [v[0].eq(issue2), a[0].eq(index), ws[0].eq(self.w.payload)]
+        for k in range(1, len(v)):
+            m.d.sync += v[k].eq(v[k - 1])
+        for k in range(1, len(a)):
+            m.d.sync += a[k].eq(a[k - 1])
+        for k in range(1, len(ws)):
+            m.d.sync += ws[k].eq(ws[k - 1])
         with m.If(issue2):
             m.d.sync += index.eq(index + 1)
-        x1 = rd.data
         for j in range(W):
-            t_full = ((p2[j] << T_LEFT) + ((Const(1, 1) << half) >> 1)) >> half
-            y_full = (q4[j] + ((Const(1, 1) << shift) >> 1)) >> shift
+            q7, partial, final = split_mul(t5[j], ws[4][j], f"q7_{j}")
             m.d.sync += [
-                p2[j].eq(x1.word_select(j, 32).as_signed() * recip),
-                t3[j].eq(t_full[:32]),
-                q4[j].eq(t3[j] * w3[j]),
-                y5[j].eq(Mux(y_full > Y_MAX, Y_MAX, Mux(y_full < Y_MIN, Y_MIN, y_full[:32]))),
+                x2[j].eq(rd.data.word_select(j, 32).as_signed()),
+                p3[j].eq(x2[j] * recip),
+                r4[j].eq((p3[j] << (T_LEFT + 1)) >> half),
+                t5[j].eq(((r4[j] + 1) >> 1)[:32]),
+                *partial, *final,
+                r8[j].eq((q7 << 1) >> shift),
+                y9[j].eq((r8[j] + 1) >> 1),
+                y10[j].eq(Mux(y9[j] > Y_MAX, Y_MAX, Mux(y9[j] < Y_MIN, Y_MIN, y9[j][:32]))),
+                mags[j].eq(abs(y10[j])),
             ]
-        mags = [Signal(32, name=f"mag{j}") for j in range(W)]
-        for j in range(W):
-            m.d.comb += mags[j].eq(abs(y5[j]))
-        top = _tree(m, mags, lambda l, r: Mux(l > r, l, r), "ymax")
+        top = Signal(32)
+        m.d.sync += top.eq(_tree(m, mags, lambda l, r: Mux(l > r, l, r), "ymax"))
         with m.If(state == _State.SQRT):
             m.d.sync += ymax.eq(0)
-        with m.If(v[4] & (top > ymax)):
+        with m.If(v[11] & (top > ymax)):
             m.d.sync += ymax.eq(top)
-        with m.If(v[4]):
-            m.d.comb += [wr.addr.eq(a[4]), wr.data.eq(Cat(*y5)), wr.en.eq(1)]
+        with m.If(v[9]):
+            m.d.comb += [wr.addr.eq(a[9]), wr.data.eq(Cat(*y10)), wr.en.eq(1)]
         pass2_done = (state == _State.NORM) & (index == count) & ~Cat(*v).any()
 
         # ---- Q = (127 << (nb + 15)) // ymax ----
+        # nb and pass 3's rounding constant and shift, registered (ymax is final a cycle
+        # before pass 2 is done)
         nb = Signal(range(33))
-        for i in range(32):
-            with m.If(ymax[i]):
-                m.d.comb += nb.eq(i + 1)
+        e_shift = Signal(range(48))
+        nb_comb = bit_length(m, ymax, "ymax_len")
+        m.d.sync += [nb.eq(nb_comb), e_shift.eq(nb_comb + 14)]
         qrecip = Signal(QRECIP_BITS)
         q_sent = Signal()
         m.d.comb += [
@@ -280,12 +308,17 @@ class NormQuant(wiring.Component):
         # ---- pass 3: q out (a pipeline that stalls as a whole) ----
         advance = ~self.out.valid | self.out.ready
         issue3 = (state == _State.OUTPUT) & (index != count)
-        s1_v, s2_v, s3_v = Signal(), Signal(), Signal()
-        s1_fl, s2_fl, s3_fl = Signal(2), Signal(2), Signal(2)
-        y2 = [Signal(signed(32), name=f"qy2_{j}") for j in range(W)]
-        y3 = [Signal(signed(32), name=f"qy3_{j}") for j in range(W)]
-        prod2 = [Signal(32 + 23, name=f"qp2_{j}") for j in range(W)]
-        e3 = [Signal(8, name=f"qe3_{j}") for j in range(W)]
+        # stages: 1 buffer read; 2 y, |y|; 3-4 |y| Q; 5-6 e (a rounding shift, as in pass 2);
+        # 7 both sides of the correction; out q
+        sv = [Signal(name=f"s{k}_v") for k in range(1, 8)]
+        sfl = [Signal(2, name=f"s{k}_fl") for k in range(1, 8)]
+        ys = [[Signal(signed(32), name=f"qy{k}_{j}") for j in range(W)] for k in range(2, 8)]
+        mag = [[Signal(32, name=f"qm{k}_{j}") for j in range(W)] for k in range(2, 7)]
+        r5 = [Signal(32 + 23 - 14, name=f"qr5_{j}") for j in range(W)]
+        e6 = [Signal(8, name=f"qe6_{j}") for j in range(W)]
+        e7 = [Signal(8, name=f"qe7_{j}") for j in range(W)]
+        lhs7 = [Signal(32 + 8, name=f"ql7_{j}") for j in range(W)]
+        rhs7 = [Signal(32 + 9, name=f"qr7_{j}") for j in range(W)]
         with m.If(state != _State.NORM):
             m.d.comb += [rd.addr.eq(index), rd.en.eq(advance)]
         with m.Else():
@@ -294,25 +327,31 @@ class NormQuant(wiring.Component):
             m.d.sync += index.eq(index + 1)
         with m.If(advance):
             m.d.sync += [
-                s1_v.eq(issue3), s1_fl.eq(Cat(index == 0, index == count - 1)),
-                s2_v.eq(s1_v), s2_fl.eq(s1_fl),
-                s3_v.eq(s2_v), s3_fl.eq(s2_fl),
-                self.out.valid.eq(s3_v),
-                self.out.payload.first.eq(s3_fl[0]),
-                self.out.payload.last.eq(s3_fl[1]),
+                sv[0].eq(issue3), sfl[0].eq(Cat(index == 0, index == count - 1)),
+                *(sv[k].eq(sv[k - 1]) for k in range(1, len(sv))),
+                *(sfl[k].eq(sfl[k - 1]) for k in range(1, len(sfl))),
+                self.out.valid.eq(sv[-1]),
+                self.out.payload.first.eq(sfl[-1][0]),
+                self.out.payload.last.eq(sfl[-1][1]),
                 self.out.payload.ymax.eq(ymax),
             ]
             for j in range(W):
                 y1 = rd.data.word_select(j, 32).as_signed()
-                e = (prod2[j] + (Const(1, 1) << (nb + 14)))[:32 + 23] >> (nb + 15)
-                mag3 = abs(y3[j])
-                up = (mag3 * 254) >= ((e3[j] * 2 + 1) * ymax)
-                q = Mux(ymax == 0, 0, e3[j] + up)[:8]
+                prod4, partial, final = split_mul(mag[0][j], qrecip, f"qp4_{j}")
+                up = lhs7[j] >= rhs7[j]
+                q = Mux(ymax == 0, 0, e7[j] + up)[:8]
                 m.d.sync += [
-                    y2[j].eq(y1), prod2[j].eq(abs(y1) * qrecip),
-                    y3[j].eq(y2[j]), e3[j].eq(e),
-                    self.out.payload.q[j].eq(Mux(y3[j] < 0, -q, q)),
-                    self.out.payload.y[j].eq(y3[j]),
+                    ys[0][j].eq(y1), mag[0][j].eq(abs(y1)),
+                    *(ys[k][j].eq(ys[k - 1][j]) for k in range(1, len(ys))),
+                    *(mag[k][j].eq(mag[k - 1][j]) for k in range(1, len(mag))),
+                    *partial, *final,
+                    r5[j].eq(prod4 >> e_shift),
+                    e6[j].eq((r5[j] + 1) >> 1),
+                    e7[j].eq(e6[j]),
+                    lhs7[j].eq(mag[4][j] * 254),
+                    rhs7[j].eq((e6[j] * 2 + 1) * ymax),
+                    self.out.payload.q[j].eq(Mux(ys[5][j] < 0, -q, q)),
+                    self.out.payload.y[j].eq(ys[5][j]),
                 ]
         with m.If(self.out.valid & self.out.ready & self.out.payload.last):
             m.d.sync += [index.eq(0), state.eq(_State.LOAD)]

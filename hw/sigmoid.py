@@ -14,6 +14,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from mmfree.hw.arith import split_mul
 from mmfree.hw.divider import PipelinedDivider
 from mmfree.sim import golden
 from mmfree.sim.golden import ACT_BITS, EXP_BITS, EXP_FRAC, EXP_N, EXP_ONE, F_GATE
@@ -42,10 +43,11 @@ class ExpCore(wiring.Component):
     """The shift-exp ``e = exp_core(-mag, frac, m, k)``, ``e ~ 2**40 exp(-alpha mag 2**-frac)``.
 
     Golden model: :func:`mmfree.sim.golden.exp_core` with ``v = -mag``. Pipeline:
-    ``mag * m`` (one multiply), add the rounding half of ``s = k + frac - 16``, shift right by
+    ``mag`` registered, ``mag * m`` (a multiplication in two stages,
+    :func:`~mmfree.hw.arith.split_mul`), add the rounding half of ``s = k + frac - 16``, shift right by
     ``s`` and clamp to ``20 << 16`` (``p``), read ``EXP_HI[j >> 8]`` and ``EXP_LO[j & 255]``
-    (``j = p & 0xFFFF``; two 256 x 21-bit ROMs filled from the golden tables), multiply them,
-    round by 20 bits and shift by ``q = p >> 16``.
+    (``j = p & 0xFFFF``; two 256 x 21-bit ROMs filled from the golden tables), multiply them (two
+    stages), round by 20 bits and shift by ``q = p >> 16``.
 
     Parameters
     ----------
@@ -58,8 +60,9 @@ class ExpCore(wiring.Component):
     tag_shape : shape-castable or None
         If given, ``inp.payload.tag`` travels alongside and comes out as ``out.payload.tag``.
 
-    Latency: :attr:`LATENCY` = 6 cycles (a word taken on ``inp`` in cycle t is valid on ``out``
-    in cycle t + 6).
+    Latency: :attr:`LATENCY` = 9 cycles (a word taken on ``inp`` in cycle t is valid on ``out``
+    in cycle t + 9): at most one variable shift or half a multiplication a stage, for the
+    clock.
 
     Throughput: one exp per cycle. The pipeline stalls as a whole:
     ``inp.ready = ~out.valid | out.ready``.
@@ -72,7 +75,7 @@ class ExpCore(wiring.Component):
         ``e`` in 0 .. 2**40 (``EXP_ONE`` for ``mag = 0``).
     """
 
-    LATENCY = 6
+    LATENCY = 9
 
     def __init__(self, *, m, k, tag_shape=None):
         if not isinstance(m, int) or isinstance(m, bool) or not 0 < m < (1 << _MANT_WIDTH):
@@ -129,48 +132,57 @@ class ExpCore(wiring.Component):
         inp = self.inp.payload
         shift_max = self._k + (1 << FRAC_WIDTH) - 1 - EXP_FRAC
 
-        # 1: mag * m; the rounding shift s = k + frac - 16 (>= 1) and s - 1.
-        prod1 = Signal(_MAG_WIDTH + _MANT_WIDTH)
+        def carried(signal, stages, name):
+            """``signal`` delayed by each of ``stages`` more stages (a list, one a stage)."""
+            out = []
+            for i in range(stages):
+                delayed = Signal.like(signal, name=f"{name}{i}")
+                m.d.sync += delayed.eq(out[-1] if out else signal)
+                out.append(delayed)
+            return out
+
+        # 1: |x| registered; the rounding shift s = k + frac - 16 (>= 1) and s - 1.
+        mag1 = Signal(_MAG_WIDTH)
         s1 = Signal(range(shift_max + 1))
         sm1 = Signal(range(shift_max))
-        # 2: add the rounding half, 2**(s - 1).
-        sum2 = Signal(_MAG_WIDTH + _MANT_WIDTH + 1)
-        s2 = Signal.like(s1)
-        # 3: p = min(sum >> s, 20 << 16).
-        p3 = Signal(range(_P_MAX + 1))
-        # 4: table reads (in the memories' read registers); q = p >> 16 alongside.
-        q4 = Signal(range(EXP_N + 1))
-        # 5: EXP_HI * EXP_LO.
-        prod5 = Signal(2 * _TABLE_WIDTH)
-        q5 = Signal.like(q4)
-        # 6: t = shift_round(prod, 20); e = (t << 20) >> q.
-        e6 = Signal(_E_WIDTH)
+        # 2-3: mag * m, in two halves (split_mul).
+        prod3, prod_partial, prod_final = split_mul(mag1, Const(self._m, _MANT_WIDTH), "prod")
+        # 4: add the rounding half, 2**(s - 1).
+        sum4 = Signal(_MAG_WIDTH + _MANT_WIDTH + 1)
+        # 5: p = min(sum >> s, 20 << 16).
+        p5 = Signal(range(_P_MAX + 1))
+        # 6: table reads (in the memories' read registers); q = p >> 16 alongside.
+        # 7-8: EXP_HI * EXP_LO, in two halves.
+        prod8, tab_partial, tab_final = split_mul(hi_rd.data, lo_rd.data, "tab")
+        # 9: t = shift_round(prod, 20); e = (t << 20) >> q.
+        e9 = Signal(_E_WIDTH)
 
         t = Signal(_TABLE_WIDTH)
         m.d.comb += [
-            t.eq((prod5 + (1 << (EXP_BITS - 1))) >> EXP_BITS),
-            hi_rd.addr.eq(p3[8:16]),
-            lo_rd.addr.eq(p3[:8]),
+            t.eq((prod8 + (1 << (EXP_BITS - 1))) >> EXP_BITS),
+            hi_rd.addr.eq(p5[8:16]),
+            lo_rd.addr.eq(p5[:8]),
         ]
-        p_full = sum2 >> s2
         with m.If(en):
+            sh = carried(s1, 3, "sh")          # s at stages 2, 3, 4
+            shm = carried(sm1, 2, "shm")       # s - 1 at stages 2, 3
+            q = carried(p5[EXP_FRAC:], 3, "q")  # q at stages 6, 7, 8
+            p_full = sum4 >> sh[2]
             m.d.sync += [
                 valid[0].eq(self.inp.valid),
                 *(valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)),
-                prod1.eq(inp.mag * Const(self._m, _MANT_WIDTH)),
+                mag1.eq(inp.mag),
                 s1.eq(inp.frac + (self._k - EXP_FRAC)),
                 sm1.eq(inp.frac + (self._k - EXP_FRAC - 1)),
-                sum2.eq(prod1 + (Const(1, 1) << sm1)[:len(sum2)]),
-                s2.eq(s1),
-                p3.eq(Mux(p_full > _P_MAX, _P_MAX, p_full)),
-                q4.eq(p3[EXP_FRAC:]),
-                prod5.eq(hi_rd.data * lo_rd.data),
-                q5.eq(q4),
-                e6.eq((t << EXP_N) >> q5),
+                *prod_partial, *prod_final,
+                sum4.eq(prod3 + (Const(1, 1) << shm[1])[:len(sum4)]),
+                p5.eq(Mux(p_full > _P_MAX, _P_MAX, p_full)),
+                *tab_partial, *tab_final,
+                e9.eq((t << EXP_N) >> q[2]),
             ]
         m.d.comb += [
             self.out.valid.eq(valid[-1]),
-            self.out.payload.e.eq(e6),
+            self.out.payload.e.eq(e9),
         ]
 
         if self._tag_shape is not None:
@@ -185,10 +197,11 @@ class ExpCore(wiring.Component):
 
 
 class _GateProduct(wiring.Component):
-    """``saturate(shift_round(x * sig, 20), 32)``, two pipeline stages (multiply; round and
-    saturate); the pipeline stalls as a whole. Part of :class:`Sigmoid`."""
+    """``saturate(shift_round(x * sig, 20), 32)``, three pipeline stages (the multiplication
+    in two, :func:`~mmfree.hw.arith.split_mul`; round and saturate); the pipeline stalls as a
+    whole. Part of :class:`Sigmoid`."""
 
-    LATENCY = 2
+    LATENCY = 3
 
     def __init__(self):
         super().__init__({
@@ -206,18 +219,21 @@ class _GateProduct(wiring.Component):
         ]
         lo, hi = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
         valid1, first1, last1 = Signal(), Signal(), Signal()
-        prod1 = Signal(signed(ACT_BITS + F_GATE + 2))
+        valid2, first2, last2 = Signal(), Signal(), Signal()
+        prod2, partial, final = split_mul(self.inp.payload.x, self.inp.payload.sig, "prod")
         rounded = Signal(signed(ACT_BITS + 3))
-        m.d.comb += rounded.eq((prod1 + (1 << (F_GATE - 1))) >> F_GATE)
+        m.d.comb += rounded.eq((prod2 + (1 << (F_GATE - 1))) >> F_GATE)
         with m.If(en):
             m.d.sync += [
                 valid1.eq(self.inp.valid),
                 first1.eq(self.inp.payload.first),
                 last1.eq(self.inp.payload.last),
-                prod1.eq(self.inp.payload.x * self.inp.payload.sig),
-                self.out.valid.eq(valid1),
-                self.out.payload.first.eq(first1),
-                self.out.payload.last.eq(last1),
+                *partial,
+                valid2.eq(valid1), first2.eq(first1), last2.eq(last1),
+                *final,
+                self.out.valid.eq(valid2),
+                self.out.payload.first.eq(first2),
+                self.out.payload.last.eq(last2),
                 self.out.payload.data.eq(
                     Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))),
             ]
@@ -245,8 +261,8 @@ class Sigmoid(wiring.Component):
         ``"sigmoid"``, ``"silu"`` or ``"gelu"``.
 
     Latency: :attr:`latency` cycles, a word taken on ``inp`` in cycle t is valid on ``out`` in
-    cycle t + latency: 6 (exp) + 21 (divider) = **27** for ``"sigmoid"``, + 2 (product) =
-    **29** for ``"silu"`` and ``"gelu"``.
+    cycle t + latency: 9 (exp) + 21 (divider) = **30** for ``"sigmoid"``, + 3 (product) =
+    **33** for ``"silu"`` and ``"gelu"``.
 
     Throughput: one element per cycle while ``out.ready`` is high. Each stage (exp, divider,
     product) stalls as a whole when its output is held.

@@ -350,35 +350,35 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 9``;
-    - NORM: ``3 B + 53`` (:class:`~mmfree.hw.normquant.NormQuant` without the quantizer's
-      reciprocal: ``3 B + 48``, plus the
+    - NORM: ``3 B + 68`` (:class:`~mmfree.hw.normquant.NormQuant` without the quantizer's
+      reciprocal: ``3 B + 63``, plus the
       beat readers and the sequencer);
-    - BITLINEAR: ``3 B + rows * chunks + 85 + tree_latency(lanes) + add``;
+    - BITLINEAR: ``3 B + rows * chunks + 100 + tree_latency(lanes) + add``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
-      ``max(31 - chunks, 4)``: the last product waits for SiLU/GELU (29 cycles) of the last
+      ``max(35 - chunks, 4)``: the last product waits for SiLU/GELU (33 cycles) of the last
       gate row, which left the ternary unit ``chunks`` cycles before the last up row;
-    - MLGRU_H: ``n + 37``; MLGRU_O: ``n + 36``.
+    - MLGRU_H: ``n + 41``; MLGRU_O: ``n + 40``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
     if op == Op.EMBED:
         return n + 9
     if op == Op.NORM:
-        return 3 * beats + 53
+        return 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 85 + tree_latency(lanes) + \
+        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 100 + tree_latency(lanes) + \
             instr["add"]
         if instr["glu"]:
-            cycles += max(31 - instr["chunks"], 4)
+            cycles += max(35 - instr["chunks"], 4)
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 34 + token
         return cycles
     if op == Op.MLGRU_H:
-        return n + 37
+        return n + 41
     if op == Op.MLGRU_O:
-        return n + 36
+        return n + 40
     if op == Op.END:
         return 0
     raise ValueError(f"no cycle count for {op!r}")

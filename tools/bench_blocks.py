@@ -63,6 +63,8 @@ BENCH = [
                 {"num_width": 32, "den_width": 32, "quot_width": 32}),
     BlockConfig("sigmoid", "sigmoid", "Sigmoid", {"mode": "sigmoid"}),
     BlockConfig("rmsnorm", "rmsnorm", "RMSNorm", {"n_max": 2048}),
+    # The engine's normalize/quantize path, 4 wide as on the ULX3S-85F.
+    BlockConfig("normquant_w4", "normquant", "NormQuant", {"width": 4, "n_max": 2048}),
     BlockConfig("shiftmax", "shiftmax", "Shiftmax", {"n_max": 2048, "in_width": 32}),
     BlockConfig("shiftgelu", "shiftgelu", "ShiftGELU", {"n_max": 2048, "in_width": 32}),
     BlockConfig("requantizer", "requantizer", "Requantizer", {"acc_width": 32, "out_bits": 8}),
