@@ -44,10 +44,10 @@ class ExpCore(wiring.Component):
 
     Golden model: :func:`mmfree.sim.golden.exp_core` with ``v = -mag``. Pipeline:
     ``mag`` registered, ``mag * m`` (a multiplication in two stages,
-    :func:`~mmfree.hw.arith.split_mul`), add the rounding half of ``s = k + frac - 16``, shift right by
-    ``s`` and clamp to ``20 << 16`` (``p``), read ``EXP_HI[j >> 8]`` and ``EXP_LO[j & 255]``
-    (``j = p & 0xFFFF``; two 256 x 21-bit ROMs filled from the golden tables), multiply them (two
-    stages), round by 20 bits and shift by ``q = p >> 16``.
+    :func:`~mmfree.hw.arith.split_mul`), add the rounding half of ``s = k + frac - 16``,
+    shift right by ``s`` and clamp to ``20 << 16`` (``p``), read ``EXP_HI[j >> 8]`` and
+    ``EXP_LO[j & 255]`` (``j = p & 0xFFFF``; two 256 x 21-bit ROMs filled from the golden
+    tables), multiply them (two stages), round by 20 bits and shift by ``q = p >> 16``.
 
     Parameters
     ----------
@@ -136,7 +136,7 @@ class ExpCore(wiring.Component):
             """``signal`` delayed by each of ``stages`` more stages (a list, one a stage)."""
             out = []
             for i in range(stages):
-                delayed = Signal.like(signal, name=f"{name}{i}")
+                delayed = Signal(signal.shape(), name=f"{name}{i}")
                 m.d.sync += delayed.eq(out[-1] if out else signal)
                 out.append(delayed)
             return out
@@ -186,13 +186,9 @@ class ExpCore(wiring.Component):
         ]
 
         if self._tag_shape is not None:
-            tag = inp.tag
-            for i in range(self.LATENCY):
-                n_tag = Signal(self._tag_shape, name=f"s{i + 1}_tag")
-                with m.If(en):
-                    m.d.sync += n_tag.eq(tag)
-                tag = n_tag
-            m.d.comb += self.out.payload.tag.eq(tag)
+            with m.If(en):
+                tags = carried(inp.tag, self.LATENCY, "tag")
+            m.d.comb += self.out.payload.tag.eq(tags[-1])
         return m
 
 
