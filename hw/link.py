@@ -43,6 +43,7 @@ class _S(enum.Enum, shape=5):
     PEND_ERR   = 15   # send the error of a frame that came during a PREFILL/GENERATE
     FINISH     = 16   # the reply of PREFILL/GENERATE, then STOP's if one came
     STOP_REPLY = 17
+    PREP       = 18   # the checks on the arguments settle in their registers
 
 
 class LinkController(wiring.Component):
@@ -209,6 +210,31 @@ class LinkController(wiring.Component):
         a32 = [args[32 * k:32 * (k + 1)] for k in range(4)]
         a16 = [args[16 * k:16 * (k + 1)] for k in range(2)]
 
+        # The checks EXEC decides on, registered every cycle from registers that are stable
+        # from PREP on (arguments, length, load progress), so that no comparison or 32-bit
+        # add sits in front of EXEC's reply and state multiplexers (the SoC's clock).
+        words = Signal(16)                 # LOAD_CHUNK: payload words
+        chunk_next = Signal()              # the chunk continues the load
+        chunk_over = Signal()              # it would run past the announced total
+        chunk_again = Signal()             # a retransmission of words already applied
+        verify_ok = Signal()
+        verify_hash = Signal()
+        sampling_bad = Signal()
+        gen_bad_token = Signal()
+        gen_zero = Signal()
+        value = a32[0].as_signed()
+        m.d.sync += [
+            words.eq((length - 8) >> 2),
+            chunk_next.eq(a32[0] == expected),
+            chunk_over.eq(expected + words > total),
+            chunk_again.eq(a32[0] + words <= expected),
+            verify_ok.eq((a32[0] == expected) & (expected == total) & (a32[1] == ~crc)),
+            verify_hash.eq(args[64:128] == pending_hash),
+            sampling_bad.eq((value != 0) & ((value > -4) | (value < X0_MIN))),
+            gen_bad_token.eq(a16[0] >= vocab),
+            gen_zero.eq(a16[1] == 0),
+        ]
+
         with m.Switch(state):
             with m.Case(_S.IDLE):
                 m.d.comb += self.frame.ready.eq(1)
@@ -266,7 +292,11 @@ class LinkController(wiring.Component):
                 with m.If(reader.out.valid):
                     m.d.sync += [args.word_select(arg_i, 8).eq(byte), arg_i.eq(arg_i + 1)]
                     with m.If(arg_i + 1 == n_args):
-                        m.d.sync += state.eq(_S.EXEC)
+                        m.d.sync += state.eq(_S.PREP)
+
+            with m.Case(_S.PREP):
+                # words (from length) settled in ARGS; the argument checks settle here.
+                m.d.sync += state.eq(_S.EXEC)
 
             with m.Case(_S.EXEC):
                 with m.Switch(cmd):
@@ -278,36 +308,33 @@ class LinkController(wiring.Component):
                                      crc.eq(0xFFFF_FFFF)]
                         send(REPLY | Command.LOAD_BEGIN, seq, Const(0, 8), 0, _S.DONE)
                     with m.Case(Command.LOAD_CHUNK):
-                        words = (length - 8) >> 2
                         with m.If(~loading):
                             error(ErrorCode.NOT_LOADING)
-                        with m.Elif(a32[0] == expected):
-                            with m.If(expected + words > total):
+                        with m.Elif(chunk_next):
+                            with m.If(chunk_over):
                                 error(ErrorCode.BAD_LENGTH, length)
                             with m.Else():
                                 m.d.sync += [addr.eq(a32[1]), word_i.eq(0), load_valid.eq(0),
                                              apply_left.eq(words), state.eq(_S.APPLY)]
-                        with m.Elif(a32[0] + words <= expected):     # a retransmission
+                        with m.Elif(chunk_again):                 # a retransmission
                             send(REPLY | Command.LOAD_CHUNK, seq, expected, 4, _S.DONE)
                         with m.Else():
                             error(ErrorCode.OUT_OF_ORDER, expected)
                     with m.Case(Command.VERIFY):
-                        ok = (a32[0] == expected) & (expected == total) & (a32[1] == ~crc)
                         with m.If(~loading):
                             error(ErrorCode.NOT_LOADING)
                         with m.Else():
-                            with m.If(ok & (args[64:128] == pending_hash)):
+                            with m.If(verify_ok & verify_hash):
                                 m.d.sync += [model_hash.eq(pending_hash), model_valid.eq(1),
                                              loading.eq(0)]
                             send(REPLY | Command.VERIFY, seq,
-                                 [expected, ~crc, ok & (args[64:128] == pending_hash),
-                                  Const(0, 7)], 9, _S.DONE)
+                                 [expected, ~crc, verify_ok & verify_hash, Const(0, 7)], 9,
+                                 _S.DONE)
                     with m.Case(Command.RESET_STATE):
                         m.d.comb += self.reset_state.eq(1)
                         send(REPLY | Command.RESET_STATE, seq, Const(0, 8), 0, _S.DONE)
                     with m.Case(Command.SET_SAMPLING):
-                        value = a32[0].as_signed()
-                        with m.If((value != 0) & ((value > -4) | (value < X0_MIN))):
+                        with m.If(sampling_bad):
                             error(ErrorCode.BAD_VALUE, a32[0])
                         with m.Else():
                             m.d.comb += [self.seed.eq(a32[1]), self.seed_load.eq(1)]
@@ -316,9 +343,9 @@ class LinkController(wiring.Component):
                     with m.Case(Command.GENERATE):
                         with m.If(~model_valid):
                             error(ErrorCode.NO_MODEL)
-                        with m.Elif(a16[0] >= vocab):
+                        with m.Elif(gen_bad_token):
                             error(ErrorCode.BAD_TOKEN, 0)
-                        with m.Elif(a16[1] == 0):
+                        with m.Elif(gen_zero):
                             error(ErrorCode.BAD_VALUE, 0)
                         with m.Else():
                             m.d.sync += [cur.eq(a16[0]), count.eq(a16[1]), index.eq(0),

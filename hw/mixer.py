@@ -12,6 +12,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from mmfree.hw.arith import split_mul
 from mmfree.sim.golden import ACT_BITS, F_GATE
 
 __all__ = ["GateUnit", "ProductUnit", "ResidualAdd", "EmbedUnit", "shift_round", "saturate"]
@@ -76,9 +77,12 @@ class GateUnit(_Joined):
     ``f = lb + shift_round((1 - lb) * sig, 20)`` (or ``sig`` without a lower bound),
     ``h' = saturate(shift_round(f * h, 20) + shift_round(silu_i * (1 - f), 20), 32)``.
 
-    Latency 3 cycles, one element per cycle. ``has_lb`` must be held for the vector."""
+    Latency 8 cycles, one element per cycle. ``has_lb`` must be held for the vector.
+    Stages (for the clock: every multiplication over two, no add in front of one):
+    inputs and ``1 - lb``; ``(1 - lb) * sig`` (two); ``f`` and ``1 - f``; ``f * h`` and
+    ``silu_i * (1 - f)`` (two); their rounding shifts; the saturating sum."""
 
-    STAGES = 3
+    STAGES = 8
 
     def __init__(self):
         super().__init__({"sig": unsigned(F_GATE + 2), "silu": signed(ACT_BITS),
@@ -86,39 +90,69 @@ class GateUnit(_Joined):
                          {"has_lb": In(1)})
 
     def _datapath(self, m, advance, p):
-        f1 = Signal(unsigned(F_GATE + 1))
+        def delayed(value, stages, name):
+            out = value
+            for i in range(stages):
+                reg = Signal.like(value, name=f"{name}{i + 1}")
+                stage.append(reg.eq(out))
+                out = reg
+            return out
+
+        stage = []
+        sig1 = Signal(unsigned(F_GATE + 2))
+        # 1 - lb and 1 - f as the golden model has them: signed, exact for every input.
+        lb1, omlb1 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
         silu1, h1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
-        c2, fh2 = Signal(signed(ACT_BITS + 1)), Signal(signed(ACT_BITS + 1))
-        lifted = p["lb"] + ((((ONE - p["lb"]) * p["sig"]) + (ONE >> 1)) >> F_GATE)
+        stage += [sig1.eq(p["sig"]), lb1.eq(p["lb"]), omlb1.eq(ONE - p["lb"]),
+                  silu1.eq(p["silu"]), h1.eq(p["h"])]
+        lifted3, mul_a, mul_b = split_mul(omlb1, sig1, "lifted")
+        stage += mul_a + mul_b
+        lb3 = delayed(lb1, 2, "lb_d")
+        sig3 = delayed(sig1, 2, "sig_d")
+        silu4 = delayed(silu1, 3, "silu_d")
+        h4 = delayed(h1, 3, "h_d")
+        f4, omf4 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
+        f_value = Signal(unsigned(F_GATE + 1))
+        m.d.comb += f_value.eq(Mux(self.has_lb, lb3 + ((lifted3 + (ONE >> 1)) >> F_GATE), sig3))
+        stage += [f4.eq(f_value), omf4.eq(ONE - f_value)]
+        cp6, c_a, c_b = split_mul(silu4, omf4, "c_product")
+        fp6, f_a, f_b = split_mul(h4, f4, "fh_product")
+        stage += c_a + c_b + f_a + f_b
+        c7, fh7 = Signal(signed(ACT_BITS + 1)), Signal(signed(ACT_BITS + 1))
+        stage += [c7.eq((cp6 + (ONE >> 1)) >> F_GATE), fh7.eq((fp6 + (ONE >> 1)) >> F_GATE),
+                  self.out.payload.eq(saturate(m, fh7 + c7, ACT_BITS, "h_new"))]
         with m.If(advance):
-            m.d.sync += [
-                f1.eq(Mux(self.has_lb, lifted, p["sig"])),
-                silu1.eq(p["silu"]),
-                h1.eq(p["h"]),
-                c2.eq((silu1 * (ONE - f1) + (ONE >> 1)) >> F_GATE),
-                fh2.eq((f1 * h1 + (ONE >> 1)) >> F_GATE),
-                self.out.payload.eq(saturate(m, fh2 + c2, ACT_BITS, "h_new")),
-            ]
+            m.d.sync += stage
 
 
 class ProductUnit(_Joined):
     """``saturate(shift_round(a * b, shift), 32)`` (golden: ``o`` in
     :func:`~mmfree.sim.golden.mlgru`, ``p`` in :func:`~mmfree.sim.golden.glu`); ``shift``
-    from 1 to 63, held for the vector. Latency 2 cycles, one element per cycle."""
+    from 1 to 63, held for the vector (from a cycle before its first element to its last
+    result). Latency 6 cycles, one element per cycle: inputs; the multiplication (two);
+    the rounding constant added; the shift; the saturation."""
 
-    STAGES = 2
+    STAGES = 6
 
     def __init__(self):
         super().__init__({"a": signed(ACT_BITS), "b": signed(ACT_BITS)},
                          {"shift": In(unsigned(6))})
 
     def _datapath(self, m, advance, p):
-        product = Signal(signed(2 * ACT_BITS))
+        a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
+        product3, mul_a, mul_b = split_mul(a1, b1, "product")
+        # The rounding constant follows shift (held for the vector) a cycle late.
+        half = Signal(unsigned(64))
+        m.d.sync += half.eq(Const(1, unsigned(64)) << (self.shift - 1).as_unsigned()[:6])
+        sum4 = Signal(signed(2 * ACT_BITS + 1))
+        shifted5 = Signal(signed(2 * ACT_BITS + 1))
         with m.If(advance):
             m.d.sync += [
-                product.eq(p["a"] * p["b"]),
-                self.out.payload.eq(saturate(m, shift_round(product, self.shift), ACT_BITS,
-                                             "product_sat")),
+                a1.eq(p["a"]), b1.eq(p["b"]),
+                *mul_a, *mul_b,
+                sum4.eq(product3 + half),
+                shifted5.eq(sum4 >> self.shift),
+                self.out.payload.eq(saturate(m, shifted5, ACT_BITS, "product_sat")),
             ]
 
 

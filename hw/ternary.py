@@ -33,7 +33,8 @@ class TernaryAccumulate(wiring.Component):
     Columns past the row's end must have zero weights (``pack_ternary`` pads with them); their
     activations are don't-care. Byte ``b`` of the chunk sits in bits ``[8b+7 : 8b]`` of ``w``.
 
-    Datapath: each lane selects ``+q``, ``-q`` or 0 (a negation, no multiplier), registered;
+    Datapath: the chunk is registered; each lane selects ``+q``, ``-q`` or 0 (a negation, no
+    multiplier), registered;
     then a binary adder tree of ``log2(lanes)`` levels with a register after every second level
     (and after the last one), ``R = ceil(log2(lanes) / 2)`` register stages; then the row
     accumulator, which writes the row's total into a result FIFO on the last chunk. Every
@@ -46,8 +47,8 @@ class TernaryAccumulate(wiring.Component):
     result FIFO has ``latency + 1`` entries, so it never overflows, and ``inp.ready`` does not
     depend on ``out.ready`` combinationally.
 
-    Latency: ``latency = ceil(log2(lanes) / 2) + 2`` cycles from the transfer of a row's last
-    chunk to ``out.valid`` (4 for 16 lanes, 5 for 64, 6 for 256), with ``out.ready`` high.
+    Latency: ``latency = ceil(log2(lanes) / 2) + 3`` cycles from the transfer of a row's last
+    chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256), with ``out.ready`` high.
     Throughput: one chunk per cycle (``inp.ready`` stays high while ``out.ready`` is).
 
     Parameters
@@ -122,7 +123,7 @@ class TernaryAccumulate(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the transfer of a row's last chunk to ``out.valid``."""
-        return self.tree_stages + 2
+        return self.tree_stages + 3
 
     def elaborate(self, platform):
         m = Module()
@@ -136,17 +137,22 @@ class TernaryAccumulate(wiring.Component):
         m.d.comb += self.inp.ready.eq(pending <= self.latency)
         m.d.sync += pending.eq(pending + (accept & self.inp.payload.last) - deliver)
 
-        # Stage 0: +q, -q or 0 per lane.
-        m.d.comb += decoder.w.eq(self.inp.payload.w)
+        # Stage 0: the chunk registered (it comes straight out of block RAM in the engine).
+        chunk = Signal.like(self.inp.payload, name="chunk")
+        chunk_valid = Signal(name="chunk_valid")
+        m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
+
+        # Stage 1: +q, -q or 0 per lane.
+        m.d.comb += decoder.w.eq(chunk.w)
         values = []
         for j in range(self.lanes):
-            q = self.inp.payload.q[j]
+            q = chunk.q[j]
             term = Signal(signed(9), name=f"term{j}")
             m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
             values.append(term)
         valid = Signal(name="valid0")
         last = Signal(name="last0")
-        m.d.sync += [valid.eq(accept), last.eq(self.inp.payload.last)]
+        m.d.sync += [valid.eq(chunk_valid), last.eq(chunk.last)]
 
         # Adder tree, a register after every second level and after the last.
         levels = self.lanes.bit_length() - 1

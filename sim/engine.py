@@ -338,8 +338,8 @@ SKIP_CYCLES = 2
 
 
 def tree_latency(lanes: int) -> int:
-    """:attr:`mmfree.hw.ternary.TernaryAccumulate.latency`: ``ceil(log2(lanes) / 2) + 2``."""
-    return ((lanes.bit_length() - 1) + 1) // 2 + 2
+    """:attr:`mmfree.hw.ternary.TernaryAccumulate.latency`: ``ceil(log2(lanes) / 2) + 3``."""
+    return ((lanes.bit_length() - 1) + 1) // 2 + 3
 
 
 def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token: int = 0,
@@ -357,9 +357,10 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
-      ``max(35 - chunks, 4)``: the last product waits for SiLU/GELU (33 cycles) of the last
-      gate row, which left the ternary unit ``chunks`` cycles before the last up row;
-    - MLGRU_H: ``n + 41``; MLGRU_O: ``n + 40``.
+      ``max(39 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (33 cycles)
+      of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
+      row;
+    - MLGRU_H: ``n + 46``; MLGRU_O: ``n + 44``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
@@ -371,14 +372,14 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
         cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 100 + tree_latency(lanes) + \
             instr["add"]
         if instr["glu"]:
-            cycles += max(35 - instr["chunks"], 4)
+            cycles += max(39 - instr["chunks"], 8)
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 34 + token
         return cycles
     if op == Op.MLGRU_H:
-        return n + 41
+        return n + 46
     if op == Op.MLGRU_O:
-        return n + 40
+        return n + 44
     if op == Op.END:
         return 0
     raise ValueError(f"no cycle count for {op!r}")
