@@ -158,34 +158,43 @@ class ProductUnit(_Joined):
 
 class ResidualAdd(_Joined):
     """``saturate(a + b, 32)`` (golden: the residual adds of
-    :func:`~mmfree.sim.golden.decode_step`). Latency 1 cycle, one element per cycle."""
+    :func:`~mmfree.sim.golden.decode_step`). Latency 2 cycles (inputs registered, then the
+    saturating sum), one element per cycle."""
+
+    STAGES = 2
 
     def __init__(self):
         super().__init__({"a": signed(ACT_BITS), "b": signed(ACT_BITS)})
 
     def _datapath(self, m, advance, p):
+        a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
         with m.If(advance):
-            m.d.sync += self.out.payload.eq(saturate(m, p["a"] + p["b"], ACT_BITS, "sum_sat"))
+            m.d.sync += [
+                a1.eq(p["a"]), b1.eq(p["b"]),
+                self.out.payload.eq(saturate(m, a1 + b1, ACT_BITS, "sum_sat")),
+            ]
 
 
 class EmbedUnit(_Joined):
     """``shift_round(q * mult, shift)`` (golden :func:`~mmfree.sim.golden.embed`) for int8
     ``q``, a 15-bit ``mult`` and ``-15 <= shift <= 63`` (a left shift when ``shift <= 0``),
-    truncated to 32 bits. Latency 2 cycles, one element per cycle; ``mult`` and ``shift``
-    are held for the vector."""
+    truncated to 32 bits. Latency 3 cycles (input registered, product, shift), one element per
+    cycle; ``mult`` and ``shift`` are held for the vector."""
 
-    STAGES = 2
+    STAGES = 3
 
     def __init__(self):
         super().__init__({"q": signed(8)},
                          {"mult": In(unsigned(15)), "shift": In(signed(7))})
 
     def _datapath(self, m, advance, p):
+        q1 = Signal(signed(8))
         product = Signal(signed(24))
         right = shift_round(product, self.shift.as_unsigned()[:6])
         left = product << (-self.shift).as_unsigned()[:4]
         with m.If(advance):
             m.d.sync += [
-                product.eq(p["q"] * self.mult),
+                q1.eq(p["q"]),
+                product.eq(q1 * self.mult),
                 self.out.payload.eq(Mux(self.shift > 0, right, left)),
             ]

@@ -4,6 +4,8 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from mmfree.hw.arith import bit_length
+
 __all__ = ["Requantizer"]
 
 
@@ -26,7 +28,8 @@ class Requantizer(wiring.Component):
     out_bits : int
         Signed width of the saturated output, 2 to 64.
 
-    Latency: 5 cycles (a word taken on ``inp`` in cycle t is valid on ``out`` in cycle t + 5).
+    Latency: 7 cycles (a word taken on ``inp`` in cycle t is valid on ``out`` in cycle t + 7):
+    every wide add, shift and multiplication in a stage of its own, for the clock.
 
     Throughput: one element per cycle; the pipeline stalls as a whole,
     ``inp.ready = ~out.valid | out.ready``.
@@ -39,6 +42,8 @@ class Requantizer(wiring.Component):
     out : Out(stream.Signature(StructLayout(...)))
         ``{"data": signed(out_bits), "first": 1, "last": 1}``.
     """
+
+    LATENCY = 7
 
     def __init__(self, *, acc_width, out_bits):
         if not isinstance(acc_width, int) or isinstance(acc_width, bool) or \
@@ -75,35 +80,39 @@ class Requantizer(wiring.Component):
             self.inp.ready.eq(advance),
         ]
 
-        # Stage 1: s = max(0, bitlen(ymax) - 23), ys = shift_round(ymax, s), sh = k - s.
-        s = Signal(range(10))
-        for i in range(23, 32):
-            with m.If(p.ymax[i]):
-                m.d.comb += s.eq(i - 22)
-        ys_full = Signal(33)
-        m.d.comb += ys_full.eq(Mux(s == 0, p.ymax,
-                                   (p.ymax + (Const(1, 1) << s >> 1)) >> s))
-        v1, f1, l1 = Signal(), Signal(), Signal()
-        acc1, ys1, m1, sh1 = Signal(signed(aw)), Signal(24), Signal(15), Signal(6)
-        # Stage 2: t = ys * m. Stage 3: prod = acc * t. Stage 4: shift_round. Stage 5: saturate.
-        v2, f2, l2 = Signal(), Signal(), Signal()
-        acc2, t2, sh2 = Signal(signed(aw)), Signal(39), Signal(6)
-        v3, f3, l3 = Signal(), Signal(), Signal()
-        prod3, sh3 = Signal(signed(aw + 40)), Signal(6)
-        v4, f4, l4 = Signal(), Signal(), Signal()
-        r4 = Signal(signed(aw + 40))
+        # Stage 1: s = max(0, bitlen(ymax) - 23) (a bit-length tree). Stage 2: ys =
+        # shift_round(ymax, s), sh = k - s. Stage 3: t = ys * m. Stage 4: prod = acc * t.
+        # Stage 5: + the rounding constant. Stage 6: the shift. Stage 7: saturation.
+        length = bit_length(m, p.ymax, "ymax_len")
         lo, hi = -(1 << (ob - 1)), (1 << (ob - 1)) - 1
-
+        s1, ymax1, k1 = Signal(range(10)), Signal(32), Signal(6)
+        acc = [Signal(signed(aw), name=f"acc{i}") for i in range(1, 4)]
+        m_ = [Signal(15, name=f"m{i}") for i in range(1, 3)]
+        sh = [Signal(6, name=f"sh{i}") for i in range(2, 6)]
+        ys2 = Signal(33)
+        t3 = Signal(39)
+        prod4 = Signal(signed(aw + 40))
+        half = Const(1, 1) << sh[2] >> 1
+        sum5 = Signal((prod4 + half).shape())      # exact: the constant reaches 2**62
+        r6 = Signal.like(sum5)
+        flags = [(Signal(name=f"v{i}"), Signal(name=f"f{i}"), Signal(name=f"l{i}"))
+                 for i in range(1, 7)]
         with m.If(advance):
             m.d.sync += [
-                v1.eq(self.inp.valid), f1.eq(p.first), l1.eq(p.last),
-                acc1.eq(p.acc), ys1.eq(ys_full), m1.eq(p.m), sh1.eq(p.k - s),
-                v2.eq(v1), f2.eq(f1), l2.eq(l1), acc2.eq(acc1), t2.eq(ys1 * m1), sh2.eq(sh1),
-                v3.eq(v2), f3.eq(f2), l3.eq(l2), prod3.eq(acc2 * t2), sh3.eq(sh2),
-                v4.eq(v3), f4.eq(f3), l4.eq(l3),
-                r4.eq((prod3 + (Const(1, 1) << sh3 >> 1)) >> sh3),
-                self.out.valid.eq(v4), self.out.payload.first.eq(f4),
-                self.out.payload.last.eq(l4),
-                self.out.payload.data.eq(Mux(r4 > hi, hi, Mux(r4 < lo, lo, r4))),
+                s1.eq(Mux(length > 23, length - 23, 0)), ymax1.eq(p.ymax), k1.eq(p.k),
+                acc[0].eq(p.acc), m_[0].eq(p.m),
+                ys2.eq(Mux(s1 == 0, ymax1, (ymax1 + (Const(1, 1) << s1 >> 1)) >> s1)),
+                sh[0].eq(k1 - s1), acc[1].eq(acc[0]), m_[1].eq(m_[0]),
+                t3.eq(ys2 * m_[1]), sh[1].eq(sh[0]), acc[2].eq(acc[1]),
+                prod4.eq(acc[2] * t3), sh[2].eq(sh[1]),
+                sum5.eq(prod4 + half), sh[3].eq(sh[2]),
+                r6.eq(sum5 >> sh[3]),
+                self.out.payload.data.eq(Mux(r6 > hi, hi, Mux(r6 < lo, lo, r6))),
             ]
+            previous = (self.inp.valid, p.first, p.last)
+            for flag in flags:
+                m.d.sync += [dst.eq(src) for dst, src in zip(flag, previous)]
+                previous = flag
+            m.d.sync += [self.out.valid.eq(previous[0]), self.out.payload.first.eq(previous[1]),
+                         self.out.payload.last.eq(previous[2])]
         return m

@@ -257,11 +257,11 @@ class Sigmoid(wiring.Component):
         ``"sigmoid"``, ``"silu"`` or ``"gelu"``.
 
     Latency: :attr:`latency` cycles, a word taken on ``inp`` in cycle t is valid on ``out`` in
-    cycle t + latency: 9 (exp) + 21 (divider) = **30** for ``"sigmoid"``, + 3 (product) =
-    **33** for ``"silu"`` and ``"gelu"``.
+    cycle t + latency: 1 (input register) + 9 (exp) + 21 (divider) = **31** for
+    ``"sigmoid"``, + 3 (product) = **34** for ``"silu"`` and ``"gelu"``.
 
-    Throughput: one element per cycle while ``out.ready`` is high. Each stage (exp, divider,
-    product) stalls as a whole when its output is held.
+    Throughput: one element per cycle while ``out.ready`` is high. Each stage (input register,
+    exp, divider, product) stalls as a whole when its output is held.
 
     Members
     -------
@@ -297,8 +297,8 @@ class Sigmoid(wiring.Component):
 
     @property
     def latency(self):
-        return ExpCore.LATENCY + (F_GATE + 1) + (0 if self._mode == "sigmoid" else
-                                                 _GateProduct.LATENCY)
+        return 1 + ExpCore.LATENCY + (F_GATE + 1) + (0 if self._mode == "sigmoid" else
+                                                     _GateProduct.LATENCY)
 
     def elaborate(self, platform):
         m = Module()
@@ -309,17 +309,27 @@ class Sigmoid(wiring.Component):
             num_width=_E_WIDTH + F_GATE, den_width=_E_WIDTH + 1, quot_width=F_GATE + 1,
             tag_shape=tag)
 
-        # Input: |x| and the vector's frac into the exp core.
-        x = self.inp.payload.data
+        # Input: registered first (x comes straight out of block RAM in the engine), then |x|
+        # and the vector's frac into the exp core. The register stalls with the exp core.
+        x_in = self.inp.payload.data
         frac_held = Signal(FRAC_WIDTH)
+        in_valid, in_first, in_last = Signal(), Signal(), Signal()
+        x, in_frac = Signal(signed(ACT_BITS)), Signal(FRAC_WIDTH)
+        in_en = Signal()
+        m.d.comb += [in_en.eq(~in_valid | exp.inp.ready), self.inp.ready.eq(in_en)]
+        with m.If(in_en):
+            m.d.sync += [
+                in_valid.eq(self.inp.valid), x.eq(x_in),
+                in_first.eq(self.inp.payload.first), in_last.eq(self.inp.payload.last),
+                in_frac.eq(Mux(self.inp.payload.first, self.frac, frac_held)),
+            ]
         m.d.comb += [
-            exp.inp.valid.eq(self.inp.valid),
-            self.inp.ready.eq(exp.inp.ready),
+            exp.inp.valid.eq(in_valid),
             exp.inp.payload.mag.eq(Mux(x < 0, -x, x)),
-            exp.inp.payload.frac.eq(Mux(self.inp.payload.first, self.frac, frac_held)),
+            exp.inp.payload.frac.eq(in_frac),
             exp.inp.payload.tag.x.eq(x),
-            exp.inp.payload.tag.first.eq(self.inp.payload.first),
-            exp.inp.payload.tag.last.eq(self.inp.payload.last),
+            exp.inp.payload.tag.first.eq(in_first),
+            exp.inp.payload.tag.last.eq(in_last),
         ]
         with m.If(self.inp.valid & self.inp.ready & self.inp.payload.first):
             m.d.sync += frac_held.eq(self.frac)

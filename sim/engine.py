@@ -349,37 +349,38 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
-    - EMBED: ``n + 9``;
+    - EMBED: ``n + 10``;
     - NORM: ``3 B + 68`` (:class:`~mmfree.hw.normquant.NormQuant` without the quantizer's
       reciprocal: ``3 B + 63``, plus the
       beat readers and the sequencer);
-    - BITLINEAR: ``3 B + rows * chunks + 100 + tree_latency(lanes) + add``;
+    - BITLINEAR: ``3 B + rows * chunks + 102 + tree_latency(lanes) + 2 add`` (``add``: 1 with
+      the residual add);
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
-      ``max(39 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (33 cycles)
+      ``max(40 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (34 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
       row;
-    - MLGRU_H: ``n + 46``; MLGRU_O: ``n + 44``.
+    - MLGRU_H: ``n + 47``; MLGRU_O: ``n + 45``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
     if op == Op.EMBED:
-        return n + 9
+        return n + 10
     if op == Op.NORM:
         return 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 100 + tree_latency(lanes) + \
-            instr["add"]
+        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 102 + tree_latency(lanes) + \
+            2 * instr["add"]
         if instr["glu"]:
-            cycles += max(39 - instr["chunks"], 8)
+            cycles += max(40 - instr["chunks"], 8)
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 34 + token
         return cycles
     if op == Op.MLGRU_H:
-        return n + 46
+        return n + 47
     if op == Op.MLGRU_O:
-        return n + 44
+        return n + 45
     if op == Op.END:
         return 0
     raise ValueError(f"no cycle count for {op!r}")

@@ -1,5 +1,5 @@
-"""hw/mixer.py: the MLGRU state update and the saturating product, element by element against
-the golden model's expressions, with random input gaps and output back-pressure, and their
+"""hw/mixer.py: the MLGRU state update, the saturating product, the residual add and the
+embedding scale, element by element against the golden model's expressions, with random input gaps and output back-pressure, and their
 documented latencies."""
 
 import random
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from mmfree.hw.mixer import GateUnit, ProductUnit
+from mmfree.hw.mixer import EmbedUnit, GateUnit, ProductUnit, ResidualAdd
 from mmfree.sim.golden import ACT_BITS, F_GATE, saturate, shift_round
 
 ONE = 1 << F_GATE
@@ -113,13 +113,40 @@ def test_product_unit(shift):
     assert outs == [product_golden(e, shift) for e in words]
 
 
-@pytest.mark.parametrize("unit", [GateUnit, ProductUnit])
+def test_residual_add():
+    rng = random.Random(3)
+    words = [{"a": rng.choice([LO, HI, rng.randint(LO, HI), rng.randint(-9, 9)]),
+              "b": rng.choice([LO, HI, rng.randint(LO, HI), rng.randint(-9, 9)])}
+             for _ in range(300)]
+    outs, _, _ = run_joined(ResidualAdd(), words, {}, gap=0.3, ready=0.7, seed=3)
+    assert outs == [int(saturate(np.int64(e["a"] + e["b"]), ACT_BITS)) for e in words]
+
+
+@pytest.mark.parametrize("shift", [-15, -1, 0, 1, 9, 63])
+def test_embed_unit(shift):
+    rng = random.Random(shift + 100)
+    mult = rng.choice([1, (1 << 15) - 1, rng.randrange(1 << 15)])
+    words = [{"q": rng.choice([-128, 127, 0, rng.randint(-128, 127)])} for _ in range(200)]
+    outs, _, _ = run_joined(EmbedUnit(), words, {"mult": mult, "shift": shift}, gap=0.3,
+                            ready=0.7, seed=shift)
+    want = [int(shift_round(e["q"] * mult, shift)) for e in words]
+    want = [(v + (1 << 31)) % (1 << 32) - (1 << 31) for v in want]      # 32 bits
+    assert outs == want
+
+
+@pytest.mark.parametrize("unit", [GateUnit, ProductUnit, ResidualAdd, EmbedUnit])
 def test_latency_and_rate(unit):
     """With inputs every cycle and out.ready high: one result a cycle, ``STAGES`` cycles
     after its inputs."""
     rng = random.Random(5)
     if unit is GateUnit:
         words, held = gate_inputs(rng, 40), {"has_lb": 1}
+    elif unit is ResidualAdd:
+        words, held = [{"a": rng.randint(LO, HI), "b": rng.randint(LO, HI)}
+                       for _ in range(40)], {}
+    elif unit is EmbedUnit:
+        words, held = [{"q": rng.randint(-128, 127)} for _ in range(40)], {"mult": 77,
+                                                                         "shift": 3}
     else:
         words, held = [{"a": rng.randint(LO, HI), "b": rng.randint(LO, HI)}
                        for _ in range(40)], {"shift": 9}

@@ -61,7 +61,7 @@ def test_requantizer_parameters():
 @pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
 @pytest.mark.parametrize("acc_width,out_bits", CONFIGS, ids=IDS)
 def test_requantizer_sim(acc_width, out_bits, traffic):
-    """Random elements equal the golden; at full rate latency 5 and one element per cycle."""
+    """Random elements equal the golden; at full rate latency 7 and one element per cycle."""
     ready_probability, gap_probability = traffic
     seed = acc_width * 100 + out_bits
     words = make_words(acc_width, 1500, random.Random(seed))
@@ -80,7 +80,7 @@ def test_requantizer_sim(acc_width, out_bits, traffic):
     assert min(saturated) > 10, saturated   # saturation both ways was exercised
     if traffic == (1.0, 0.0):
         assert in_cycles == list(range(len(words)))
-        assert out_cycles == [c + 5 for c in in_cycles]
+        assert out_cycles == [c + Requantizer.LATENCY for c in in_cycles]
 
 
 @pytest.mark.parametrize("acc_width,out_bits", CONFIGS, ids=IDS)

@@ -17,7 +17,7 @@ from test_requantizer import golden, make_words
 
 from mmfree.hw.requantizer import Requantizer
 
-LATENCY = 5
+LATENCY = Requantizer.LATENCY
 
 
 async def _monitor(dut, prefix, cycles):
@@ -36,7 +36,7 @@ async def _monitor(dut, prefix, cycles):
 @cocotb.parametrize(traffic=["full_rate", "random"])
 async def elements_match(dut, traffic):
     """REQ_ELEMENTS random elements equal the golden (saturation both ways, k small and
-    large); at full rate latency 5 and one element per cycle."""
+    large); at full rate latency LATENCY and one element per cycle."""
     acc_width, out_bits = int(os.environ["REQ_ACC_WIDTH"]), int(os.environ["REQ_OUT_BITS"])
     seed, count = int(os.environ["REQ_SEED"]), int(os.environ["REQ_ELEMENTS"])
     full = traffic == "full_rate"
