@@ -139,6 +139,9 @@ class LinkController(wiring.Component):
         cur = Signal(unsigned(self._token_bits))
         tok_lo = Signal(8)
         tok_half = Signal()
+        scan_token = Signal(16)          # PREFILL's check of the tokens
+        scan_last = Signal()
+        scan_check = Signal()
         stop = Signal()
         stop_seq = Signal(8)
         err_pending = Signal()
@@ -283,7 +286,7 @@ class LinkController(wiring.Component):
                         with m.Else():
                             start_reader(0, length)
                             m.d.sync += [index.eq(0), tok_half.eq(0), long_op.eq(1),
-                                         state.eq(_S.P_SCAN)]
+                                         scan_check.eq(0), state.eq(_S.P_SCAN)]
                     with m.Default():
                         error(ErrorCode.UNKNOWN_COMMAND)
 
@@ -386,17 +389,23 @@ class LinkController(wiring.Component):
 
             # --- PREFILL -------------------------------------------------------------------
             with m.Case(_S.P_SCAN):
+                # Each token is checked the cycle after its high byte (registered: the byte
+                # comes straight out of the frame buffer's block RAM).
                 m.d.comb += reader.out.ready.eq(1)
+                m.d.sync += scan_check.eq(0)
                 with m.If(reader.out.valid):
                     m.d.sync += [tok_lo.eq(byte), tok_half.eq(~tok_half)]
                     with m.If(tok_half):
-                        with m.If(Cat(tok_lo, byte) >= vocab):
-                            error(ErrorCode.BAD_TOKEN, index)
-                        with m.Elif(reader.out.payload.last):
-                            start_reader(0, length)
-                            m.d.sync += [index.eq(0), tok_half.eq(0), state.eq(_S.P_STEP)]
-                        with m.Else():
-                            m.d.sync += index.eq(index + 1)
+                        m.d.sync += [scan_token.eq(Cat(tok_lo, byte)),
+                                     scan_last.eq(reader.out.payload.last), scan_check.eq(1)]
+                with m.If(scan_check):
+                    with m.If(scan_token >= vocab):
+                        error(ErrorCode.BAD_TOKEN, index)
+                    with m.Elif(scan_last):
+                        start_reader(0, length)
+                        m.d.sync += [index.eq(0), tok_half.eq(0), state.eq(_S.P_STEP)]
+                    with m.Else():
+                        m.d.sync += index.eq(index + 1)
             with m.Case(_S.P_STEP):
                 control_frames()
                 m.d.comb += reader.out.ready.eq(~tok_half | self.step.ready)

@@ -77,12 +77,12 @@ class GateUnit(_Joined):
     ``f = lb + shift_round((1 - lb) * sig, 20)`` (or ``sig`` without a lower bound),
     ``h' = saturate(shift_round(f * h, 20) + shift_round(silu_i * (1 - f), 20), 32)``.
 
-    Latency 8 cycles, one element per cycle. ``has_lb`` must be held for the vector.
+    Latency 9 cycles, one element per cycle. ``has_lb`` must be held for the vector.
     Stages (for the clock: every multiplication over two, no add in front of one):
-    inputs and ``1 - lb``; ``(1 - lb) * sig`` (two); ``f`` and ``1 - f``; ``f * h`` and
+    inputs; ``1 - lb``; ``(1 - lb) * sig`` (two); ``f`` and ``1 - f``; ``f * h`` and
     ``silu_i * (1 - f)`` (two); their rounding shifts; the saturating sum."""
 
-    STAGES = 8
+    STAGES = 9
 
     def __init__(self):
         super().__init__({"sig": unsigned(F_GATE + 2), "silu": signed(ACT_BITS),
@@ -103,14 +103,15 @@ class GateUnit(_Joined):
         # 1 - lb and 1 - f as the golden model has them: signed, exact for every input.
         lb1, omlb1 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
         silu1, h1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
-        stage += [sig1.eq(p["sig"]), lb1.eq(p["lb"]), omlb1.eq(ONE - p["lb"]),
-                  silu1.eq(p["silu"]), h1.eq(p["h"])]
-        lifted3, mul_a, mul_b = split_mul(omlb1, sig1, "lifted")
+        stage += [sig1.eq(p["sig"]), lb1.eq(p["lb"]), silu1.eq(p["silu"]), h1.eq(p["h"]),
+                  omlb1.eq(ONE - lb1)]
+        sig2 = delayed(sig1, 1, "sig_a")
+        lifted3, mul_a, mul_b = split_mul(omlb1, sig2, "lifted")
         stage += mul_a + mul_b
-        lb3 = delayed(lb1, 2, "lb_d")
-        sig3 = delayed(sig1, 2, "sig_d")
-        silu4 = delayed(silu1, 3, "silu_d")
-        h4 = delayed(h1, 3, "h_d")
+        lb3 = delayed(lb1, 3, "lb_d")
+        sig3 = delayed(sig2, 2, "sig_d")
+        silu4 = delayed(silu1, 4, "silu_d")
+        h4 = delayed(h1, 4, "h_d")
         f4, omf4 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
         f_value = Signal(unsigned(F_GATE + 1))
         m.d.comb += f_value.eq(Mux(self.has_lb, lb3 + ((lifted3 + (ONE >> 1)) >> F_GATE), sig3))

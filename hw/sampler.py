@@ -37,11 +37,12 @@ class Sampler(wiring.Component):
     accepted at 1 per cycle. Greedy: ``token`` is valid in the cycle after the last logit's
     transfer (latency 1), and the next vector's first logit is accepted in the cycle after the
     token's transfer: ``L + 1``
-    cycles per token. Sampled: ``token`` is valid ``2 L + 35 + t`` cycles after the last
+    cycles per token. Sampled: ``token`` is valid ``2 L + 36 + t`` cycles after the last
     logit's transfer, for token index ``t`` (Shiftmax: ``L + 32`` to the first ``p``, ``L - 1``
-    more to collect them, 1 draw cycle, 1 cycle for ``r`` while ``p[0]`` is read, ``t + 1``
-    scan cycles, 1 to register), and the next vector's first logit is accepted in the cycle
-    after the token's transfer: ``3 L + 35 + t`` cycles per token.
+    more to collect them, 1 draw cycle, 2 cycles for ``r`` (the multiplication in two halves)
+    while ``p[0]`` is read, ``t + 1`` scan cycles, 1 to register), and the next vector's first
+    logit is accepted in the cycle after the token's transfer: ``3 L + 36 + t`` cycles per
+    token.
 
     Parameters
     ----------
@@ -103,6 +104,9 @@ class Sampler(wiring.Component):
         total = Signal(SAMPLER_BITS + vocab.bit_length())
         draw = Signal(32)                      # the PRNG word of a sampled token
         left = Signal(len(total))              # r minus the probabilities scanned so far
+        # r = (draw * total) >> 32 over two cycles: draw's halves times total, then their sum.
+        draw_lo = Signal(unsigned(16 + len(total)))
+        draw_hi = Signal(unsigned(16 + len(total)))
 
         with m.FSM():
             with m.State("IN"):
@@ -144,11 +148,15 @@ class Sampler(wiring.Component):
                 m.d.comb += prng.out.ready.eq(1)
                 with m.If(prng.out.valid):
                     m.d.sync += [draw.eq(prng.out.payload), index.eq(0)]
-                    m.next = "SCALE"
+                    m.next = "SCALE_HALVES"
+            with m.State("SCALE_HALVES"):
+                # r = (draw * total) >> 32 in two halves (the clock).
+                m.d.sync += [draw_lo.eq(draw[:16] * total), draw_hi.eq(draw[16:] * total)]
+                m.next = "SCALE"
             with m.State("SCALE"):
-                # r = (draw * total) >> 32, while p[0] is read.
+                # ... their sum, while p[0] is read.
                 m.d.comb += [rd.addr.eq(index), rd.en.eq(1)]
-                m.d.sync += [left.eq((draw * total) >> 32), index.eq(index + 1)]
+                m.d.sync += [left.eq(((draw_hi << 16) + draw_lo) >> 32), index.eq(index + 1)]
                 m.next = "SCAN"
             with m.State("SCAN"):
                 # rd.data is p[index - 1]; cumsum + p > r, as p > r - cumsum (at least 0 until

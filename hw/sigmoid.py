@@ -60,9 +60,9 @@ class ExpCore(wiring.Component):
     tag_shape : shape-castable or None
         If given, ``inp.payload.tag`` travels alongside and comes out as ``out.payload.tag``.
 
-    Latency: :attr:`LATENCY` = 9 cycles (a word taken on ``inp`` in cycle t is valid on ``out``
-    in cycle t + 9): at most one variable shift or half a multiplication a stage, for the
-    clock.
+    Latency: :attr:`LATENCY` = 10 cycles (a word taken on ``inp`` in cycle t is valid on
+    ``out`` in cycle t + 10): at most one variable shift or half a multiplication a stage, and
+    the table outputs registered before their product, for the clock.
 
     Throughput: one exp per cycle. The pipeline stalls as a whole:
     ``inp.ready = ~out.valid | out.ready``.
@@ -75,7 +75,7 @@ class ExpCore(wiring.Component):
         ``e`` in 0 .. 2**40 (``EXP_ONE`` for ``mag = 0``).
     """
 
-    LATENCY = 9
+    LATENCY = 10
 
     def __init__(self, *, m, k, tag_shape=None):
         if not isinstance(m, int) or isinstance(m, bool) or not 0 < m < (1 << _MANT_WIDTH):
@@ -152,9 +152,10 @@ class ExpCore(wiring.Component):
         # 5: p = min(sum >> s, 20 << 16).
         p5 = Signal(range(_P_MAX + 1))
         # 6: table reads (in the memories' read registers); q = p >> 16 alongside.
-        # 7-8: EXP_HI * EXP_LO, in two halves.
-        prod8, tab_partial, tab_final = split_mul(hi_rd.data, lo_rd.data, "tab")
-        # 9: t = shift_round(prod, 20); e = (t << 20) >> q.
+        # 7: the table outputs registered. 8-9: EXP_HI * EXP_LO, in two halves.
+        hi7, lo7 = Signal(_TABLE_WIDTH), Signal(_TABLE_WIDTH)
+        prod8, tab_partial, tab_final = split_mul(hi7, lo7, "tab")
+        # 10: t = shift_round(prod, 20); e = (t << 20) >> q.
         e9 = Signal(_E_WIDTH)
 
         t = Signal(_TABLE_WIDTH)
@@ -166,7 +167,7 @@ class ExpCore(wiring.Component):
         with m.If(en):
             sh = carried(s1, 3, "sh")          # s at stages 2, 3, 4
             shm = carried(sm1, 2, "shm")       # s - 1 at stages 2, 3
-            q = carried(p5[EXP_FRAC:], 3, "q")  # q at stages 6, 7, 8
+            q = carried(p5[EXP_FRAC:], 4, "q")  # q at stages 6, 7, 8, 9
             p_full = sum4 >> sh[2]
             m.d.sync += [
                 valid[0].eq(self.inp.valid),
@@ -177,8 +178,9 @@ class ExpCore(wiring.Component):
                 *prod_partial, *prod_final,
                 sum4.eq(prod3 + (Const(1, 1) << shm[1])[:len(sum4)]),
                 p5.eq(Mux(p_full > _P_MAX, _P_MAX, p_full)),
+                hi7.eq(hi_rd.data), lo7.eq(lo_rd.data),
                 *tab_partial, *tab_final,
-                e9.eq((t << EXP_N) >> q[2]),
+                e9.eq((t << EXP_N) >> q[3]),
             ]
         m.d.comb += [
             self.out.valid.eq(valid[-1]),
@@ -257,8 +259,8 @@ class Sigmoid(wiring.Component):
         ``"sigmoid"``, ``"silu"`` or ``"gelu"``.
 
     Latency: :attr:`latency` cycles, a word taken on ``inp`` in cycle t is valid on ``out`` in
-    cycle t + latency: 1 (input register) + 9 (exp) + 21 (divider) = **31** for
-    ``"sigmoid"``, + 3 (product) = **34** for ``"silu"`` and ``"gelu"``.
+    cycle t + latency: 1 (input register) + 10 (exp) + 21 (divider) = **32** for
+    ``"sigmoid"``, + 3 (product) = **35** for ``"silu"`` and ``"gelu"``.
 
     Throughput: one element per cycle while ``out.ready`` is high. Each stage (input register,
     exp, divider, product) stalls as a whole when its output is held.

@@ -355,13 +355,13 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
       beat readers and the sequencer);
     - BITLINEAR: ``3 B + rows * chunks + 102 + tree_latency(lanes) + 2 add`` (``add``: 1 with
       the residual add);
-    - HEAD: as BITLINEAR (greedy), plus ``2 V + 34 + token`` when sampling (the sampler's
+    - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
-      ``max(40 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (34 cycles)
+      ``max(41 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (35 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
       row;
-    - MLGRU_H: ``n + 47``; MLGRU_O: ``n + 45``.
+    - MLGRU_H: ``n + 49``; MLGRU_O: ``n + 46``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
@@ -373,14 +373,14 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
         cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 102 + tree_latency(lanes) + \
             2 * instr["add"]
         if instr["glu"]:
-            cycles += max(40 - instr["chunks"], 8)
+            cycles += max(41 - instr["chunks"], 8)
         if op == Op.HEAD and sampled:
-            cycles += 2 * vocab + 34 + token
+            cycles += 2 * vocab + 35 + token
         return cycles
     if op == Op.MLGRU_H:
-        return n + 47
+        return n + 49
     if op == Op.MLGRU_O:
-        return n + 45
+        return n + 46
     if op == Op.END:
         return 0
     raise ValueError(f"no cycle count for {op!r}")

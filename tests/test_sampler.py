@@ -119,10 +119,10 @@ def test_sampler_sim(config, traffic):
     if traffic == (0.0, 1.0):
         for (x0, token), (last_in, valid, next_first) in zip(flat, timing):
             latency = valid - last_in
-            assert latency == (1 if x0 == 0 else 2 * vocab + 35 + token), (x0, token, latency)
+            assert latency == (1 if x0 == 0 else 2 * vocab + 36 + token), (x0, token, latency)
             if next_first >= 0:
                 period = next_first - (last_in - (vocab - 1))
-                assert period == (vocab + 1 if x0 == 0 else 3 * vocab + 35 + token), (
+                assert period == (vocab + 1 if x0 == 0 else 3 * vocab + 36 + token), (
                     x0, token, period)
 
 

@@ -124,7 +124,7 @@ async def tokens_match_golden(dut, traffic):
             start = len(token_valid) - len(vectors)
             for index, ((_, x0), token) in enumerate(zip(vectors, expected)):
                 latency = token_valid[start + index] - last_in[start + index]
-                documented = 1 if x0 == 0 else 2 * vocab + 35 + token
+                documented = 1 if x0 == 0 else 2 * vocab + 36 + token
                 assert latency == documented, (
                     f"{config} vector {index} (x0={x0}, token {token}): latency {latency} "
                     f"cycles, documented {documented}")
