@@ -98,7 +98,7 @@ def main(argv=None) -> int:
              "Cycles per token come from the documented schedule (docs/engine.md), which the "
              "simulation tests (tests/test_engine.py) check against the hardware's cycle "
              "counter for every step. Lane utilization = (ternary weights per token / lanes) "
-             "/ cycles per token (greedy; a sampled token adds `2 V + 34 + token` cycles).", ""]
+             "/ cycles per token (greedy; a sampled token adds `2 V + 35 + token` cycles).", ""]
     for path in models:
         im = golden.prepare(load_model(path))
         cfg = im.config

@@ -45,13 +45,13 @@ class BoardConfig:
 
 
 BOARD_CONFIGS = {
-    # 25 MHz oscillator -> PLL 24 MHz; FT231X at 3 Mbaud (8 cycles a bit). Vector width 4
+    # 25 MHz oscillator -> PLL 42 MHz; FT231X at 3 Mbaud (14 cycles a bit). Vector width 4
     # (the normalize/quantize path's multipliers: 122 MULT18X18D of 156) and 1.6-bit weight
-    # rows (the default model's weights and buffers in 202 of 208 DP16KD); 24 MHz is what the
-    # placed SoC is estimated to meet (24.18 MHz); no routed build has confirmed it yet
+    # rows (the default model's weights and buffers in 202 of 208 DP16KD); 42 MHz is what the
+    # placed SoC is estimated to meet (42.93 MHz); no routed build has confirmed it yet
     # (docs/boards.md).
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=4,
-                             clock_hz=24_000_000, baud=3_000_000, packing="1.6bit"),
+                             clock_hz=42_000_000, baud=3_000_000, packing="1.6bit"),
     # 12 MHz oscillator -> PLL 24 MHz; FT2232H at 3 Mbaud (8 cycles a bit).
     "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=64, vector_width=8,
                               clock_hz=24_000_000, baud=3_000_000),
