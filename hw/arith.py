@@ -1,9 +1,10 @@
-"""Arithmetic building blocks shared by the units: a logarithmic-depth bit length and a
-multiplication split over two register stages (for the clock)."""
+"""Arithmetic building blocks shared by the units: a logarithmic-depth bit length, a
+multiplication split over two register stages (for the clock), and a value carried along a
+pipeline."""
 
 from amaranth.hdl import Mux, Signal
 
-__all__ = ["bit_length", "split_mul"]
+__all__ = ["bit_length", "split_mul", "carried"]
 
 
 def bit_length(m, value, name):
@@ -32,3 +33,15 @@ def split_mul(a, b, name):
     hi = Signal((a_hi * b).shape(), name=f"{name}_hi")
     product = Signal((a * b).shape(), name=name)
     return product, [lo.eq(a_lo * b), hi.eq(a_hi * b)], [product.eq((hi << k) + lo)]
+
+
+def carried(m, value, stages, name):
+    """``value`` delayed by each of ``stages`` register stages: a list, one signal a stage
+    (``[-1]`` is the last). The registers go into ``m.d.sync`` where the caller stands, so
+    under its stall condition, if any."""
+    out = []
+    for i in range(stages):
+        delayed = Signal.like(value, name=f"{name}{i}")
+        m.d.sync += delayed.eq(out[-1] if out else value)
+        out.append(delayed)
+    return out

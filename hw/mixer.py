@@ -12,7 +12,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw.arith import split_mul
+from mmfree.hw.arith import carried, split_mul
 from mmfree.sim.golden import ACT_BITS, F_GATE
 
 __all__ = ["GateUnit", "ProductUnit", "ResidualAdd", "EmbedUnit", "shift_round", "saturate"]
@@ -90,40 +90,34 @@ class GateUnit(_Joined):
                          {"has_lb": In(1)})
 
     def _datapath(self, m, advance, p):
-        def delayed(value, stages, name):
-            out = value
-            for i in range(stages):
-                reg = Signal.like(value, name=f"{name}{i + 1}")
-                stage.append(reg.eq(out))
-                out = reg
-            return out
-
-        stage = []
+        # Signals are named after the stage whose register holds them.
         sig1 = Signal(unsigned(F_GATE + 2))
         # 1 - lb and 1 - f as the golden model has them: signed, exact for every input.
-        lb1, omlb1 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
+        lb1, omlb2 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
         silu1, h1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
-        stage += [sig1.eq(p["sig"]), lb1.eq(p["lb"]), silu1.eq(p["silu"]), h1.eq(p["h"]),
-                  omlb1.eq(ONE - lb1)]
-        sig2 = delayed(sig1, 1, "sig_a")
-        lifted3, mul_a, mul_b = split_mul(omlb1, sig2, "lifted")
-        stage += mul_a + mul_b
-        lb3 = delayed(lb1, 3, "lb_d")
-        sig3 = delayed(sig2, 2, "sig_d")
-        silu4 = delayed(silu1, 4, "silu_d")
-        h4 = delayed(h1, 4, "h_d")
-        f4, omf4 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
-        f_value = Signal(unsigned(F_GATE + 1))
-        m.d.comb += f_value.eq(Mux(self.has_lb, lb3 + ((lifted3 + (ONE >> 1)) >> F_GATE), sig3))
-        stage += [f4.eq(f_value), omf4.eq(ONE - f_value)]
-        cp6, c_a, c_b = split_mul(silu4, omf4, "c_product")
-        fp6, f_a, f_b = split_mul(h4, f4, "fh_product")
-        stage += c_a + c_b + f_a + f_b
-        c7, fh7 = Signal(signed(ACT_BITS + 1)), Signal(signed(ACT_BITS + 1))
-        stage += [c7.eq((cp6 + (ONE >> 1)) >> F_GATE), fh7.eq((fp6 + (ONE >> 1)) >> F_GATE),
-                  self.out.payload.eq(saturate(m, fh7 + c7, ACT_BITS, "h_new"))]
+        f5, omf5 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
+        c8, fh8 = Signal(signed(ACT_BITS + 1)), Signal(signed(ACT_BITS + 1))
         with m.If(advance):
-            m.d.sync += stage
+            sig = carried(m, sig1, 3, "sig_d")               # sig at stages 2, 3, 4
+            lb = carried(m, lb1, 3, "lb_d")                  # lb at stages 2, 3, 4
+            silu = carried(m, silu1, 4, "silu_d")            # silu_i at stages 2 .. 5
+            h = carried(m, h1, 4, "h_d")                     # h at stages 2 .. 5
+        lifted4, lifted_a, lifted_b = split_mul(omlb2, sig[0], "lifted")      # stages 3, 4
+        f_value = Signal(unsigned(F_GATE + 1))
+        m.d.comb += f_value.eq(Mux(self.has_lb,
+                                   lb[2] + ((lifted4 + (ONE >> 1)) >> F_GATE), sig[2]))
+        cp7, c_a, c_b = split_mul(silu[3], omf5, "c_product")                # stages 6, 7
+        fp7, f_a, f_b = split_mul(h[3], f5, "fh_product")
+        with m.If(advance):
+            m.d.sync += [
+                sig1.eq(p["sig"]), lb1.eq(p["lb"]), silu1.eq(p["silu"]), h1.eq(p["h"]),
+                omlb2.eq(ONE - lb1),
+                *lifted_a, *lifted_b,
+                f5.eq(f_value), omf5.eq(ONE - f_value),
+                *c_a, *c_b, *f_a, *f_b,
+                c8.eq((cp7 + (ONE >> 1)) >> F_GATE), fh8.eq((fp7 + (ONE >> 1)) >> F_GATE),
+                self.out.payload.eq(saturate(m, fh8 + c8, ACT_BITS, "h_new")),
+            ]
 
 
 class ProductUnit(_Joined):

@@ -14,7 +14,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw.arith import split_mul
+from mmfree.hw.arith import carried, split_mul
 from mmfree.hw.divider import PipelinedDivider
 from mmfree.sim import golden
 from mmfree.sim.golden import ACT_BITS, EXP_BITS, EXP_FRAC, EXP_N, EXP_ONE, F_GATE
@@ -132,15 +132,6 @@ class ExpCore(wiring.Component):
         inp = self.inp.payload
         shift_max = self._k + (1 << FRAC_WIDTH) - 1 - EXP_FRAC
 
-        def carried(signal, stages, name):
-            """``signal`` delayed by each of ``stages`` more stages (a list, one a stage)."""
-            out = []
-            for i in range(stages):
-                delayed = Signal(signal.shape(), name=f"{name}{i}")
-                m.d.sync += delayed.eq(out[-1] if out else signal)
-                out.append(delayed)
-            return out
-
         # 1: |x| registered; the rounding shift s = k + frac - 16 (>= 1) and s - 1.
         mag1 = Signal(_MAG_WIDTH)
         s1 = Signal(range(shift_max + 1))
@@ -165,9 +156,9 @@ class ExpCore(wiring.Component):
             lo_rd.addr.eq(p5[:8]),
         ]
         with m.If(en):
-            sh = carried(s1, 3, "sh")          # s at stages 2, 3, 4
-            shm = carried(sm1, 2, "shm")       # s - 1 at stages 2, 3
-            q = carried(p5[EXP_FRAC:], 4, "q")  # q at stages 6, 7, 8, 9
+            sh = carried(m, s1, 3, "sh")          # s at stages 2, 3, 4
+            shm = carried(m, sm1, 2, "shm")       # s - 1 at stages 2, 3
+            q = carried(m, p5[EXP_FRAC:], 4, "q")  # q at stages 6, 7, 8, 9
             p_full = sum4 >> sh[2]
             m.d.sync += [
                 valid[0].eq(self.inp.valid),
@@ -189,7 +180,7 @@ class ExpCore(wiring.Component):
 
         if self._tag_shape is not None:
             with m.If(en):
-                tags = carried(inp.tag, self.LATENCY, "tag")
+                tags = carried(m, inp.tag, self.LATENCY, "tag")
             m.d.comb += self.out.payload.tag.eq(tags[-1])
         return m
 

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Path_", "longest_paths", "main"]
+__all__ = ["TimingPath", "longest_paths", "main"]
 
 #: Clock-to-output of the cells paths start from (ns).
 START = {"TRELLIS_FF": 0.52, "DP16KD": 5.61, "TRELLIS_IO": 0.0, "EHXPLLL": 0.0,
@@ -53,7 +53,7 @@ def cell_delay(kind: str, inp: str, out: str) -> float:
 
 
 @dataclass
-class Path_:
+class TimingPath:
     """One path: its estimated delay (ns, setup included), its end (``cell.port``) and its
     cells from the start, each ``(arrival ns, cell type, net name, source)``."""
     delay: float
@@ -78,7 +78,7 @@ def _source(cell: dict) -> str:
 
 
 def longest_paths(netlist: dict, *, top: str | None = None, count: int = 10,
-                  over: float = 0.0) -> tuple[list[Path_], dict[tuple[str, str], tuple]]:
+                  over: float = 0.0) -> tuple[list[TimingPath], dict[tuple[str, str], tuple]]:
     """The ``count`` longest paths to distinct registers, and every (start, end) pair of
     register groups with a path over ``over`` ns: ``{(start, end): (worst ns, endpoints)}``."""
     modules = netlist["modules"]
@@ -205,7 +205,7 @@ def longest_paths(netlist: dict, *, top: str | None = None, count: int = 10,
             groups[key][1] += 1
         if len(paths) < count and group(cname) not in seen:
             seen.add(group(cname))
-            paths.append(Path_(delay, f"{cname}.{port}", trace(bit)))
+            paths.append(TimingPath(delay, f"{cname}.{port}", trace(bit)))
     return paths, {k: tuple(v) for k, v in groups.items()}
 
 
