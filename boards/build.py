@@ -7,6 +7,10 @@ tool runs), the board's top level, Amaranth's build plan run with the YoWASP too
 Fmax and utilization, written with the tool versions to ``build-report.json`` beside the
 bitstream. nextpnr runs with ``--timing-allow-fail`` so that a timing failure is ours to
 report: one line with the achieved Fmax (:class:`TimingError`), unless ``allow_timing_fail``.
+With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
+placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
+performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
+on two cores.
 
 :func:`program` loads a bitstream with openFPGALoader (ULX3S: into SRAM; iCEBreaker: into the
 SPI flash, the only way openFPGALoader configures an iCE40).
@@ -72,9 +76,11 @@ class ProgramError(Exception):
 @dataclass(frozen=True)
 class BuildResult:
     """What a build produced and measured. ``fmax_mhz``: achieved per clock net;
-    ``utilization``: ``{bel: (used, available)}``; ``seconds``: wall time of the tools."""
+    ``utilization``: ``{bel: (used, available)}``; ``seconds``: wall time of the tools;
+    ``routed``: false for a placement-only build (``fmax_mhz`` is nextpnr's estimate after
+    placement and ``bitstream`` is ``None``)."""
     board: str
-    bitstream: Path
+    bitstream: Path | None
     report: Path
     clock_hz: int
     lanes: int
@@ -82,6 +88,7 @@ class BuildResult:
     utilization: dict[str, tuple[int, int]]
     seconds: float
     timing_met: bool
+    routed: bool = True
 
     @property
     def min_fmax_mhz(self) -> float | None:
@@ -172,6 +179,16 @@ def _log_tail(path: Path, lines: int = 1) -> str:
     return " | ".join((errors or text)[-lines:])
 
 
+def _placement_fmax(log: Path) -> dict[str, float]:
+    """nextpnr's ``Max frequency for clock`` lines of ``log`` (after placement its JSON report
+    has no ``fmax``; the last line per clock is the latest estimate)."""
+    if not log.is_file():
+        return {}
+    return {match[1]: float(match[2]) for match in
+            re.finditer(r"Max frequency for clock +'([^']+)': ([0-9.]+) MHz",
+                         log.read_text(errors="replace"))}
+
+
 def _over_capacity(log: Path) -> str:
     """nextpnr's device utilization lines over 100%, as ``"MULT18X18D 194/156"``."""
     if not log.is_file() or log.suffix != ".tim":
@@ -189,7 +206,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
           program: bool = False, allow_timing_fail: bool = False, seed: int = 1,
           router: str = "router1", force: bool = False, model_path: str | None = None,
-          command: list[str] | None = None) -> BuildResult:
+          command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
     Raises :class:`~mmfree.tools.device.DeviceSetupError` (the model does not fit; before any
@@ -198,11 +215,15 @@ def build(board_name: str, model, *, lanes: int | None = None,
     engine clock and not ``allow_timing_fail``; the bitstream and report are written first).
     With ``program``, the bitstream is then loaded with :func:`program`. ``router`` is
     nextpnr's router: ``router1`` (its default) or ``router2``, the one for the congested
-    default-model ULX3S SoC, where router1 stalls (docs/boards.md).
+    default-model ULX3S SoC, where router1 stalls (docs/boards.md). ``place_only``: stop after
+    placement (see the module's docstring); no :class:`TimingError` then, the estimate is
+    reported as it is.
     """
     _check_board(board_name)
     if router not in ROUTERS:
         raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
+    if place_only and program:
+        raise BuildError("a placement-only build makes no bitstream to program", 2)
     out_dir = Path(out_dir).resolve()
     _check_out_dir(out_dir, force)
     family, suffix, _, _ = BOARD_FAMILIES[board_name]
@@ -214,7 +235,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
     (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed),
-                    "--router", router]
+                    "--router", router] + (["--no-route"] if place_only else [])
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
@@ -242,12 +263,19 @@ def build(board_name: str, model, *, lanes: int | None = None,
     report = json.loads((out_dir / "report.json").read_text())
     fmax = {clock: round(float(value["achieved"]), 2)
             for clock, value in report.get("fmax", {}).items()}
+    if place_only:
+        fmax = fmax or _placement_fmax(out_dir / f"{TOP_NAME}.tim")
     utilization = {bel: (int(value["used"]), int(value["available"]))
                    for bel, value in report.get("utilization", {}).items()}
     target_mhz = config.clock_hz / 1e6
     timing_met = bool(fmax) and min(fmax.values()) >= target_mhz
     paths = critical_paths(report)
     bitstream = out_dir / f"{TOP_NAME}.{suffix}"
+    if place_only:
+        # The packer ran on an unrouted design: what it wrote would not configure a device.
+        for unrouted in (bitstream, out_dir / f"{TOP_NAME}.svf"):
+            unrouted.unlink(missing_ok=True)
+        bitstream = None
     cfg = model.config
     summary = {
         "board": board_name,
@@ -259,26 +287,28 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
-        "router": router,
+        "router": router, "routed": not place_only,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),
-        "bitstream": bitstream.name,
+        "bitstream": bitstream.name if bitstream is not None else None,
         "tools": tool_versions(family, env),
         "command": command if command is not None else sys.argv,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     report_path = out_dir / REPORT_NAME
     report_path.write_text(json.dumps(summary, indent=2) + "\n")
-    last = last_build_file(board_name)
-    last.parent.mkdir(parents=True, exist_ok=True)
-    last.write_text(json.dumps({"bitstream": str(bitstream), "report": str(report_path)}) + "\n")
+    if bitstream is not None:
+        last = last_build_file(board_name)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        last.write_text(json.dumps({"bitstream": str(bitstream),
+                                    "report": str(report_path)}) + "\n")
 
     built = BuildResult(board_name, bitstream, report_path, config.clock_hz, config.lanes, fmax,
-                        utilization, seconds, timing_met)
-    logger.info("%s: Fmax %s MHz (target %g MHz) in %.0f s", board_name, fmax, target_mhz,
-                seconds)
-    if not timing_met and not allow_timing_fail:
+                        utilization, seconds, timing_met, routed=not place_only)
+    logger.info("%s: Fmax %s MHz (target %g MHz%s) in %.0f s", board_name, fmax, target_mhz,
+                "" if not place_only else ", placement estimate", seconds)
+    if not timing_met and not allow_timing_fail and not place_only:
         achieved = f"{min(fmax.values()):.2f} MHz" if fmax else "unknown"
         worst = max(paths, key=lambda p: p["delay_ns"], default=None)
         where = (f", critical path {worst['delay_ns']:.1f} ns from {worst['start']} to "

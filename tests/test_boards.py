@@ -246,3 +246,21 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert worst["start"] and worst["end"] and worst["logic_cells"] > 0, worst
     assert 1000 / worst["delay_ns"] < 1.25 * result.min_fmax_mhz, (worst, result.min_fmax_mhz)
     assert "Yosys" in report["tools"]["yosys"], report["tools"]
+
+    # The performance report's row of this build: the schedule's cycles against the Fmax.
+    from mmfree.sim import golden
+    from mmfree.sim.engine import EngineImage, step_cycles
+    from mmfree.tools import report as perf
+    row = perf.row_from_report(tiny_model, report)
+    image = EngineImage(golden.prepare(tiny_model), 8, 1, BOARD_CONFIGS["ulx3s-85f"].packing)
+    assert (row.status, row.routed, row.lanes) == ("built", True, 8)
+    assert row.cycles == step_cycles(image) and row.fmax_mhz == result.min_fmax_mhz
+    assert row.tokens_per_s == pytest.approx(result.min_fmax_mhz * 1e6 / row.cycles)
+    assert row.used("TRELLIS_COMB") == report["utilization"]["TRELLIS_COMB"]["used"]
+    meta = {"command": "pytest", "machine": "test", "date": "today",
+            "models": {"ulx3s-85f": {"file": "tiny", "config": "tiny"}},
+            "packing": {"ulx3s-85f": "1.6bit"}, "baud": {"ulx3s-85f": 3_000_000}}
+    text = perf.render_markdown([row], meta)
+    assert f"| 8 | routed | {row.fmax_mhz:.2f} |" in text, text
+    perf.render_plot([row], tmp_path / "performance.png", meta)
+    assert (tmp_path / "performance.png").stat().st_size > 10_000

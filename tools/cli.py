@@ -364,7 +364,7 @@ def cmd_build(args) -> int:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
                        program=args.program, allow_timing_fail=args.allow_timing_fail, seed=args.seed,
                        router=args.router, force=args.force, model_path=model_path,
-                       command=["mmfree", *sys.argv[1:]])
+                       command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
     except ToolchainError as error:
@@ -377,8 +377,12 @@ def cmd_build(args) -> int:
         raise CliError(str(error), EXIT_DATA) from None
     fmax = result.min_fmax_mhz
     used = ", ".join(f"{bel} {u}/{a}" for bel, (u, a) in result.utilization.items() if u)
-    print(f"wrote {result.bitstream} and {result.report}")
-    print(f"{args.board}, {result.lanes} lanes: Fmax "
+    if result.routed:
+        print(f"wrote {result.bitstream} and {result.report}")
+    else:
+        print(f"wrote {result.report} (placement only, no bitstream)")
+    estimate = "" if result.routed else "placement estimate of "
+    print(f"{args.board}, {result.lanes} lanes: {estimate}Fmax "
           f"{'unknown' if fmax is None else f'{fmax:.2f} MHz'} (engine clock "
           f"{result.clock_hz / 1e6:g} MHz{'' if result.timing_met else ', NOT MET'}); {used}")
     if args.program:
@@ -399,6 +403,18 @@ def cmd_program(args) -> int:
         raise CliError(str(error), EXIT_DATA) from None
     print(f"programmed the {args.board} with {bitstream}")
     return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from ..boards.toolchain import ToolchainError
+    from .report import ReportError, run
+
+    try:
+        return run(args)
+    except ReportError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except ToolchainError as error:
+        raise CliError(str(error), EXIT_ENV) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -518,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",
                    help="keep a bitstream whose Fmax is below the engine clock")
+    p.add_argument("--place-only", action="store_true",
+                   help="stop after placement and report nextpnr's placement estimate of "
+                        "Fmax and the utilization; no bitstream (minutes instead of hours "
+                        "for the congested default-model ULX3S SoC)")
     p.add_argument("--force", action="store_true", help="replace an earlier build in --out")
     p.set_defaults(func=cmd_build)
 
@@ -529,12 +549,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bitstream", nargs="?", default=None,
                    help="bitstream file (default: the last `mmfree build` for the board)")
     p.set_defaults(func=cmd_program)
+
+    p = sub.add_parser("report", formatter_class=fmt,
+                       help="sweep lane counts per board and write the performance report",
+                       description="Build the board SoC at each lane count (placement only "
+                                   "unless --route), refuse those that do not fit the "
+                                   "board's block RAM before any tool runs, and write "
+                                   "performance.md, performance.png and performance.json to "
+                                   "--out: utilization, Fmax, cycles per token from the "
+                                   "engine's schedule, projected tokens/s, the device's "
+                                   "physical limits and published results to compare with.")
+    p.add_argument("--board", action="append", choices=boards, default=None,
+                   help="a board to sweep (repeat for several; default: ulx3s-85f)")
+    p.add_argument("--lanes", type=int, nargs="+", default=None,
+                   help="lane counts, powers of two (default: 16 32 ... 1024)")
+    p.add_argument("--model", default=None,
+                   help="model file (default: the shipped model of each board)")
+    p.add_argument("--out", default="docs", help="where the report is written")
+    p.add_argument("--work", default=str(Path("build") / "report"),
+                   help="build directories, one per board and lane count")
+    p.add_argument("--route", action="store_true",
+                   help="route (router2) instead of stopping after placement; hours for the "
+                        "default-model ULX3S SoC on two cores")
+    p.add_argument("--reuse", action="store_true",
+                   help="read back an earlier build of the same model, lanes and routing "
+                        "in --work instead of building again")
+    p.add_argument("--jobs", type=int, default=1, help="builds at a time (one core each)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--render-only", action="store_true",
+                   help="redraw performance.md and performance.png from --out's "
+                        "performance.json, without building")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     try:

@@ -1,0 +1,107 @@
+"""``mmfree report``: the lane sweep's rows, the device limits, the rendering, its errors, and
+reading nextpnr's placement estimate.
+
+A row built by the real tools is rendered in ``tests/test_boards.py``'s place-and-route test
+(``synth``); here the lane counts the block-RAM check refuses, which run no tool."""
+
+import json
+
+import pytest
+
+from mmfree.boards import build as board_build
+from mmfree.sim import golden
+from mmfree.sim.engine import EngineImage, step_cycles
+from mmfree.sim.modelfile import load_model
+from mmfree.tools import cli, report
+from mmfree.tools.device import BOARD_CONFIGS
+
+
+def _no_tools(monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError(f"a build ran: {args}")
+    monkeypatch.setattr(report, "build", no_build)
+
+
+def test_lanes_that_do_not_fit_are_refused_before_any_tool(tmp_path, monkeypatch, capsys):
+    """The default model at 256 and 512 lanes needs more block RAM than the LFE5U-85F has:
+    rows that say so, with the schedule's cycles, and a report, a plot and its data."""
+    _no_tools(monkeypatch)
+    monkeypatch.setattr(report, "tool_versions", lambda family: {"yosys": "not run"})
+    out = tmp_path / "docs"
+    assert cli.main(["report", "--lanes", "256", "512", "--out", str(out),
+                     "--work", str(tmp_path / "work")]) == cli.EXIT_OK
+    assert not (tmp_path / "work").exists()
+    data = json.loads((out / "performance.json").read_text())
+    rows = [report.Row(**row) for row in data["rows"]]
+    model = load_model(cli.default_model_path().with_name("ulx3s-85f.safetensors"))
+    config = BOARD_CONFIGS["ulx3s-85f"]
+    for row, lanes in zip(rows, (256, 512), strict=True):
+        image = EngineImage(golden.prepare(model), lanes, config.vector_width, config.packing)
+        assert (row.board, row.lanes, row.status) == ("ulx3s-85f", lanes, "does not fit")
+        assert "block RAMs" in row.detail and row.fmax_mhz is None, row
+        assert row.cycles == step_cycles(image)
+        assert row.weights == image.ternary_weights() == 1_343_488
+        assert row.tokens_per_s is None
+        assert sum(row.overhead.values()) == row.cycles
+    text = (out / "performance.md").read_text()
+    assert "| 256 | does not fit: 286 of 208 block RAMs" in text, text
+    for peer in ("MatMul-free LM paper", "TerEffic", "TeLLMe", "ZyboGPT", "Trinity"):
+        assert peer in text
+    assert "100 MHz post-route with at least 1024 lanes on the ULX3S-85F: **not met**" in text
+    assert (out / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["meta"]["command"] == (f"mmfree report --lanes 256 512 --out {out} "
+                                       f"--work {tmp_path / 'work'}")
+
+    # --render-only redraws the same report from the data.
+    (out / "performance.md").unlink()
+    assert cli.main(["report", "--render-only", "--out", str(out)]) == cli.EXIT_OK
+    assert (out / "performance.md").read_text() == text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lanes", "12"], "lanes must be positive powers of two, not 12"),
+    (["--render-only"], "no report data to render"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
+    status = cli.main(["report", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_USAGE and len(err) == 1 and message in err[0], err
+
+
+def test_device_limits():
+    """ULX3S-85F: 83,640 LUT4 / 25, 208 blocks x 36 bits at 1.6 bits a weight, 3 Mbaud 8N1
+    and 15-byte TOKEN frames; iCEBreaker: the four SPRAMs' 16-bit ports at 2 bits a weight."""
+    lim = report.limits("ulx3s-85f", 1_343_488, "1.6bit", 3_000_000)
+    assert lim["lut_lanes"] == pytest.approx(3345.6)
+    assert lim["bram_weights_per_cycle"] == pytest.approx(4680)
+    assert lim["bram_tokens_per_s_100mhz"] == pytest.approx(100e6 * 4680 / 1_343_488)
+    assert lim["uart_bytes_per_s"] == 300_000 and lim["uart_tokens_per_s"] == 20_000
+    assert lim["uart_load_s"] == pytest.approx(1_343_488 * 0.2 / 300_000)
+    lim = report.limits("icebreaker", 1000, "2bit", 3_000_000)
+    assert lim["lut_lanes"] == pytest.approx(211.2) and lim["bram_weights_per_cycle"] == 32
+
+
+def test_projection_of_a_row():
+    row = report.Row(board="ulx3s-85f", lanes=128, vector_width=4, status="built", detail="",
+                     cycles=20_000, weights=1_000_000, fmax_mhz=50.0, routed=False)
+    assert row.tokens_per_s == pytest.approx(2500)
+    assert row.weights_per_s == pytest.approx(2.5e9)
+    assert row.utilization_pct == pytest.approx(100 * 1_000_000 / 128 / 20_000)
+
+
+def test_placement_estimate_is_read_from_the_nextpnr_log(tmp_path):
+    """After placement nextpnr's JSON report has no ``fmax``: the log's last ``Max frequency``
+    line per clock is the estimate."""
+    log = tmp_path / "top.tim"
+    log.write_text("Info: Max frequency for clock '$glbnet$clk': 31.00 MHz (FAIL at 42.00 MHz)\n"
+                   "Info: Placed 5 cells\n"
+                   "Info: Max frequency for clock '$glbnet$clk': 42.93 MHz (PASS at 42.00 MHz)\n")
+    assert board_build._placement_fmax(log) == {"$glbnet$clk": 42.93}
+    assert board_build._placement_fmax(tmp_path / "missing.tim") == {}
+
+
+def test_place_only_cannot_program(tmp_path):
+    model = load_model(cli.default_model_path().with_name("ulx3s-85f.safetensors"))
+    with pytest.raises(board_build.BuildError, match="no bitstream to program"):
+        board_build.build("ulx3s-85f", model, out_dir=tmp_path / "b", place_only=True,
+                          program=True)

@@ -1,0 +1,477 @@
+"""The performance report: a lane sweep per board, built with the YoWASP tools, next to the
+device's physical limits and to published ternary-LLM accelerators.
+
+For every board and lane count the model is first checked against the board's block RAM
+(:func:`mmfree.tools.device.engine_image`, no tool runs for a model that does not fit); the
+others are built (:func:`mmfree.boards.build.build`), placement-only unless ``--route``: on two
+cores nextpnr places the default-model ULX3S SoC in about 15 minutes but does not finish routing
+it in hours (docs/boards.md), so the Fmax of such rows is nextpnr's estimate after placement,
+and every row says which. Cycles per token come from the engine's schedule
+(:func:`mmfree.sim.engine.step_cycles`), which tests/test_engine.py checks against the
+hardware's cycle counter step for step; projected tokens/s = Fmax / cycles per token.
+
+Writes ``performance.md``, ``performance.png`` (matplotlib) and ``performance.json`` (the rows,
+so that ``--render-only`` redraws without tools) to ``--out`` (``docs/``)::
+
+    mmfree report [--board ulx3s-85f] [--lanes 64 128 ...] [--model M] [--route] [--reuse]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..boards.build import BOARD_FAMILIES, REPORT_NAME, BuildError, build, tool_versions
+from ..boards.capacity import BOARDS
+from ..sim import golden
+from ..sim.engine import EngineImage, step_cycles
+from ..sim.protocol import model_hash
+from .bench_engine import breakdown
+from .bench_golden import machine
+
+__all__ = ["ReportError", "Row", "DEVICES", "measure", "row_from_report", "limits", "render_markdown",
+           "render_plot", "PEERS", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Lane counts swept by default (a power of two each, as the engine needs).
+LANES = [16, 32, 64, 128, 256, 512, 1024]
+
+
+class ReportError(Exception):
+    """A bad argument or unreadable report data; one line."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """What bounds a board's engine, from the device's data sheet: LUT4s, flip-flops, block
+    RAMs (``bram_bits_per_cycle``: every block read at its widest port each cycle), multipliers,
+    and where the weights would stream from."""
+    label: str
+    luts: int
+    ffs: int
+    brams: int
+    dsps: int
+    weight_bits_per_cycle: int      # all weight memories at their widest read port
+    weight_memory: str
+    lut: str                        # nextpnr's names of the cells counted
+    ff: str
+    bram: str
+    dsp: str
+
+
+DEVICES = {
+    "ulx3s-85f": Device("ULX3S-85F (LFE5U-85F-6)", 83_640, 83_640, 208, 156, 208 * 36,
+                        "208 DP16KD x 36 bits", "TRELLIS_COMB", "TRELLIS_FF", "DP16KD",
+                        "MULT18X18D"),
+    "icebreaker": Device("iCEBreaker (iCE40UP5K)", 5_280, 5_280, 30, 8, 4 * 16,
+                         "4 SPRAM x 16 bits", "ICESTORM_LC", "ICESTORM_LC", "ICESTORM_RAM",
+                         "ICESTORM_DSP"),
+}
+#: LUT4s a lane of the ternary array costs (the issue's planning figure; a pipelined 1024-lane
+#: array places at about 26k LUT4 on the 85F).
+LUTS_PER_LANE = 25
+#: Bits a weight takes in the weight memory, by packing.
+PACKING_BITS = {"2bit": 2.0, "1.6bit": 1.6}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One board and lane count. ``status``: ``built`` (``fmax_mhz`` and ``utilization``
+    measured; ``routed`` false for nextpnr's placement estimate), ``does not fit`` or
+    ``failed`` (``detail`` says why). ``cycles``: greedy cycles per token from the schedule."""
+    board: str
+    lanes: int
+    vector_width: int
+    status: str
+    detail: str
+    cycles: int
+    weights: int                    # ternary weights a token
+    fmax_mhz: float | None = None
+    routed: bool | None = None
+    clock_mhz: float | None = None
+    utilization: dict | None = None     # {bel: [used, available]}
+    command: str = ""
+    tools: dict | None = None
+    seconds: float | None = None
+    overhead: dict | None = None        # breakdown of a step's cycles
+
+    @property
+    def utilization_pct(self) -> float:
+        """Lane utilization: (weights per token / lanes) / cycles per token."""
+        return 100 * self.weights / self.lanes / self.cycles
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Projected: Fmax / cycles per token."""
+        return None if self.fmax_mhz is None else self.fmax_mhz * 1e6 / self.cycles
+
+    @property
+    def weights_per_s(self) -> float | None:
+        tokens = self.tokens_per_s
+        return None if tokens is None else tokens * self.weights
+
+    def used(self, bel: str) -> int | None:
+        if not self.utilization or bel not in self.utilization:
+            return None
+        return int(self.utilization[bel][0])
+
+
+def _schedule(model, board: str, lanes: int, vector_width: int | None):
+    from .device import BOARD_CONFIGS
+    config = BOARD_CONFIGS[board]
+    width = vector_width or config.vector_width
+    image = EngineImage(golden.prepare(model), lanes, width, config.packing)
+    return image, width
+
+
+def row_from_report(model, report: dict) -> Row:
+    """The row of a finished build, from its ``build-report.json`` contents."""
+    image, width = _schedule(model, report["board"], report["lanes"], report["vector_width"])
+    fmax = report.get("fmax_mhz") or {}
+    return Row(board=report["board"], lanes=report["lanes"], vector_width=width,
+               status="built", detail="", cycles=step_cycles(image),
+               weights=image.ternary_weights(),
+               fmax_mhz=min(fmax.values()) if fmax else None,
+               routed=report.get("routed", True), clock_mhz=report["clock_hz"] / 1e6,
+               utilization={bel: [u["used"], u["available"]]
+                            for bel, u in report.get("utilization", {}).items()},
+               command=" ".join(report.get("command") or []), tools=report.get("tools"),
+               seconds=report.get("seconds"), overhead=breakdown(image))
+
+
+def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
+            reuse: bool = False, seed: int = 1, model_path: str | None = None,
+            command: list[str] | None = None) -> Row:
+    """The row of ``board`` at ``lanes``: refused by the block-RAM check, or built in
+    ``work/BOARD-lLANES`` (with ``reuse``, an earlier build there of the same model, lanes and
+    routing is read back instead)."""
+    from .device import BOARD_CONFIGS, DeviceSetupError, engine_image
+    image, width = _schedule(model, board, lanes, None)
+    base = dict(board=board, lanes=lanes, vector_width=width, cycles=step_cycles(image),
+                weights=image.ternary_weights(), overhead=breakdown(image))
+    config = dataclasses.replace(BOARD_CONFIGS[board], lanes=lanes)
+    try:
+        engine_image(model, config)
+    except DeviceSetupError as error:
+        detail = str(error)
+        return Row(status="does not fit", detail=detail.split(": ", 1)[-1], **base)
+    out = work / f"{board}-l{lanes}"
+    if reuse and (out / REPORT_NAME).is_file():
+        report = json.loads((out / REPORT_NAME).read_text())
+        if (report.get("lanes") == lanes and report.get("routed", True) == route
+                and report.get("model", {}).get("hash") == f"{model_hash(image.load_words()):016x}"):
+            logger.info("%s, %d lanes: reusing %s", board, lanes, out / REPORT_NAME)
+            return row_from_report(model, report)
+    logger.info("%s, %d lanes: building in %s", board, lanes, out)
+    try:
+        result = build(board, model, lanes=lanes, out_dir=out, allow_timing_fail=True,
+                       seed=seed, force=True, model_path=model_path, command=command,
+                       place_only=not route, router="router2" if route else "router1")
+    except BuildError as error:
+        status = "does not fit" if "does not fit" in str(error) else "failed"
+        return Row(status=status, detail=str(error), **base)
+    return row_from_report(model, json.loads(result.report.read_text()))
+
+
+def limits(board: str, weights: int, packing: str, baud: int) -> dict[str, float]:
+    """The device's bounds for a model of ``weights`` ternary weights a token: lanes the LUTs
+    could hold (:data:`LUTS_PER_LANE`), weights the weight memories can deliver a cycle, the
+    tokens/s those allow at 100 MHz, and the UART's payload bytes/s (8N1), its weight-load
+    time and its rate of TOKEN frames (15 bytes: 7 of framing, 8 of payload;
+    docs/protocol.md)."""
+    device = DEVICES[board]
+    payload = baud / 10
+    per_cycle = device.weight_bits_per_cycle / PACKING_BITS[packing]
+    return {
+        "lut_lanes": device.luts / LUTS_PER_LANE,
+        "bram_weights_per_cycle": per_cycle,
+        "bram_tokens_per_s_100mhz": 100e6 * per_cycle / weights,
+        "uart_bytes_per_s": payload,
+        "uart_load_s": weights * PACKING_BITS[packing] / 8 / payload,
+        "uart_tokens_per_s": payload / 15,
+    }
+
+
+#: Published results (their numbers, cited): name, where, model, ternary weights a token (None:
+#: not stated where cited), tokens/s, clock, LUTs (None: not stated), source.
+PEERS = [
+    ("MatMul-free LM paper", "Intel D5005 (Stratix 10), DDR", "370M (projected)", 370e6, 62,
+     "60 MHz", None, "Zhu et al., arXiv:2406.02528; ../shared/MODEL.md"),
+    ("TerEffic, fully on chip", "several AMD FPGAs", "370M MatMul-free", 370e6, 16_300,
+     "", None, "Yin et al., arXiv:2502.16473v2"),
+    ("TeLLMe v2", "AMD KV260, 5 W", "BitNet-style 1.58-bit", None, 25, "", None,
+     "Qiao et al., arXiv:2510.15926 (v1, arXiv:2504.16266: 9 tokens/s at 7 W)"),
+    ("ZyboGPT", "Zybo Z7-10 (xc7z010), Vivado", "115K (98K ternary)", 98e3, 3_072, "150 MHz",
+     14_952, "github.com/mpai17/ZyboGPT (measured on the board)"),
+    ("Trinity v2.0.2", "XC7A100T, openXC7 (open tools)", "4 x 243-729-243 + head", None, 63,
+     "92 MHz", 7_400, "Vasilev, doi:10.5281/zenodo.18947017"),
+]
+# Trinity's ternary weights a token from its published dimensions: 4 blocks of 243 x 729 and
+# 729 x 243, and a 243 x 128 head.
+_TRINITY_WEIGHTS = 4 * 2 * 243 * 729 + 243 * 128
+PEERS[4] = PEERS[4][:3] + (_TRINITY_WEIGHTS,) + PEERS[4][4:]
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _fmt(value, spec: str = ",") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _describe(config) -> str:
+    return (f"d {config.hidden_size}, L {config.num_layers}, I {config.intermediate_size}, "
+            f"V {config.vocab_size}")
+
+
+def render_markdown(rows: list[Row], meta: dict) -> str:
+    """``docs/performance.md`` from the rows and the run's metadata (command, machine, date,
+    model, baud, packing)."""
+    lines = ["# Performance report", "",
+             f"Command: `{meta['command']}`", "",
+             f"Machine: {meta['machine']}", "",
+             f"Date: {meta['date']}", "",
+             "Models: " + "; ".join(f"{board}: `{m['file']}` ({m['config']})"
+                                    for board, m in meta["models"].items()), "",
+             "Fmax is nextpnr's: **routed** where the row says so, otherwise its estimate "
+             "after placement (`mmfree build --place-only`; on two cores nextpnr does not "
+             "finish routing the default-model ULX3S SoC in hours, docs/boards.md). Cycles "
+             "per token are the engine's schedule (docs/engine.md), which "
+             "tests/test_engine.py checks against the hardware's cycle counter for every "
+             "step; projected tokens/s = Fmax / cycles per token (greedy). Lane utilization = "
+             "(ternary weights per token / lanes) / cycles per token.", "",
+             "![LUTs, FFs, block RAM, DSPs, Fmax, cycles per token and projected tokens/s "
+             "against lanes](performance.png)", ""]
+    for board in dict.fromkeys(row.board for row in rows):
+        device = DEVICES[board]
+        board_rows = [row for row in rows if row.board == board]
+        lines += [f"## {device.label}", "",
+                  f"| lanes | status | Fmax (MHz) | {device.lut} | {device.ff} | "
+                  f"{device.bram} | {device.dsp} | cycles/token | utilization | "
+                  f"tokens/s (projected) | weights/s |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in board_rows:
+            if row.status == "built":
+                status = "routed" if row.routed else "placed"
+                fmax = f"{row.fmax_mhz:.2f}" if row.fmax_mhz else "—"
+            else:
+                status, fmax = f"{row.status}: {row.detail}", "—"
+            cells = [_fmt(row.used(bel)) if row.status == "built" else "—"
+                     for bel in (device.lut, device.ff, device.bram, device.dsp)]
+            lines.append(f"| {row.lanes} | {status} | {fmax} | {' | '.join(cells)} | "
+                         f"{row.cycles:,} | {row.utilization_pct:.1f}% | "
+                         f"{_fmt(row.tokens_per_s, ',.0f')} | {_si(row.weights_per_s)} |")
+        built = [row for row in board_rows if row.status == "built"]
+        commands = sorted({row.command for row in built if row.command})
+        if commands:
+            lines += ["", "Builds: " + "; ".join(f"`{c}`" for c in commands) + "."]
+        versions = next((row.tools for row in built if row.tools), None)
+        if versions:
+            lines += ["", "Tools: " + ", ".join(f"{name} {version}"
+                                               for name, version in versions.items()) + "."]
+        weights = board_rows[0].weights
+        lim = limits(board, weights, meta["packing"][board], meta["baud"][board])
+        largest = max(board_rows, key=lambda row: row.lanes)
+        overhead = largest.overhead or {}
+        lines += ["", "Physical limits of the device for this model "
+                  f"({weights:,} ternary weights a token):", "",
+                  f"- LUTs: {device.luts:,} LUT4 / {LUTS_PER_LANE} per lane = about "
+                  f"**{lim['lut_lanes']:,.0f} lanes**.",
+                  f"- Weight memory read bandwidth: {device.weight_memory} = "
+                  f"{device.weight_bits_per_cycle:,} bits a cycle = "
+                  f"**{lim['bram_weights_per_cycle']:,.0f} weights a cycle** at "
+                  f"{PACKING_BITS[meta['packing'][board]]} bits a weight: at most "
+                  f"{lim['bram_tokens_per_s_100mhz']:,.0f} tokens/s at 100 MHz.",
+                  f"- UART at {meta['baud'][board]:,} baud: {lim['uart_bytes_per_s']:,.0f} "
+                  f"payload bytes/s; the weights load in {lim['uart_load_s']:.1f} s; TOKEN "
+                  f"frames (15 bytes) cap generation at "
+                  f"**{lim['uart_tokens_per_s']:,.0f} tokens/s**.", "",
+                  f"Where the cycles of a token go at {largest.lanes} lanes "
+                  f"({largest.cycles:,} cycles, utilization {largest.utilization_pct:.1f}%):", "",
+                  "| part | cycles | share |", "|---|---:|---:|"]
+        for name, cycles in overhead.items():
+            lines.append(f"| {name} | {cycles:,} | {100 * cycles / largest.cycles:.1f}% |")
+        lines.append("")
+
+    ours = [row for row in rows if row.status == "built" and row.tokens_per_s]
+    lines += ["## Against published results", "",
+              "Their numbers as published (cited); ours measured as above. Weights/s = "
+              "ternary weights a token x tokens/s; for the 370M models it counts every "
+              "parameter (an upper bound on their ternary weights); where a source gives no "
+              "LUT count or model size the column is empty.", "",
+              "| design | device | model | tokens/s | clock | weights/s | LUTs | "
+              "weights/s per LUT | source |", "|---|---|---|---:|---|---:|---:|---:|---|"]
+    for row in ours:
+        device = DEVICES[row.board]
+        luts = row.used(device.lut)
+        kind = "post-route" if row.routed else "placement estimate"
+        lines.append(f"| **mmfree**, {row.lanes} lanes | {device.label}, Yosys + nextpnr | "
+                     f"{meta['models'][row.board]['config']} | {row.tokens_per_s:,.0f} | "
+                     f"{row.fmax_mhz:.1f} MHz ({kind}) | {_si(row.weights_per_s)} | "
+                     f"{_fmt(luts)} | {_si(row.weights_per_s / luts if luts else None)} | "
+                     f"this report |")
+    for name, where, model, weights, tokens, clock, luts, source in PEERS:
+        wps = weights * tokens if weights else None
+        lines.append(f"| {name} | {where} | {model} | {tokens:,} | {clock or '—'} | "
+                     f"{_si(wps)} | {_fmt(luts)} | "
+                     f"{_si(wps / luts if wps and luts else None)} | {source} |")
+    lines += ["", "## Against the targets (issue 7)", ""]
+    best = max(ours, key=lambda row: row.weights_per_s, default=None)
+    fast = [row for row in ours if row.fmax_mhz >= 100 and row.lanes >= 1024]
+    lines += [f"- At least 100 MHz post-route with at least 1024 lanes on the ULX3S-85F: "
+              f"**{'met' if fast and all(r.routed for r in fast) else 'not met'}**" +
+              (f"; the best built row is {best.lanes} lanes at {best.fmax_mhz:.2f} MHz "
+               f"({'routed' if best.routed else 'placement estimate'})." if best else "."),
+              f"- At least 50 G ternary weight-operations a second: "
+              f"**{'met' if best and best.weights_per_s >= 50e9 else 'not met'}**" +
+              (f"; best {_si(best.weights_per_s)} ({best.lanes} lanes)." if best else "."), ""]
+    return "\n".join(lines)
+
+
+def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
+    """``performance.png``: resources (share of the device), Fmax, cycles per token and
+    projected tokens/s against lanes, one line per board."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    (res, fmax), (cycles, tokens) = axes
+    for board in dict.fromkeys(row.board for row in rows):
+        device = DEVICES[board]
+        board_rows = sorted((row for row in rows if row.board == board), key=lambda r: r.lanes)
+        built = [row for row in board_rows if row.status == "built"]
+        lanes = [row.lanes for row in built]
+        for bel, total, label in ((device.lut, device.luts, "LUT"), (device.ff, device.ffs, "FF"),
+                                  (device.bram, device.brams, "block RAM"),
+                                  (device.dsp, device.dsps, "DSP")):
+            values = [100 * (row.used(bel) or 0) / total for row in built]
+            res.plot(lanes, values, marker="o", label=f"{board} {label}")
+        fmax.plot(lanes, [row.fmax_mhz for row in built], marker="o",
+                  label=f"{board} ({'routed' if built and all(r.routed for r in built) else 'placement estimate'})")
+        if built:
+            fmax.axhline(built[0].clock_mhz, linestyle=":", color="grey")
+        every = [row.lanes for row in board_rows]
+        cycles.plot(every, [row.cycles for row in board_rows], marker="o",
+                    label=f"{board} cycles/token")
+        cycles.plot(every, [row.weights / row.lanes for row in board_rows], linestyle="--",
+                    label=f"{board} lower bound (weights/lanes)")
+        tokens.plot(every, [100e6 / row.cycles for row in board_rows], linestyle="--",
+                    label=f"{board} at 100 MHz")
+        tokens.plot(lanes, [row.tokens_per_s for row in built], marker="o",
+                    label=f"{board} at its Fmax")
+        lim = limits(board, board_rows[0].weights, meta["packing"][board], meta["baud"][board])
+        tokens.axhline(lim["uart_tokens_per_s"], linestyle=":", color="red",
+                       label=f"{board} UART TOKEN frames")
+    res.axhline(100, color="black", linewidth=0.5)
+    fmax.axhline(100, linestyle="--", color="black", linewidth=0.5, label="100 MHz target")
+    for ax, title, ylabel in ((res, "Resources", "% of the device"),
+                              (fmax, "Fmax", "MHz"),
+                              (cycles, "Cycles per token (schedule)", "cycles"),
+                              (tokens, "Projected tokens/s", "tokens/s")):
+        ax.set_title(title)
+        ax.set_xlabel("lanes")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    every = [row.lanes for row in rows]
+    for ax in axes.flat:
+        ax.set_xlim(min(every) / 1.4, max(every) * 1.4)
+    for ax in axes.flat:
+        ax.set_xscale("log", base=2)
+    cycles.set_yscale("log")
+    tokens.set_yscale("log")
+    models = ", ".join(m["file"] for m in meta["models"].values())
+    fig.suptitle(f"mmfree: {models} — {meta['date']}", fontsize=10)
+    fig.text(0.5, 0.005, f"{meta['command']}", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(rows: list[Row], meta: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "performance.md", out / "performance.png", out / "performance.json"]
+    paths[0].write_text(render_markdown(rows, meta))
+    render_plot(rows, paths[1], meta)
+    paths[2].write_text(json.dumps({"meta": meta, "rows": [dataclasses.asdict(row)
+                                                           for row in rows]}, indent=1) + "\n")
+    return paths
+
+
+def run(args) -> int:
+    """``mmfree report`` (see :mod:`mmfree.tools.cli`); raises :class:`ReportError` with one line
+    for a bad argument and :class:`~mmfree.boards.toolchain.ToolchainError` if a tool is
+    missing."""
+    from .cli import default_model_path, load_any
+    from .device import BOARD_CONFIGS
+
+    out = Path(args.out)
+    if args.render_only:
+        data_path = out / "performance.json"
+        try:
+            data = json.loads(data_path.read_text())
+            rows = [Row(**row) for row in data["rows"]]
+            meta = data["meta"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ReportError(f"{data_path}: no report data to render ({error})") from None
+        for path in _write(rows, meta, out):
+            print(f"wrote {path}")
+        return 0
+    boards = args.board or ["ulx3s-85f"]
+    for board in boards:
+        if board not in BOARD_FAMILIES:
+            raise ReportError(f"unknown board {board!r}; choose from {', '.join(BOARD_FAMILIES)}")
+    lanes = args.lanes or LANES
+    for count in lanes:
+        if count <= 0 or count & (count - 1):
+            raise ReportError(f"lanes must be positive powers of two, not {count}")
+    model_paths = {board: args.model or default_model_path().with_name(f"{board}.safetensors")
+                   for board in boards}
+    models = {board: load_any(path) for board, path in model_paths.items()}
+    command = ["mmfree", *args.argv]
+    work = Path(args.work)
+    jobs = [(board, count) for board in boards for count in lanes]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda job: measure(
+            models[job[0]], job[0], job[1], work=work, route=args.route, reuse=args.reuse,
+            seed=args.seed, model_path=str(model_paths[job[0]]), command=command), jobs))
+    meta = {
+        "command": shlex.join(command), "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "models": {board: {"file": Path(str(model_paths[board])).name,
+                           "config": _describe(models[board].config)} for board in boards},
+        "packing": {board: BOARD_CONFIGS[board].packing for board in boards},
+        "baud": {board: BOARD_CONFIGS[board].baud for board in boards},
+        "tools": {board: tool_versions(BOARD_FAMILIES[board][0]) for board in boards},
+    }
+    for path in _write(rows, meta, out):
+        print(f"wrote {path}")
+    failed = [row for row in rows if row.status == "failed"]
+    for row in failed:
+        print(f"mmfree: {row.board}, {row.lanes} lanes: {row.detail}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
