@@ -44,8 +44,9 @@ class Engine(wiring.Component):
     Datapath (shared by every instruction): two beat readers (vector and norm weights, ``W``
     elements per transfer, ``W = image.width``) feed :class:`~mmfree.hw.normquant.NormQuant`
     (into the q buffer, or back into the vector memory for a stand-alone RMSNorm); the rows
-    of :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row per pass,
-    weights from ``tmem``) go through :class:`~mmfree.hw.requantizer.Requantizer`; three
+    of :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row a chunk, or
+    ``2**group`` short rows a chunk where the image groups them; weights from ``tmem``) go
+    through :class:`~mmfree.hw.requantizer.Requantizer`; three
     vector-memory element readers, a constant reader and an embedding reader feed the
     sigmoid/SiLU(/GELU) units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer
     stores results in the vector memory (an element, or a beat of ``W``). The schedule and
@@ -145,8 +146,9 @@ class Engine(wiring.Component):
         m.submodules.rcw = rcw = VectorReader(shape=unsigned(32 * W), addr_width=crow_bits)
 
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max)
+        groups = image.groups
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
-                                                     packing=image.packing)
+                                                     packing=image.packing, groups=groups)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
                                                      out_bits=ACT_BITS)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")
@@ -266,6 +268,14 @@ class Engine(wiring.Component):
         with m.If(nq.out.valid & ((op == Op.BITLINEAR) | (op == Op.HEAD))):
             m.d.comb += q_wr.en.eq(Const((1 << W) - 1, lanes) << q_count[:lane_bits]
                                    if lanes > W else (1 << W) - 1)
+            # Grouped rows: the beat goes into every segment of lanes >> g (the data is
+            # already repeated every W lanes, and W divides the segment).
+            for g in groups:
+                seg = lanes >> g
+                seg_bits = (seg - 1).bit_length()
+                with m.If(instr.group == g):
+                    mask = (Const((1 << W) - 1, seg) << q_count[:seg_bits])[:seg]
+                    m.d.comb += q_wr.en.eq(Cat(*[mask] * (1 << g)))
             m.d.sync += [q_count.eq(q_count + W), ymax.eq(nq.out.payload.ymax)]
 
         # --- ternary rows -> requantizer (-> residual add) -------------------------------
@@ -277,6 +287,8 @@ class Engine(wiring.Component):
         t_valid = Signal()
         t_last = Signal()
         t_addr = Signal(range(max(2, len(image.tmem))))
+        rows_left = Signal(16)        # rows not yet issued (grouped chunks)
+        t_rows = Signal(range(tern.max_rows))
         advance = ~t_valid | tern.inp.ready
         m.d.comb += [
             t_rd.addr.eq(t_addr), t_rd.en.eq(advance),
@@ -286,15 +298,23 @@ class Engine(wiring.Component):
             tern.inp.payload.q.eq(q_rd.data),
             tern.inp.payload.last.eq(t_last),
         ]
+        if groups:
+            m.d.comb += [tern.inp.payload.group.eq(instr.group),
+                         tern.inp.payload.rows.eq(t_rows)]
         with m.If(state == _State.TERN):
             m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
-                         rows_total.eq(instr.n_out * instr.chunks)]
+                         rows_total.eq(instr.issues), rows_left.eq(instr.n_out)]
         with m.Elif(advance):
             more = (state == _State.WAIT_T) & (issue != rows_total)
             m.d.sync += [t_valid.eq(more), t_last.eq(chunk == instr.chunks - 1)]
             with m.If(more):
                 m.d.sync += [issue.eq(issue + 1), t_addr.eq(t_addr + 1),
                              chunk.eq(Mux(chunk == instr.chunks - 1, 0, chunk + 1))]
+                for g in groups:
+                    with m.If(instr.group == g):
+                        per = 1 << g
+                        m.d.sync += [rows_left.eq(rows_left - per),
+                                     t_rows.eq(Mux(rows_left >= per, per - 1, rows_left - 1))]
 
         row_out = Signal(16)          # rows out of the ternary unit
         with m.If(state == _State.TERN):

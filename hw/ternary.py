@@ -6,11 +6,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from mmfree.hw.arith import carried
+
 from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
 from mmfree.sim.golden import accumulator_bits
 from mmfree.sim.packing import PACKINGS, pack_ternary
 
-__all__ = ["TernaryAccumulate", "ternary_chunks"]
+__all__ = ["TernaryAccumulate", "ternary_chunks", "grouped_chunk"]
 
 
 class TernaryAccumulate(wiring.Component):
@@ -33,6 +35,14 @@ class TernaryAccumulate(wiring.Component):
     Columns past the row's end must have zero weights (``pack_ternary`` pads with them); their
     activations are don't-care. Byte ``b`` of the chunk sits in bits ``[8b+7 : 8b]`` of ``w``.
 
+    **Grouped chunks.** Rows much shorter than the lanes would leave most of them idle and, in
+    the engine, most of the weight memory empty. With ``group = g`` (one of ``groups``, 0 for
+    the row chunks above) a chunk holds ``2**g`` rows of at most ``seg = lanes >> g`` columns
+    each, row ``m`` in lanes ``[m seg, (m+1) seg)`` with its activations (the same vector
+    repeated in every segment), and ``rows + 1`` of them are real (the rest zero weights): the
+    adder tree's level ``log2(seg)`` holds the rows' sums, which go out one per cycle in
+    order. Such a chunk is its row's last (``last`` is ignored).
+
     Datapath: the chunk is registered; each lane selects ``+q``, ``-q`` or 0 (a negation, no
     multiplier), registered;
     then a binary adder tree of ``log2(lanes)`` levels with a register after every second level
@@ -48,8 +58,11 @@ class TernaryAccumulate(wiring.Component):
     depend on ``out.ready`` combinationally.
 
     Latency: ``latency = ceil(log2(lanes) / 2) + 3`` cycles from the transfer of a row's last
-    chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256), with ``out.ready`` high.
-    Throughput: one chunk per cycle (``inp.ready`` stays high while ``out.ready`` is).
+    chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256), with ``out.ready`` high; row
+    ``m`` of a grouped chunk ``m`` cycles later. Throughput: one row per cycle: a chunk per
+    cycle (``inp.ready`` stays high while ``out.ready`` is), a grouped chunk of ``r`` rows per
+    ``r`` cycles (``inp.ready`` counts rows: high while at most ``latency`` are accepted and not
+    delivered).
 
     Parameters
     ----------
@@ -59,17 +72,23 @@ class TernaryAccumulate(wiring.Component):
         The longest row (input length); sets the accumulator width ``accumulator_bits(n)``.
     packing : str
         ``"2bit"`` (default) or ``"1.6bit"``, see ``docs/formats.md``.
+    groups : iterable of int
+        The groupings ``g`` (``1 <= g < log2(lanes)``) grouped chunks may use; each costs
+        ``2**g`` pipeline registers per stage between its tree level and the output.
 
     Members
     -------
-    inp : In(stream.Signature(StructLayout({"q": ..., "w": ..., "last": 1})))
+    inp : In(stream.Signature(StructLayout({"q": ..., "w": ..., "last": 1, "group": ...,
+                                            "rows": ...})))
         Chunks: ``q`` is ``ArrayLayout(signed(8), lanes)``, ``w`` is ``unsigned(w_bits)`` with
-        ``w_bits = 8 * chunk_bytes(lanes, packing)``.
+        ``w_bits = 8 * chunk_bytes(lanes, packing)``; ``group`` (0 or one of ``groups``) and
+        ``rows`` (real rows minus one, of a grouped chunk) exist when ``groups`` is not
+        empty.
     out : Out(stream.Signature(signed(accumulator_bits(n))))
         One sum per row, in row order.
     """
 
-    def __init__(self, *, lanes: int, n: int, packing: str = "2bit"):
+    def __init__(self, *, lanes: int, n: int, packing: str = "2bit", groups=()):
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
@@ -83,15 +102,25 @@ class TernaryAccumulate(wiring.Component):
             raise TypeError(f"n must be an integer, not {n!r}")
         if n <= 0:
             raise ValueError(f"n must be positive, not {n}")
+        groups = tuple(sorted(set(groups)))
+        for g in groups:
+            if not isinstance(g, int) or not 1 <= g < lanes.bit_length() - 1:
+                raise ValueError(f"groups must be integers from 1 to log2(lanes) - 1 = "
+                                 f"{lanes.bit_length() - 2}, not {g!r}")
         self._lanes = lanes
         self._n = n
         self._packing = packing
+        self._groups = groups
+        fields = {
+            "q":    data.ArrayLayout(signed(8), lanes),
+            "w":    unsigned(self.w_bits),
+            "last": 1,
+        }
+        if groups:
+            fields["group"] = range(max(groups) + 1)
+            fields["rows"] = range(1 << max(groups))
         super().__init__({
-            "inp": In(stream.Signature(data.StructLayout({
-                "q":    data.ArrayLayout(signed(8), lanes),
-                "w":    unsigned(self.w_bits),
-                "last": 1,
-            }))),
+            "inp": In(stream.Signature(data.StructLayout(fields))),
             "out": Out(stream.Signature(signed(self.acc_bits))),
         })
 
@@ -106,6 +135,15 @@ class TernaryAccumulate(wiring.Component):
     @property
     def packing(self) -> str:
         return self._packing
+
+    @property
+    def groups(self) -> tuple:
+        return self._groups
+
+    @property
+    def max_rows(self) -> int:
+        """Rows a chunk can hold: ``2**max(groups)`` (1 without groups)."""
+        return 1 << max(self._groups, default=0)
 
     @property
     def acc_bits(self) -> int:
@@ -128,19 +166,30 @@ class TernaryAccumulate(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.decoder = decoder = TernaryDecoder(lanes=self.lanes, packing=self.packing)
-        m.submodules.results = results = SyncFIFO(width=self.acc_bits, depth=self.latency + 1)
+        R = self.max_rows
+        # A result: the sums of a chunk's rows (one, for a row chunk) and how many minus one.
+        entry = data.StructLayout({"sums": data.ArrayLayout(signed(self.acc_bits), R),
+                                   "rows": range(R)})
+        m.submodules.results = results = SyncFIFO(width=entry.size,
+                                                  depth=self.latency + R)
 
         # Flow control: count rows accepted and not yet delivered.
-        pending = Signal(range(self.latency + 2))
+        pending = Signal(range(self.latency + R + 1))
         accept = self.inp.valid & self.inp.ready
         deliver = self.out.valid & self.out.ready
+        grouped = self.inp.payload.group != 0 if self._groups else 0
+        rows_in = Mux(grouped, self.inp.payload.rows + 1, self.inp.payload.last) \
+            if self._groups else self.inp.payload.last
         m.d.comb += self.inp.ready.eq(pending <= self.latency)
-        m.d.sync += pending.eq(pending + (accept & self.inp.payload.last) - deliver)
+        m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - deliver)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine).
         chunk = Signal.like(self.inp.payload, name="chunk")
         chunk_valid = Signal(name="chunk_valid")
         m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
+        # What travels with a chunk down the tree: its last flag, group and rows.
+        ctrl = data.StructLayout({"last": 1, "group": range(max(self._groups, default=0) + 1),
+                                  "rows": range(R)})
 
         # Stage 1: +q, -q or 0 per lane.
         m.d.comb += decoder.w.eq(chunk.w)
@@ -151,11 +200,15 @@ class TernaryAccumulate(wiring.Component):
             m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
             values.append(term)
         valid = Signal(name="valid0")
-        last = Signal(name="last0")
-        m.d.sync += [valid.eq(chunk_valid), last.eq(chunk.last)]
+        last = Signal(ctrl, name="ctrl0")
+        m.d.sync += [valid.eq(chunk_valid), last.last.eq(chunk.last)]
+        if self._groups:
+            m.d.sync += [last.group.eq(chunk.group), last.rows.eq(chunk.rows)]
 
-        # Adder tree, a register after every second level and after the last.
+        # Adder tree, a register after every second level and after the last. A grouping g
+        # taps level log2(lanes) - g (its 2**g segment sums), delayed to the output.
         levels = self.lanes.bit_length() - 1
+        taps, stage = {}, 0
         for level in range(1, levels + 1):
             registered = level % 2 == 0 or level == levels
             width = min(9 + level, self.acc_bits)
@@ -167,24 +220,51 @@ class TernaryAccumulate(wiring.Component):
                 sums.append(s)
             values = sums
             if registered:
-                valid_next, last_next = Signal(name=f"valid{level}"), Signal(name=f"last{level}")
+                stage += 1
+                valid_next, last_next = Signal(name=f"valid{level}"), Signal(ctrl, name=f"ctrl{level}")
                 m.d.sync += [valid_next.eq(valid), last_next.eq(last)]
                 valid, last = valid_next, last_next
+            if levels - level in self._groups:
+                taps[levels - level] = (values, stage)
+        final = stage
+        for g, (sums, stage) in taps.items():
+            taps[g] = [carried(m, s, final - stage, f"tap{g}_{k}_")[-1]
+                       if final > stage else s for k, s in enumerate(sums)]
 
         # Row accumulator; the total of a row goes into the result FIFO with its last chunk.
         first = Signal(init=1)
         acc = Signal(signed(self.acc_bits))
         total = Signal(signed(self.acc_bits))
         m.d.comb += total.eq(Mux(first, 0, acc) + values[0])
+        done = last.last | (last.group != 0)
         with m.If(valid):
-            m.d.sync += [acc.eq(total), first.eq(last)]
+            m.d.sync += [acc.eq(total), first.eq(done)]
+        written = Signal(entry)
+        m.d.comb += written.sums[0].eq(total)
+        with m.Switch(last.group):
+            for g, sums in taps.items():
+                with m.Case(g):
+                    m.d.comb += [written.sums[k].eq(s) for k, s in enumerate(sums)]
+                    m.d.comb += written.rows.eq(last.rows)
         m.d.comb += [
-            results.w_data.eq(total),
-            results.w_en.eq(valid & last),
-            self.out.valid.eq(results.r_rdy),
-            self.out.payload.eq(results.r_data),
-            results.r_en.eq(self.out.ready),
+            results.w_data.eq(written),
+            results.w_en.eq(valid & done),
         ]
+
+        # Out: the rows of the oldest result, one a cycle.
+        head = Signal(entry)
+        index = Signal(range(R))
+        m.d.comb += [
+            head.eq(results.r_data),
+            self.out.valid.eq(results.r_rdy),
+            self.out.payload.eq(head.sums[index]),
+        ]
+        with m.If(deliver):
+            with m.If(index == head.rows):
+                m.d.comb += results.r_en.eq(1)
+                m.d.sync += index.eq(0)
+            with m.Else():
+                m.d.sync += index.eq(index + 1)
         return m
 
 
@@ -209,3 +289,25 @@ def ternary_chunks(t_row, q_row, *, lanes: int, packing: str) -> list[dict]:
     return [{"q": [int(v) for v in q[c * lanes:(c + 1) * lanes]],
              "w": int.from_bytes(packed[c].tobytes(), "little"),
              "last": int(c == count - 1)} for c in range(count)]
+
+
+def grouped_chunk(t_rows, q_row, *, lanes: int, group: int, packing: str) -> dict:
+    """A grouped chunk for :class:`TernaryAccumulate`'s ``inp``: the rows of ``t_rows`` (at
+    most ``2**group``, each of ``len(q_row) <= lanes >> group`` weights) in segments of
+    ``lanes >> group`` lanes, zero-padded, packed as one row of ``lanes`` weights; ``q_row`` in
+    every segment."""
+    t_rows = np.asarray(t_rows, dtype=np.int8)
+    q_row = np.asarray(q_row, dtype=np.int8)
+    seg = lanes >> group
+    count, n = t_rows.shape
+    if not 1 <= count <= 1 << group or not 1 <= n <= seg or q_row.shape != (n,):
+        raise ValueError(f"{count} rows of {n} weights do not fit a group {group} chunk of "
+                         f"{lanes} lanes")
+    t = np.zeros((1 << group, seg), dtype=np.int8)
+    t[:count, :n] = t_rows
+    q = np.zeros(seg, dtype=np.int8)
+    q[:n] = q_row
+    packed = pack_ternary(t.reshape(1, lanes), packing)[0]
+    return {"q": [int(v) for v in np.tile(q, 1 << group)],
+            "w": int.from_bytes(packed.tobytes(), "little"), "last": 1, "group": group,
+            "rows": count - 1}

@@ -58,16 +58,19 @@ INSTR_FIELDS = [
     ("has_lb",    1, False),   # MLGRU_H: the layer has a lower bound (layers > 0)
     ("glu",       1, False),   # BITLINEAR: rows alternate gate/up; write act(gate) * up
     ("layer",     8, False),   # MLGRU_H/O: the layer (its state-valid flag)
-    ("src",      20, False),   # vmem addresses
-    ("dst",      20, False),
-    ("aux",      20, False),
+    ("src",      18, False),   # vmem addresses
+    ("dst",      18, False),
+    ("aux",      18, False),
     ("n_in",     16, False),   # input length (BITLINEAR/HEAD/NORM) or vector length
     ("n_out",    16, False),   # rows (BITLINEAR/HEAD)
-    ("cbase",    24, False),   # cmem address of the norm weights (or lower bounds)
+    ("cbase",    22, False),   # cmem address of the norm weights (or lower bounds)
     ("eps",      61, False),   # RMSNorm constants
     ("out_shift", 6, False),
     ("tbase",    24, False),   # tmem row of the first chunk
-    ("chunks",   16, False),   # chunks per row: ceil(n_in / lanes)
+    ("chunks",   16, False),   # chunks per row: ceil(n_in / lanes) (1 when grouped)
+    ("group",     3, False),   # grouped chunks: 2**group rows of lanes >> group lanes each
+    ("issues",   16, False),   # chunks the instruction reads: rows * chunks, or
+                               # ceil(rows / 2**group) grouped
     ("m",        15, False),   # requantizer multiplier and shift
     ("k",         6, False),
     ("frac_a",    5, False),   # sigmoid/SiLU input formats
@@ -176,21 +179,46 @@ class EngineImage:
                 "out_shift": self._check(f"{what}: RMSNorm out_shift",
                                          30 + nc.w_frac - nc.f_out, 0, 63)}
 
-    def _ternary(self, T: np.ndarray) -> tuple[int, int]:
+    def group_of(self, n: int) -> int:
+        """The grouping of rows of ``n`` weights: ``g`` such that ``2**g`` rows share a chunk
+        in segments of ``lanes >> g >= n`` lanes (0: one row a chunk). A segment is at least
+        the normalize/quantize path's ``width`` (the q buffer is written ``width`` elements a
+        beat, the same beat into every segment) and ``g`` at most 7."""
+        g = 0
+        while g < 7 and self.lanes >> (g + 1) >= max(n, self.width):
+            g += 1
+        return g
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The groupings the program uses (the ternary unit's taps)."""
+        return tuple(sorted({instr["group"] for instr in self.program if instr["group"]}))
+
+    def _ternary(self, T: np.ndarray) -> dict:
         rows, n = T.shape
-        chunks = -(-n // self.lanes)
-        t = np.zeros((rows, chunks * self.lanes), dtype=np.int8)
-        t[:, :n] = T
-        packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.packing)
-        base = len(self._tmem)
+        g = self.group_of(n)
+        if g:
+            # 2**g rows a chunk, row m of a chunk in lanes [m seg, m seg + n).
+            per, seg = 1 << g, self.lanes >> g
+            count = -(-rows // per)
+            t = np.zeros((count * per, seg), dtype=np.int8)
+            t[:rows, :n] = T
+            packed = pack_ternary(t.reshape(count, self.lanes), self.packing)
+            fields = {"chunks": 1, "group": g, "issues": count}
+        else:
+            chunks = -(-n // self.lanes)
+            t = np.zeros((rows, chunks * self.lanes), dtype=np.int8)
+            t[:, :n] = T
+            packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.packing)
+            fields = {"chunks": chunks, "group": 0, "issues": rows * chunks}
+        fields["tbase"] = len(self._tmem)
         self._tmem.extend(int.from_bytes(row.tobytes(), "little") for row in packed)
-        return base, chunks
+        return fields
 
     def _bitlinear(self, bl: golden.BitLinearConst, what: str, src: int, dst: int = 0,
                    **extra) -> dict:
-        tbase, chunks = self._ternary(bl.T)
         instr = {"op": Op.BITLINEAR, "src": src, "dst": dst, "n_in": bl.T.shape[1],
-                 "n_out": bl.T.shape[0], "tbase": tbase, "chunks": chunks, "m": bl.m,
+                 "n_out": bl.T.shape[0], **self._ternary(bl.T), "m": bl.m,
                  "k": self._check(f"{what}: requantizer shift k", bl.k, 1, 63),
                  **self._norm_fields(bl.norm, what)}
         instr.update(extra)

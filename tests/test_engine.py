@@ -132,11 +132,16 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):
 
 
 @pytest.mark.parametrize("act, lanes, temperature", [
-    ("silu", 4, 0.0), ("gelu", 8, 0.8),
-], ids=["silu-l4-greedy", "gelu-l8-sampled"])
+    ("silu", 4, 0.0), ("gelu", 8, 0.8), ("silu", 64, 0.8),
+], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled"])
 def test_engine_amaranth(act, lanes, temperature):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
-    state after every step, and the cycle count of every step."""
+    state after every step, and the cycle count of every step. At 64 lanes the rows are
+    grouped: four rows of d a chunk, two of I (down_proj)."""
+    if lanes == 64:
+        image = EngineImage(_tiny(act), lanes)
+        assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
+                (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7)
 
 
@@ -148,6 +153,9 @@ COCOTB = [
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
     # written whole by the load port).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit"),
+    # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
+    # 75 rows end in a chunk of three.
+    ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     ("ulx3s-85f-l128", str(MODELS / "ulx3s-85f.safetensors"), 128, 32, None,

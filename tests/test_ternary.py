@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from mmfree.hw.ternary import TernaryAccumulate, ternary_chunks
+from mmfree.hw.ternary import TernaryAccumulate, grouped_chunk, ternary_chunks
 from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
 from mmfree.sim.golden import accumulator_bits, ternary_accumulate
 from mmfree.sim.packing import pack_ternary, unpack_ternary
@@ -180,6 +180,102 @@ def test_sim_matches_golden(lanes, n, packing, gap, ready):
         assert inp_cycles == list(range(inp_cycles[0], inp_cycles[0] + len(chunks))), where
         latencies = {o - i for i, o in zip(last_cycles, out_cycles)}
         assert latencies == {dut.latency}, f"{where}: latencies {latencies}"
+
+
+@pytest.mark.parametrize("lanes, groups, packing", [
+    (16, (1, 2, 3), "2bit"), (32, (2,), "1.6bit"), (64, (1, 3), "1.6bit")])
+@pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
+def test_grouped_chunks(lanes, groups, packing, gap, ready):
+    """Grouped chunks (several short rows a chunk) mixed with row chunks: every row's sum
+    equals the golden model, in order; at full rate one row a cycle, row ``m`` of a chunk
+    ``latency + m`` cycles after it."""
+    seed = zlib.crc32(f"{lanes}-{groups}-{packing}-{gap}".encode())
+    where = f"lanes {lanes}, groups {groups}, packing {packing}, gap {gap}, seed {seed}"
+    rng = np.random.default_rng(seed)
+    traffic = random.Random(seed)
+    n = 3 * lanes
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups)
+    layout = dut.inp.payload.shape()
+    chunks, expected, source_of = [], [], []     # source_of: (chunk, row in it) of each row
+    for _ in range(120):
+        g = int(rng.choice((0,) + groups))
+        if g == 0:
+            length = int(rng.integers(1, n + 1))
+            t = rng.integers(-1, 2, length).astype(np.int8)
+            q = rng.integers(-127, 128, length).astype(np.int8)
+            chunks += [dict(c, group=0, rows=0)
+                       for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
+            expected.append(int(ternary_accumulate(t[None, :], q)[0]))
+            source_of.append((len(chunks) - 1, 0))
+            continue
+        count = int(rng.integers(1, (1 << g) + 1))
+        length = int(rng.integers(1, (lanes >> g) + 1))
+        t = rng.integers(-1, 2, (count, length)).astype(np.int8)
+        q = rng.integers(-127, 128, length).astype(np.int8)
+        if rng.random() < 0.2:
+            t[:], q[:] = 1, 127      # the largest sums a segment holds
+        chunks.append(grouped_chunk(t, q, lanes=lanes, group=g, packing=packing))
+        expected += [int(v) for v in ternary_accumulate(t, q)]
+        source_of += [(len(chunks) - 1, k) for k in range(count)]
+    got, in_cycles, out_cycles = [], [], []
+
+    async def source(ctx):
+        for chunk in chunks:
+            while traffic.random() < gap:
+                ctx.set(dut.inp.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.inp.valid, 1)
+            ctx.set(dut.inp.payload, layout.const(chunk))
+            await ctx.tick().until(dut.inp.ready)
+        ctx.set(dut.inp.valid, 0)
+
+    async def sink(ctx):
+        cycle = 0
+        while len(got) < len(expected):
+            accept = traffic.random() < ready
+            ctx.set(dut.out.ready, accept)
+            _, _, valid, payload, in_valid, in_ready = await ctx.tick().sample(
+                dut.out.valid, dut.out.payload, dut.inp.valid, dut.inp.ready)
+            if valid and accept:
+                got.append(payload)
+                out_cycles.append(cycle)
+            if in_valid and in_ready:
+                in_cycles.append(cycle)
+            cycle += 1
+            assert cycle < 40 * len(chunks) + 100, f"{where}: stuck"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == expected, where
+    if gap == 0.0 and ready == 1.0:
+        # Row m of a chunk leaves latency + m cycles after the chunk, or the cycle after the
+        # row before it, whichever is later.
+        want = []
+        for chunk, row in source_of:
+            earliest = in_cycles[chunk] + dut.latency + row
+            want.append(max(earliest, want[-1] + 1) if want else earliest)
+        assert out_cycles == want, where
+        # Holding a chunk back never costs a row: where the rows pause, the chunk of the
+        # row after the pause went in right after the chunk before it.
+        for i in range(1, len(got)):
+            chunk = source_of[i][0]
+            if out_cycles[i] > out_cycles[i - 1] + 1 and chunk > 0:
+                assert in_cycles[chunk] == in_cycles[chunk - 1] + 1, (where, i)
+
+
+def test_grouped_chunk_format():
+    t = np.array([[1, -1, 0], [0, 1, 1]], np.int8)
+    chunk = grouped_chunk(t, [5, 6, 7], lanes=8, group=1, packing="2bit")
+    assert chunk["q"] == [5, 6, 7, 0, 5, 6, 7, 0] and (chunk["group"], chunk["rows"]) == (1, 1)
+    packed = np.array([[chunk["w"] >> 8 * b & 0xFF for b in range(2)]], np.uint8)
+    assert unpack_ternary(packed, 8, "2bit")[0].tolist() == [1, -1, 0, 0, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="3 rows of 3 weights do not fit a group 1 chunk"):
+        grouped_chunk(np.zeros((3, 3)), [0, 0, 0], lanes=8, group=1, packing="2bit")
+    with pytest.raises(ValueError, match="groups must be integers from 1 to log2"):
+        TernaryAccumulate(lanes=8, n=8, groups=(3,))
 
 
 # --- Verilog, Verilator, cocotb ----------------------------------------------------------------

@@ -446,11 +446,14 @@ def run(args) -> int:
     models = {board: load_any(path) for board, path in model_paths.items()}
     command = ["mmfree", *args.argv]
     work = Path(args.work)
-    jobs = [(board, count) for board in boards for count in lanes]
+    # The largest builds first (they take longest); the report lists lanes in order.
+    jobs = sorted({(board, count) for board in boards for count in lanes},
+                  key=lambda job: (-job[1], job[0]))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda job: measure(
             models[job[0]], job[0], job[1], work=work, route=args.route, reuse=args.reuse,
             seed=args.seed, model_path=str(model_paths[job[0]]), command=command), jobs))
+    rows.sort(key=lambda row: (boards.index(row.board), row.lanes))
     meta = {
         "command": shlex.join(command), "machine": machine(),
         "date": datetime.date.today().isoformat(),
