@@ -105,3 +105,38 @@ def test_place_only_cannot_program(tmp_path):
     with pytest.raises(board_build.BuildError, match="no bitstream to program"):
         board_build.build("ulx3s-85f", model, out_dir=tmp_path / "b", place_only=True,
                           program=True)
+
+
+def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
+    """A build that fails (here: refused by nextpnr as too large, raised in place of running
+    the tools) leaves its row in the build directory; ``--reuse`` reads it back, a rebuild
+    replaces it."""
+    from mmfree.sim.model import ModelConfig, random_model
+    model = random_model(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1,
+                                     intermediate_size=16), seed=1)
+    calls = []
+
+    def too_large(*args, **kwargs):
+        calls.append(kwargs["out_dir"])
+        kwargs["out_dir"].mkdir(parents=True, exist_ok=True)
+        raise board_build.BuildError("the design does not fit the icebreaker: "
+                                     "ICESTORM_LC 121845/5280 (log: top.tim)")
+    monkeypatch.setattr(report, "build", too_large)
+    first = report.measure(model, "icebreaker", 8, work=tmp_path, command=["mmfree", "report"])
+    assert (first.status, first.lanes, first.board) == ("does not fit", 8, "icebreaker")
+    assert "ICESTORM_LC 121845/5280" in first.detail and len(calls) == 1
+    assert report.measure(model, "icebreaker", 8, work=tmp_path, reuse=True) == first
+    assert len(calls) == 1
+    report.measure(model, "icebreaker", 8, work=tmp_path)          # no --reuse: built again
+    assert len(calls) == 2
+    other = random_model(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1,
+                                     intermediate_size=16), seed=2)
+    report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True)   # another model
+    assert len(calls) == 3
+
+
+def test_lanes_for_one_board(tmp_path, capsys):
+    status = cli.main(["report", "--out", str(tmp_path), "--lanes", "icebreaker:64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_USAGE and len(err) == 1, err
+    assert "--lanes icebreaker:64: 'icebreaker' is not a --board of this report" in err[0]

@@ -561,8 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "physical limits and published results to compare with.")
     p.add_argument("--board", action="append", choices=boards, default=None,
                    help="a board to sweep (repeat for several; default: ulx3s-85f)")
-    p.add_argument("--lanes", type=int, nargs="+", default=None,
-                   help="lane counts, powers of two (default: 16 32 ... 1024)")
+    p.add_argument("--lanes", nargs="+", default=None, metavar="[BOARD:]N",
+                   help="lane counts, powers of two, for every board, or BOARD:N for one "
+                        "(default: 16 32 ... 1024)")
     p.add_argument("--model", default=None,
                    help="model file (default: the shipped model of each board)")
     p.add_argument("--out", default="docs", help="where the report is written")

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Lane counts swept by default (a power of two each, as the engine needs).
 LANES = [16, 32, 64, 128, 256, 512, 1024]
+#: Written in a build directory whose build failed (the row, for ``--reuse``).
+FAILED_NAME = "report-row.json"
 
 
 class ReportError(Exception):
@@ -165,20 +167,34 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
         detail = str(error)
         return Row(status="does not fit", detail=detail.split(": ", 1)[-1], **base)
     out = work / f"{board}-l{lanes}"
-    if reuse and (out / REPORT_NAME).is_file():
-        report = json.loads((out / REPORT_NAME).read_text())
-        if (report.get("lanes") == lanes and report.get("routed", True) == route
-                and report.get("model", {}).get("hash") == f"{model_hash(image.load_words()):016x}"):
-            logger.info("%s, %d lanes: reusing %s", board, lanes, out / REPORT_NAME)
-            return row_from_report(model, report)
+    key = {"hash": f"{model_hash(image.load_words()):016x}", "lanes": lanes, "routed": route}
+    if reuse:
+        if (out / REPORT_NAME).is_file():
+            report = json.loads((out / REPORT_NAME).read_text())
+            if key == {"hash": report.get("model", {}).get("hash"),
+                       "lanes": report.get("lanes"), "routed": report.get("routed", True)}:
+                logger.info("%s, %d lanes: reusing %s", board, lanes, out / REPORT_NAME)
+                return row_from_report(model, report)
+        if (out / FAILED_NAME).is_file():
+            failed = json.loads((out / FAILED_NAME).read_text())
+            if failed.get("key") == key:
+                logger.info("%s, %d lanes: reusing %s", board, lanes, out / FAILED_NAME)
+                return Row(status=failed["status"], detail=failed["detail"],
+                           command=failed["command"], **base)
     logger.info("%s, %d lanes: building in %s", board, lanes, out)
+    (out / FAILED_NAME).unlink(missing_ok=True)
     try:
         result = build(board, model, lanes=lanes, out_dir=out, allow_timing_fail=True,
                        seed=seed, force=True, model_path=model_path, command=command,
                        place_only=not route, router="router2" if route else "router1")
     except BuildError as error:
         status = "does not fit" if "does not fit" in str(error) else "failed"
-        return Row(status=status, detail=str(error), **base)
+        # Kept for --reuse: a build that does not fit fails the same way next time.
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FAILED_NAME).write_text(json.dumps({
+            "key": key, "status": status, "detail": str(error),
+            "command": shlex.join(command or [])}, indent=1) + "\n")
+        return Row(status=status, detail=str(error), command=shlex.join(command or []), **base)
     return row_from_report(model, json.loads(result.report.read_text()))
 
 
@@ -437,18 +453,25 @@ def run(args) -> int:
     for board in boards:
         if board not in BOARD_FAMILIES:
             raise ReportError(f"unknown board {board!r}; choose from {', '.join(BOARD_FAMILIES)}")
-    lanes = args.lanes or LANES
-    for count in lanes:
+    jobs = set()
+    for item in args.lanes or [str(count) for count in LANES]:
+        board, _, count = item.rpartition(":")
+        if board and board not in boards:
+            raise ReportError(f"--lanes {item}: {board!r} is not a --board of this report")
+        try:
+            count = int(count)
+        except ValueError:
+            count = 0
         if count <= 0 or count & (count - 1):
-            raise ReportError(f"lanes must be positive powers of two, not {count}")
+            raise ReportError(f"lanes must be positive powers of two, not {item}")
+        jobs |= {(b, count) for b in ([board] if board else boards)}
     model_paths = {board: args.model or default_model_path().with_name(f"{board}.safetensors")
                    for board in boards}
     models = {board: load_any(path) for board, path in model_paths.items()}
     command = ["mmfree", *args.argv]
     work = Path(args.work)
     # The largest builds first (they take longest); the report lists lanes in order.
-    jobs = sorted({(board, count) for board in boards for count in lanes},
-                  key=lambda job: (-job[1], job[0]))
+    jobs = sorted(jobs, key=lambda job: (-job[1], job[0]))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda job: measure(
             models[job[0]], job[0], job[1], work=work, route=args.route, reuse=args.reuse,
