@@ -189,6 +189,35 @@ def _placement_fmax(log: Path) -> dict[str, float]:
                          log.read_text(errors="replace"))}
 
 
+def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
+               poll: float = 5.0) -> subprocess.CompletedProcess:
+    """Run the build script; stop it as soon as nextpnr's log reports a device utilization
+    over 100% (nextpnr-ecp5 goes on placing such a design for a long time before it fails),
+    so that the caller reports it as not fitting (:func:`_over_capacity`)."""
+    import signal
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
+                                   text=True, start_new_session=True)
+        while True:
+            try:
+                returncode = process.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                if _over_capacity(log):
+                    os.killpg(process.pid, signal.SIGTERM)
+                    returncode = process.wait()
+                    err.write(f"\nstopped: {_over_capacity(log)} is over the device\n")
+                    break
+            except BaseException:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait()
+                raise
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
+
+
 def _over_capacity(log: Path) -> str:
     """nextpnr's device utilization lines over 100%, as ``"MULT18X18D 194/156"``."""
     if not log.is_file() or log.suffix != ".tim":
@@ -245,8 +274,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         (out_dir / stale).unlink(missing_ok=True)
     logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
     start = time.monotonic()
-    result = subprocess.run(["sh", f"{plan.script}.sh"], cwd=out_dir, env=env,
-                            capture_output=True, text=True)
+    result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim")
     seconds = time.monotonic() - start
     (out_dir / "build.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:

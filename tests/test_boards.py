@@ -190,6 +190,26 @@ def test_over_capacity_is_read_from_the_nextpnr_log(tmp_path):
     assert board_build._over_capacity(log) == "MULT18X18D 194/156"
 
 
+def test_tools_are_stopped_when_the_design_is_over_the_device(tmp_path):
+    """nextpnr-ecp5 goes on placing a design over 100% of a resource; the build stops it as
+    soon as its log says so (here a script that writes such a log, then would sleep a minute)."""
+    import time
+    log = tmp_path / "top.tim"
+    script = tmp_path / "build.sh"
+    script.write_text(f"echo 'Info: \t        TRELLIS_COMB:  101050/  83640   120%' > {log}\n"
+                      f"echo placing\nsleep 60\n")
+    start = time.monotonic()
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, log, poll=0.2)
+    assert time.monotonic() - start < 20
+    assert result.returncode != 0 and result.stdout == "placing\n"
+    assert "stopped: TRELLIS_COMB 101050/83640 is over the device" in result.stderr
+    # A script that finishes on its own: its status and output, untouched.
+    script.write_text("echo done; exit 3\n")
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, tmp_path / "x.tim",
+                                    poll=0.2)
+    assert (result.returncode, result.stdout) == (3, "done\n")
+
+
 def test_build_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["build", "--help"])
