@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -250,9 +251,36 @@ def _fmt(value, spec: str = ",") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _short(detail: str) -> str:
+    """A failure's detail without what the status column says and the log's path."""
+    detail = re.sub(r"^the (design|model) does not fit the [\w-]+: ", "", detail)
+    return re.sub(r" \(log: [^)]*\)$", "", detail)
+
+
 def _describe(config) -> str:
     return (f"d {config.hidden_size}, L {config.num_layers}, I {config.intermediate_size}, "
             f"V {config.vocab_size}")
+
+
+def _lut_slope(rows: list[Row], device: Device) -> str:
+    """What a lane costs in this design: the LUT difference between the smallest and the
+    largest built (or over-the-device) rows, per lane."""
+    points = []
+    for row in rows:
+        used = row.used(device.lut)
+        if used is None and row.status == "does not fit":
+            match = re.search(rf"{device.lut} (\d+)/", row.detail)
+            used = int(match[1]) if match else None
+        if used is not None:
+            points.append((row.lanes, used))
+    if len(points) < 2:
+        return ""
+    (l0, u0), (l1, u1) = min(points), max(points)
+    slope = (u1 - u0) / (l1 - l0)
+    return (f" This design measures {slope:,.1f} {device.lut} a lane ({u0:,} at {l0} lanes, "
+            f"{u1:,} at {l1}): the 1.6-bit weight decoder, the lane's +q/-q/0 select and its "
+            f"share of the adder tree and of the q buffer; at that rate the device holds "
+            f"about {(device.luts - (u0 - slope * l0)) / slope:,.0f} lanes.")
 
 
 def render_markdown(rows: list[Row], meta: dict) -> str:
@@ -286,7 +314,7 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                 status = "routed" if row.routed else "placed"
                 fmax = f"{row.fmax_mhz:.2f}" if row.fmax_mhz else "—"
             else:
-                status, fmax = f"{row.status}: {row.detail}", "—"
+                status, fmax = f"{row.status}: {_short(row.detail)}", "—"
             cells = [_fmt(row.used(bel)) if row.status == "built" else "—"
                      for bel in (device.lut, device.ff, device.bram, device.dsp)]
             lines.append(f"| {row.lanes} | {status} | {fmax} | {' | '.join(cells)} | "
@@ -302,12 +330,14 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                                                for name, version in versions.items()) + "."]
         weights = board_rows[0].weights
         lim = limits(board, weights, meta["packing"][board], meta["baud"][board])
-        largest = max(board_rows, key=lambda row: row.lanes)
+        # The overhead at 1024 lanes (the issue's target), or at the largest row below it.
+        largest = max((row for row in board_rows if row.lanes <= 1024),
+                      key=lambda row: row.lanes, default=board_rows[-1])
         overhead = largest.overhead or {}
         lines += ["", "Physical limits of the device for this model "
                   f"({weights:,} ternary weights a token):", "",
                   f"- LUTs: {device.luts:,} LUT4 / {LUTS_PER_LANE} per lane = about "
-                  f"**{lim['lut_lanes']:,.0f} lanes**.",
+                  f"**{lim['lut_lanes']:,.0f} lanes**." + _lut_slope(board_rows, device),
                   f"- Weight memory read bandwidth: {device.weight_memory} = "
                   f"{device.weight_bits_per_cycle:,} bits a cycle = "
                   f"**{lim['bram_weights_per_cycle']:,.0f} weights a cycle** at "
