@@ -188,7 +188,7 @@ class TernaryAccumulate(wiring.Component):
         chunk_valid = Signal(name="chunk_valid")
         m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
         # What travels with a chunk down the tree: its last flag, group and rows.
-        ctrl = data.StructLayout({"last": 1, "group": range(max(self._groups, default=0) + 1),
+        ctrl_layout = data.StructLayout({"last": 1, "group": range(max(self._groups, default=0) + 1),
                                   "rows": range(R)})
 
         # Stage 1: +q, -q or 0 per lane.
@@ -200,10 +200,10 @@ class TernaryAccumulate(wiring.Component):
             m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
             values.append(term)
         valid = Signal(name="valid0")
-        last = Signal(ctrl, name="ctrl0")
-        m.d.sync += [valid.eq(chunk_valid), last.last.eq(chunk.last)]
+        ctrl = Signal(ctrl_layout, name="ctrl0")
+        m.d.sync += [valid.eq(chunk_valid), ctrl.last.eq(chunk.last)]
         if self._groups:
-            m.d.sync += [last.group.eq(chunk.group), last.rows.eq(chunk.rows)]
+            m.d.sync += [ctrl.group.eq(chunk.group), ctrl.rows.eq(chunk.rows)]
 
         # Adder tree, a register after every second level and after the last. A grouping g
         # taps level log2(lanes) - g (its 2**g segment sums), delayed to the output.
@@ -221,9 +221,10 @@ class TernaryAccumulate(wiring.Component):
             values = sums
             if registered:
                 stage += 1
-                valid_next, last_next = Signal(name=f"valid{level}"), Signal(ctrl, name=f"ctrl{level}")
-                m.d.sync += [valid_next.eq(valid), last_next.eq(last)]
-                valid, last = valid_next, last_next
+                valid_next = Signal(name=f"valid{level}")
+                ctrl_next = Signal(ctrl_layout, name=f"ctrl{level}")
+                m.d.sync += [valid_next.eq(valid), ctrl_next.eq(ctrl)]
+                valid, ctrl = valid_next, ctrl_next
             if levels - level in self._groups:
                 taps[levels - level] = (values, stage)
         final = stage
@@ -236,16 +237,16 @@ class TernaryAccumulate(wiring.Component):
         acc = Signal(signed(self.acc_bits))
         total = Signal(signed(self.acc_bits))
         m.d.comb += total.eq(Mux(first, 0, acc) + values[0])
-        done = last.last | (last.group != 0)
+        done = ctrl.last | (ctrl.group != 0)
         with m.If(valid):
             m.d.sync += [acc.eq(total), first.eq(done)]
         written = Signal(entry)
         m.d.comb += written.sums[0].eq(total)
-        with m.Switch(last.group):
+        with m.Switch(ctrl.group):
             for g, sums in taps.items():
                 with m.Case(g):
                     m.d.comb += [written.sums[k].eq(s) for k, s in enumerate(sums)]
-                    m.d.comb += written.rows.eq(last.rows)
+                    m.d.comb += written.rows.eq(ctrl.rows)
         m.d.comb += [
             results.w_data.eq(written),
             results.w_en.eq(valid & done),
