@@ -188,8 +188,9 @@ class TernaryAccumulate(wiring.Component):
         chunk_valid = Signal(name="chunk_valid")
         m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
         # What travels with a chunk down the tree: its last flag, group and rows.
-        ctrl_layout = data.StructLayout({"last": 1, "group": range(max(self._groups, default=0) + 1),
-                                  "rows": range(R)})
+        ctrl_layout = data.StructLayout({"last": 1,
+                                         "group": range(max(self._groups, default=0) + 1),
+                                         "rows": range(R)})
 
         # Stage 1: +q, -q or 0 per lane.
         m.d.comb += decoder.w.eq(chunk.w)
