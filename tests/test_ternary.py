@@ -118,6 +118,22 @@ def _sim_rows(lanes, n, count, rng):
     return rows
 
 
+def _chunk_source(dut, chunks, gap, traffic):
+    """A testbench sending ``chunks`` to ``dut.inp``, pausing with probability ``gap``."""
+    layout = dut.inp.payload.shape()
+
+    async def source(ctx):
+        for chunk in chunks:
+            while traffic.random() < gap:
+                ctx.set(dut.inp.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.inp.valid, 1)
+            ctx.set(dut.inp.payload, layout.const(chunk))
+            await ctx.tick().until(dut.inp.ready)
+        ctx.set(dut.inp.valid, 0)
+    return source
+
+
 @pytest.mark.parametrize("lanes, n, packing", [
     (16, 40, "2bit"), (16, 48, "1.6bit"), (4, 9, "2bit"), (1, 3, "1.6bit"),
 ], ids=["l16-n40-2bit", "l16-n48-1.6bit", "l4-n9-2bit", "l1-n3-1.6bit"])
@@ -130,21 +146,12 @@ def test_sim_matches_golden(lanes, n, packing, gap, ready):
     rng = np.random.default_rng(seed)
     traffic = random.Random(seed)
     dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing)
-    layout = dut.inp.payload.shape()
     rows = _sim_rows(lanes, n, 150, rng)
     chunks = [c for t, q in rows for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
     expected = [int(ternary_accumulate(t[None, :], q)[0]) for t, q in rows]
     got, inp_cycles, last_cycles, out_cycles = [], [], [], []
 
-    async def source(ctx):
-        for chunk in chunks:
-            while traffic.random() < gap:
-                ctx.set(dut.inp.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.inp.valid, 1)
-            ctx.set(dut.inp.payload, layout.const(chunk))
-            await ctx.tick().until(dut.inp.ready)
-        ctx.set(dut.inp.valid, 0)
+    source = _chunk_source(dut, chunks, gap, traffic)
 
     async def sink(ctx):
         held = None
@@ -195,7 +202,6 @@ def test_grouped_chunks(lanes, groups, packing, gap, ready):
     traffic = random.Random(seed)
     n = 3 * lanes
     dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups)
-    layout = dut.inp.payload.shape()
     chunks, expected, source_of = [], [], []     # source_of: (chunk, row in it) of each row
     for _ in range(120):
         g = int(rng.choice((0,) + groups))
@@ -219,15 +225,7 @@ def test_grouped_chunks(lanes, groups, packing, gap, ready):
         source_of += [(len(chunks) - 1, k) for k in range(count)]
     got, in_cycles, out_cycles = [], [], []
 
-    async def source(ctx):
-        for chunk in chunks:
-            while traffic.random() < gap:
-                ctx.set(dut.inp.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.inp.valid, 1)
-            ctx.set(dut.inp.payload, layout.const(chunk))
-            await ctx.tick().until(dut.inp.ready)
-        ctx.set(dut.inp.valid, 0)
+    source = _chunk_source(dut, chunks, gap, traffic)
 
     async def sink(ctx):
         cycle = 0
