@@ -22,7 +22,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import re
 import shlex
 import sys
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..boards.build import BOARD_FAMILIES, REPORT_NAME, BuildError, build, tool_versions
-from ..boards.capacity import BOARDS
 from ..sim import golden
 from ..sim.engine import EngineImage, step_cycles
 from ..sim.protocol import model_hash
@@ -229,13 +227,12 @@ PEERS = [
      "Qiao et al., arXiv:2510.15926 (v1, arXiv:2504.16266: 9 tokens/s at 7 W)"),
     ("ZyboGPT", "Zybo Z7-10 (xc7z010), Vivado", "115K (98K ternary)", 98e3, 3_072, "150 MHz",
      14_952, "github.com/mpai17/ZyboGPT (measured on the board)"),
-    ("Trinity v2.0.2", "XC7A100T, openXC7 (open tools)", "4 x 243-729-243 + head", None, 63,
+    # Its ternary weights from the published dimensions: four blocks of 243 x 729 and
+    # 729 x 243, and a 243 x 128 head.
+    ("Trinity v2.0.2", "XC7A100T, openXC7 (open tools)", "4 x 243-729-243 + head",
+     4 * 2 * 243 * 729 + 243 * 128, 63,
      "92 MHz", 7_400, "Vasilev, doi:10.5281/zenodo.18947017"),
 ]
-# Trinity's ternary weights a token from its published dimensions: 4 blocks of 243 x 729 and
-# 729 x 243, and a 243 x 128 head.
-_TRINITY_WEIGHTS = 4 * 2 * 243 * 729 + 243 * 128
-PEERS[4] = PEERS[4][:3] + (_TRINITY_WEIGHTS,) + PEERS[4][4:]
 
 
 def _si(value: float | None, unit: str = "") -> str:
