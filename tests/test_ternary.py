@@ -118,9 +118,13 @@ def _sim_rows(lanes, n, count, rng):
     return rows
 
 
-def _chunk_source(dut, chunks, gap, traffic):
-    """A testbench sending ``chunks`` to ``dut.inp``, pausing with probability ``gap``."""
+def _run_chunks(dut, chunks, rows, gap, ready, traffic, where):
+    """Send ``chunks`` to ``dut.inp`` (pausing with probability ``gap``) and take ``rows``
+    results from ``dut.out`` (ready with probability ``ready``), checking that a result holds
+    until it is taken. Returns the results, the cycles they were taken, and the cycles the
+    chunks went in."""
     layout = dut.inp.payload.shape()
+    got, out_cycles, in_cycles = [], [], []
 
     async def source(ctx):
         for chunk in chunks:
@@ -131,7 +135,32 @@ def _chunk_source(dut, chunks, gap, traffic):
             ctx.set(dut.inp.payload, layout.const(chunk))
             await ctx.tick().until(dut.inp.ready)
         ctx.set(dut.inp.valid, 0)
-    return source
+
+    async def sink(ctx):
+        held = None
+        cycle = 0
+        while len(got) < rows:
+            accept = traffic.random() < ready
+            ctx.set(dut.out.ready, accept)
+            _, _, valid, payload, in_valid, in_ready = await ctx.tick().sample(
+                dut.out.valid, dut.out.payload, dut.inp.valid, dut.inp.ready)
+            if held is not None:
+                assert valid and payload == held, f"{where}: out changed before its transfer"
+            held = payload if valid and not accept else None
+            if valid and accept:
+                got.append(payload)
+                out_cycles.append(cycle)
+            if in_valid and in_ready:
+                in_cycles.append(cycle)
+            cycle += 1
+            assert cycle < 40 * len(chunks) + 100, f"{where}: stuck"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    return got, out_cycles, in_cycles
 
 
 @pytest.mark.parametrize("lanes, n, packing", [
@@ -149,37 +178,9 @@ def test_sim_matches_golden(lanes, n, packing, gap, ready):
     rows = _sim_rows(lanes, n, 150, rng)
     chunks = [c for t, q in rows for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
     expected = [int(ternary_accumulate(t[None, :], q)[0]) for t, q in rows]
-    got, inp_cycles, last_cycles, out_cycles = [], [], [], []
-
-    source = _chunk_source(dut, chunks, gap, traffic)
-
-    async def sink(ctx):
-        held = None
-        cycle = 0
-        while len(got) < len(rows):
-            accept = traffic.random() < ready
-            ctx.set(dut.out.ready, accept)
-            _, _, valid, payload, in_valid, in_ready, in_last = await ctx.tick().sample(
-                dut.out.valid, dut.out.payload, dut.inp.valid, dut.inp.ready,
-                dut.inp.payload.last)
-            if held is not None:
-                assert valid and payload == held, f"{where}: out changed before its transfer"
-            held = payload if valid and not accept else None
-            if valid and accept:
-                got.append(payload)
-                out_cycles.append(cycle)
-            if in_valid and in_ready:
-                inp_cycles.append(cycle)
-                if in_last:
-                    last_cycles.append(cycle)
-            cycle += 1
-            assert cycle < 20 * len(chunks) + 100, f"{where}: stuck"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
+    got, out_cycles, inp_cycles = _run_chunks(dut, chunks, len(rows), gap, ready, traffic,
+                                              where)
+    last_cycles = [cycle for cycle, chunk in zip(inp_cycles, chunks) if chunk["last"]]
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"{where}: row {i} (length {len(rows[i][0])}): got {g}, expected {e}"
     assert len(got) == len(expected) and len(inp_cycles) == len(chunks), where
@@ -223,30 +224,8 @@ def test_grouped_chunks(lanes, groups, packing, gap, ready):
         chunks.append(grouped_chunk(t, q, lanes=lanes, group=g, packing=packing))
         expected += [int(v) for v in ternary_accumulate(t, q)]
         source_of += [(len(chunks) - 1, k) for k in range(count)]
-    got, in_cycles, out_cycles = [], [], []
-
-    source = _chunk_source(dut, chunks, gap, traffic)
-
-    async def sink(ctx):
-        cycle = 0
-        while len(got) < len(expected):
-            accept = traffic.random() < ready
-            ctx.set(dut.out.ready, accept)
-            _, _, valid, payload, in_valid, in_ready = await ctx.tick().sample(
-                dut.out.valid, dut.out.payload, dut.inp.valid, dut.inp.ready)
-            if valid and accept:
-                got.append(payload)
-                out_cycles.append(cycle)
-            if in_valid and in_ready:
-                in_cycles.append(cycle)
-            cycle += 1
-            assert cycle < 40 * len(chunks) + 100, f"{where}: stuck"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
+    got, out_cycles, in_cycles = _run_chunks(dut, chunks, len(expected), gap, ready, traffic,
+                                             where)
     assert got == expected, where
     if gap == 0.0 and ready == 1.0:
         # Row m of a chunk leaves latency + m cycles after the chunk, or the cycle after the
