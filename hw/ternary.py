@@ -10,7 +10,7 @@ from mmfree.hw.arith import carried
 
 from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
 from mmfree.sim.golden import accumulator_bits
-from mmfree.sim.packing import PACKINGS, pack_ternary
+from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary
 
 __all__ = ["TernaryAccumulate", "ternary_chunks", "grouped_chunk"]
 
@@ -43,8 +43,12 @@ class TernaryAccumulate(wiring.Component):
     adder tree's level ``log2(seg)`` holds the rows' sums, which go out one per cycle in
     order. Such a chunk is its row's last (``last`` is ignored).
 
-    Datapath: the chunk is registered; each lane selects ``+q``, ``-q`` or 0 (a negation, no
-    multiplier), registered;
+    Datapath: the chunk is registered; each lane decodes its weight (adders, see
+    :class:`~mmfree.hw.unpack.TernaryDecoder`) and selects ``+q``, ``~q = -q - 1`` or 0 (one
+    LUT a bit, no negation, no multiplier), registered; the missing 1 of a -1 weight is the
+    carry into an adder of the tree (the adder of lanes ``A`` and ``B`` takes the carry of
+    ``A``'s last lane and passes on ``B``'s), except in the last lane of each segment of
+    ``lanes >> max(groups)``, which negates in full;
     then a binary adder tree of ``log2(lanes)`` levels with a register after every second level
     (and after the last one), ``R = ceil(log2(lanes) / 2)`` register stages; then the row
     accumulator, which writes the row's total into a result FIFO on the last chunk. Every
@@ -192,34 +196,54 @@ class TernaryAccumulate(wiring.Component):
                                          "group": range(max(self._groups, default=0) + 1),
                                          "rows": range(R)})
 
-        # Stage 1: +q, -q or 0 per lane.
+        # Stage 1: +q, ~q = -q - 1 or 0 per lane, one LUT a bit; the missing +1 of a -1 weight
+        # is the carry into an adder of the tree (below). The last lane of each of the
+        # smallest segments negates in full instead (its +1 would otherwise leave the segment).
         m.d.comb += decoder.w.eq(chunk.w)
-        values = []
+        seg_min = self.lanes >> max(self._groups, default=0)
+        values, carries = [], []
         for j in range(self.lanes):
             q = chunk.q[j]
-            term = Signal(signed(9), name=f"term{j}")
-            m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
+            if j % seg_min == seg_min - 1:
+                term = Signal(signed(9), name=f"term{j}")
+                m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
+                carry = None
+            else:
+                term = Signal(signed(8), name=f"term{j}")
+                m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], ~q, 0)))
+                carry = Signal(name=f"neg{j}")
+                m.d.sync += carry.eq(decoder.neg[j])
             values.append(term)
+            carries.append(carry)
         valid = Signal(name="valid0")
         ctrl = Signal(ctrl_layout, name="ctrl0")
         m.d.sync += [valid.eq(chunk_valid), ctrl.last.eq(chunk.last)]
         if self._groups:
             m.d.sync += [ctrl.group.eq(chunk.group), ctrl.rows.eq(chunk.rows)]
 
-        # Adder tree, a register after every second level and after the last. A grouping g
-        # taps level log2(lanes) - g (its 2**g segment sums), delayed to the output.
+        # Adder tree, a register after every second level and after the last. An adder takes
+        # the carry of the last lane of its left operand's lanes, and passes on its right
+        # operand's; a segment's last lane has none. A grouping g taps level log2(lanes) - g
+        # (its 2**g segment sums), delayed to the output.
         levels = self.lanes.bit_length() - 1
         taps, stage = {}, 0
         for level in range(1, levels + 1):
             registered = level % 2 == 0 or level == levels
             width = min(9 + level, self.acc_bits)
-            sums = []
+            domain = m.d.sync if registered else m.d.comb
+            sums, passed = [], []
             for k in range(len(values) // 2):
                 s = Signal(signed(width), name=f"sum{level}_{k}")
-                domain = m.d.sync if registered else m.d.comb
-                domain += s.eq(values[2 * k] + values[2 * k + 1])
+                carry = carries[2 * k]
+                domain += s.eq(values[2 * k] + values[2 * k + 1] + (0 if carry is None else carry))
                 sums.append(s)
-            values = sums
+                carry = carries[2 * k + 1]
+                if carry is not None and registered:
+                    carry_next = Signal(name=f"neg{level}_{k}")
+                    m.d.sync += carry_next.eq(carry)
+                    carry = carry_next
+                passed.append(carry)
+            values, carries = sums, passed
             if registered:
                 stage += 1
                 valid_next = Signal(name=f"valid{level}")
@@ -287,7 +311,7 @@ def ternary_chunks(t_row, q_row, *, lanes: int, packing: str) -> list[dict]:
     q = np.zeros(count * lanes, dtype=np.int8)
     t[:len(t_row)] = t_row
     q[:len(q_row)] = q_row
-    packed = pack_ternary(t.reshape(count, lanes), packing)
+    packed = chip_bytes(pack_ternary(t.reshape(count, lanes), packing), packing)
     return [{"q": [int(v) for v in q[c * lanes:(c + 1) * lanes]],
              "w": int.from_bytes(packed[c].tobytes(), "little"),
              "last": int(c == count - 1)} for c in range(count)]
@@ -309,7 +333,7 @@ def grouped_chunk(t_rows, q_row, *, lanes: int, group: int, packing: str) -> dic
     t[:count, :n] = t_rows
     q = np.zeros(seg, dtype=np.int8)
     q[:n] = q_row
-    packed = pack_ternary(t.reshape(1, lanes), packing)[0]
+    packed = chip_bytes(pack_ternary(t.reshape(1, lanes), packing), packing)[0]
     return {"q": [int(v) for v in np.tile(q, 1 << group)],
             "w": int.from_bytes(packed.tobytes(), "little"), "last": 1, "group": group,
             "rows": count - 1}

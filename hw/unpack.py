@@ -1,12 +1,11 @@
 """Ternary weight decoder: packed weight bytes to per-lane +1/-1 select bits."""
 
 import numpy as np
-from amaranth.hdl import Const, Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.sim.packing import (PACKINGS, WEIGHTS_PER_BYTE, pack_ternary, packed_row_bytes,
-                                 unpack_ternary)
+from mmfree.sim.packing import PACKINGS, WEIGHTS_PER_BYTE, pack_ternary, packed_row_bytes
 
 __all__ = ["TernaryDecoder", "chunk_bytes"]
 
@@ -18,39 +17,26 @@ def chunk_bytes(lanes: int, packing: str) -> int:
     return packed_row_bytes(lanes, packing)
 
 
-def _byte_table(packing: str) -> list[tuple[int, int]]:
-    """``(pos, neg)`` lane masks of every byte value, from :func:`unpack_ternary` (invalid
-    bytes decode as all-zero weights)."""
-    per_byte = WEIGHTS_PER_BYTE[packing]
-    table = []
-    for byte in range(256):
-        try:
-            t = unpack_ternary(np.array([[byte]], dtype=np.uint8), per_byte, packing)[0]
-        except ValueError:                      # 2-bit code 0b10, 1.6-bit byte > 242
-            t = np.zeros(per_byte, dtype=np.int8)
-        pos = sum(1 << k for k in range(per_byte) if t[k] == 1)
-        neg = sum(1 << k for k in range(per_byte) if t[k] == -1)
-        table.append((pos, neg))
-    return table
-
-
 def _two_bit_codes() -> dict[int, int]:
     """The 2-bit code of each weight (+1, -1), read back from :func:`pack_ternary`."""
     return {w: int(pack_ternary(np.array([[w]], dtype=np.int8), "2bit")[0, 0]) for w in (1, -1)}
 
 
 class TernaryDecoder(wiring.Component):
-    """Combinational decoder of one chunk of packed ternary weights.
+    """Combinational decoder of one chunk of packed ternary weights, with adders, no tables.
 
     The chunk is ``chunk_bytes(lanes, packing)`` bytes, byte ``b`` in bits ``[8b+7 : 8b]`` of
     ``w``, as :func:`mmfree.sim.packing.pack_ternary` lays out a row of ``lanes`` weights
-    (``docs/formats.md``). Lane ``j`` gets ``pos[j] = (t_j == +1)`` and ``neg[j] = (t_j == -1)``.
-    Invalid codes decode as 0: a 2-bit ``0b10`` as one zero weight, a 1.6-bit byte 243..255 as
-    five; padding weights beyond ``lanes`` are ignored.
+    (``docs/formats.md``), each byte in the on-chip code of
+    :func:`mmfree.sim.packing.chip_bytes`. Lane ``j`` gets ``pos[j] = (t_j == +1)`` and
+    ``neg[j] = (t_j == -1)``, as :func:`mmfree.sim.packing.chip_byte_weights` decodes the byte;
+    padding weights beyond ``lanes`` are ignored.
 
-    ``"2bit"`` decodes each 2-bit field by comparison with the codes of +1 and -1; ``"1.6bit"``
-    looks every byte up in a 256-entry table of 10-bit ``(pos, neg)`` masks (LUTs on an FPGA).
-    Both tables come from the packing module.
+    ``"2bit"`` compares each 2-bit field with the codes of +1 and -1 (an invalid ``0b10`` is a
+    zero weight). ``"1.6bit"`` makes the five digits of a byte with five 8-bit adders in a
+    chain: ``z = y + 2 y``, digit ``z[9:8]`` (0, 1, 2 for -1, 0, +1), then ``y = z[7:0]``; about
+    two LUT4 a weight instead of the some forty that a 256-entry table of the base-3 bytes
+    costs after synthesis (docs/performance.md).
 
     Latency: combinational. Throughput: one chunk per cycle.
 
@@ -106,15 +92,14 @@ class TernaryDecoder(wiring.Component):
                 pos.append(code == codes[1])
                 neg.append(code == codes[-1])
         else:
-            table = Const(sum((p | n << per_byte) << (2 * per_byte * byte)
-                              for byte, (p, n) in enumerate(_byte_table(self.packing))),
-                          256 * 2 * per_byte)
             for b in range(chunk_bytes(self.lanes, self.packing)):
-                entry = table.word_select(self.w[8 * b:8 * b + 8], 2 * per_byte)
-                for k in range(per_byte):
-                    if per_byte * b + k < self.lanes:
-                        pos.append(entry[k])
-                        neg.append(entry[per_byte + k])
+                y = self.w[8 * b:8 * b + 8]
+                for k in range(min(per_byte, self.lanes - per_byte * b)):
+                    z = Signal(10, name=f"z{b}_{k}")
+                    m.d.comb += z.eq(y + (y << 1))
+                    pos.append(z[9])                    # digit 2
+                    neg.append(~z[8] & ~z[9])           # digit 0
+                    y = z[:8]
         for j in range(self.lanes):
             m.d.comb += [self.pos[j].eq(pos[j]), self.neg[j].eq(neg[j])]
         return m

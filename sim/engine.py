@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmfree.sim import golden
-from mmfree.sim.packing import PACKINGS, pack_ternary, packed_row_bytes
+from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
 __all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
            "step_cycles"]
@@ -212,7 +212,9 @@ class EngineImage:
             packed = pack_ternary(t.reshape(rows * chunks, self.lanes), self.packing)
             fields = {"chunks": chunks, "group": 0, "issues": rows * chunks}
         fields["tbase"] = len(self._tmem)
-        self._tmem.extend(int.from_bytes(row.tobytes(), "little") for row in packed)
+        # tmem holds the bytes in the code the lanes decode (sim/packing.py, chip_bytes).
+        self._tmem.extend(int.from_bytes(row.tobytes(), "little")
+                          for row in chip_bytes(packed, self.packing))
         return fields
 
     def _bitlinear(self, bl: golden.BitLinearConst, what: str, src: int, dst: int = 0,

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PACKINGS", "WEIGHTS_PER_BYTE", "packed_row_bytes", "pack_ternary", "unpack_ternary"]
+__all__ = ["PACKINGS", "WEIGHTS_PER_BYTE", "packed_row_bytes", "pack_ternary", "unpack_ternary",
+           "chip_bytes", "chip_byte_weights"]
 
 PACKINGS = ("2bit", "1.6bit")
 WEIGHTS_PER_BYTE = {"2bit": 4, "1.6bit": 5}
@@ -113,3 +114,44 @@ def unpack_ternary(packed: np.ndarray, n: int, packing: str) -> np.ndarray:
                              f"{n + c} (row length {n})")
         t = t[:, :n]
     return np.ascontiguousarray(t)
+
+
+# The engine's weight memory holds 1.6-bit bytes in a code that its lanes decode with adders
+# instead of a 256-entry table (docs/formats.md, "On chip"): the five base-3 digits read most
+# significant first, v = sum_k d_k 3**(4 - k), scaled to c = ceil(256 v / 243). Digit k is then
+# the top two bits of 3 y_k (10 bits), y_0 = c, y_{k+1} = 3 y_k mod 256.
+_CHIP_1P6 = np.array([(sum(int(d) * 3 ** (4 - k) for k, d in
+                           enumerate((b // _POW3.astype(int)) % 3)) * 256 + 242) // 243
+                      for b in range(243)], dtype=np.uint8)
+
+
+def chip_bytes(packed: np.ndarray, packing: str) -> np.ndarray:
+    """The bytes of ``packed`` (from :func:`pack_ternary`) as the engine's weight memory holds
+    them: unchanged for ``"2bit"``; for ``"1.6bit"`` each byte in the on-chip code that
+    :class:`~mmfree.hw.unpack.TernaryDecoder` reads (see :func:`chip_byte_weights`), a
+    bijection of the 243 valid bytes. Raises ``ValueError`` on an invalid 1.6-bit byte."""
+    _check_packing(packing)
+    packed = np.asarray(packed, dtype=np.uint8)
+    if packing == "2bit":
+        return packed.copy()
+    if np.any(packed > 242):
+        value = int(packed[packed > 242].flat[0])
+        raise ValueError(f"invalid 1.6-bit byte {value} (> 242)")
+    return _CHIP_1P6[packed]
+
+
+def chip_byte_weights(code: int, packing: str) -> list[int]:
+    """The weights the engine decodes from one on-chip byte ``code`` (0..255), first weight
+    first: ``"2bit"`` as :func:`unpack_ternary` (an invalid ``0b10`` field as 0); ``"1.6bit"``
+    digit ``k`` is bits 9..8 of ``z_k = 3 y_k`` with ``y_0 = code``, ``y_{k+1} = z_k mod 256``,
+    weight ``digit - 1`` (the 13 codes that :func:`chip_bytes` never makes decode by the same
+    rule)."""
+    per_byte = _check_packing(packing)
+    if packing == "2bit":
+        return [{0: 0, 1: 1, 2: 0, 3: -1}[(code >> 2 * k) & 3] for k in range(per_byte)]
+    weights, y = [], code
+    for _ in range(per_byte):
+        z = 3 * y
+        weights.append((z >> 8) - 1)
+        y = z & 255
+    return weights

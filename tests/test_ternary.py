@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 from mmfree.hw.ternary import TernaryAccumulate, grouped_chunk, ternary_chunks
 from mmfree.hw.unpack import TernaryDecoder, chunk_bytes
 from mmfree.sim.golden import accumulator_bits, ternary_accumulate
-from mmfree.sim.packing import pack_ternary, unpack_ternary
+from mmfree.sim.packing import chip_byte_weights, chip_bytes, pack_ternary, unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
 
 TB_DIR = Path(__file__).parent / "tb"
@@ -55,8 +55,8 @@ def test_parameters_and_ports():
 
 @pytest.mark.parametrize("packing", ["2bit", "1.6bit"])
 def test_chunks_are_pack_ternary_bytes(packing):
-    """2bit chunks are slices of the packed row; 1.6bit chunks are packed on their own; both
-    unpack to the row's weights."""
+    """2bit chunks are slices of the packed row; 1.6bit chunks are packed on their own, in the
+    on-chip code; both unpack to the row's weights."""
     rng = np.random.default_rng(7)
     lanes = 16
     t = rng.integers(-1, 2, 37).astype(np.int8)
@@ -64,40 +64,58 @@ def test_chunks_are_pack_ternary_bytes(packing):
     chunks = ternary_chunks(t, q, lanes=lanes, packing=packing)
     assert [c["last"] for c in chunks] == [0, 0, 1]
     width = chunk_bytes(lanes, packing)
-    packed = np.array([[c["w"] >> 8 * b & 0xFF for b in range(width)] for c in chunks], np.uint8)
-    assert np.array_equal(unpack_ternary(packed, lanes, packing).reshape(-1)[:37], t)
+    codes = np.array([[c["w"] >> 8 * b & 0xFF for b in range(width)] for c in chunks], np.uint8)
+    weights = [w for row in codes
+               for w in [w for code in row for w in chip_byte_weights(int(code), packing)][:lanes]]
+    assert weights[:37] == t.tolist() and not any(weights[37:])
+    packed = np.stack([pack_ternary(t_chunk[None, :], packing)[0] for t_chunk in
+                       np.pad(t, (0, 11)).reshape(3, lanes)])
+    assert np.array_equal(codes, chip_bytes(packed, packing))
     flat_q = [v for c in chunks for v in c["q"]]
     assert flat_q[:37] == q.tolist() and flat_q[37:] == [0] * 11
     if packing == "2bit":
-        assert packed.reshape(-1)[:10].tolist() == pack_ternary(t[None, :], "2bit")[0].tolist()
+        assert codes.reshape(-1)[:10].tolist() == pack_ternary(t[None, :], "2bit")[0].tolist()
+
+
+def test_chip_code():
+    """The 1.6-bit on-chip code is a bijection of the 243 valid bytes that decodes (by its
+    adder rule) to the weights unpack_ternary reads; 2-bit bytes are stored as they are."""
+    valid = np.arange(243, dtype=np.uint8)
+    codes = chip_bytes(valid, "1.6bit")
+    assert len(set(codes.tolist())) == 243
+    for byte, code in zip(valid, codes):
+        assert chip_byte_weights(int(code), "1.6bit") == \
+            unpack_ternary(np.array([[byte]], np.uint8), 5, "1.6bit")[0].tolist()
+    zero = pack_ternary(np.zeros((1, 5), np.int8), "1.6bit")
+    assert chip_bytes(zero, "1.6bit").tolist() == [[128]]
+    every = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(chip_bytes(every, "2bit"), every)
+    with pytest.raises(ValueError, match="invalid 1.6-bit byte 243"):
+        chip_bytes(np.array([1, 243], np.uint8), "1.6bit")
 
 
 # --- Amaranth simulator ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("packing", ["2bit", "1.6bit"])
 def test_decoder_every_byte(packing):
-    """Every byte value at every byte position decodes as unpack_ternary does (invalid codes
-    as zero weights)."""
+    """Every on-chip byte value at every byte position decodes as chip_byte_weights says (for
+    the valid bytes: as unpack_ternary reads them, test_chip_code)."""
     lanes = 8
     dut = TernaryDecoder(lanes=lanes, packing=packing)
     per_byte = 4 if packing == "2bit" else 5
     width = chunk_bytes(lanes, packing)
-    zero = int(pack_ternary(np.zeros((1, per_byte), np.int8), packing)[0, 0])  # other bytes
+    zero = int(chip_bytes(pack_ternary(np.zeros((1, per_byte), np.int8), packing),
+                          packing)[0, 0])      # the other bytes
 
     async def testbench(ctx):
         for byte in range(256):
-            valid = byte
-            if packing == "2bit":     # each invalid 2-bit code 0b10 decodes as 0 on its own
-                valid &= ~sum(3 << 2 * k for k in range(4) if byte >> 2 * k & 3 == 2)
-            elif byte > 242:          # an invalid 1.6-bit byte decodes as five 0s
-                valid = 121
-            t = unpack_ternary(np.array([[valid]], np.uint8), per_byte, packing)[0]
+            t = chip_byte_weights(byte, packing)
             for b in range(width):
                 ctx.set(dut.w, sum((byte if c == b else zero) << 8 * c for c in range(width)))
                 pos, neg = ctx.get(dut.pos), ctx.get(dut.neg)
                 for j in range(lanes):
                     k = j - per_byte * b
-                    want = int(t[k]) if 0 <= k < per_byte else 0
+                    want = t[k] if 0 <= k < per_byte else 0
                     assert (pos >> j & 1, neg >> j & 1) == (want == 1, want == -1), (
                         f"{packing}: byte {byte} at position {b}, lane {j}")
 

@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ULX3S-85F, 64 on the iCEBreaker)")
     p.add_argument("--vector-width", type=int, default=None,
                    help="elements per cycle of the normalize/quantize path, a power of two "
-                        "(default: the board's, 8; each element costs about 18 MULT18X18D)")
+                        "(default: the board's, 4 on the ULX3S-85F, 8 on the iCEBreaker; each "
+                        "element costs about 18 MULT18X18D)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
