@@ -140,3 +140,24 @@ def test_lanes_for_one_board(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == cli.EXIT_USAGE and len(err) == 1, err
     assert "--lanes icebreaker:64: 'icebreaker' is not a --board of this report" in err[0]
+
+
+def test_an_ice40_row_counts_logic_cells_once(tmp_path):
+    """An iCE40 logic cell is a LUT and a flip-flop: the table names it once, and the plot
+    draws one LC series (and no series at all for a board without a built row)."""
+    meta = {"command": "mmfree report", "machine": "test", "date": "2026-11-24",
+            "models": {"icebreaker": {"file": "m.safetensors", "config": "d64 L4 I256 V256"},
+                       "ulx3s-85f": {"file": "n.safetensors", "config": "d128 L5 I512 V256"}},
+            "packing": {"icebreaker": "2bit", "ulx3s-85f": "1.6bit"},
+            "baud": {"icebreaker": 3_000_000, "ulx3s-85f": 3_000_000}}
+    rows = [report.Row(board="icebreaker", lanes=4, vector_width=1, status="built", detail="",
+                       cycles=50_000, weights=278_528, fmax_mhz=30.0, routed=True,
+                       clock_mhz=24.0,
+                       utilization={"ICESTORM_LC": [5000, 5280], "ICESTORM_RAM": [20, 30],
+                                    "ICESTORM_DSP": [8, 8]}),
+            report.Row(board="ulx3s-85f", lanes=256, vector_width=4, status="does not fit",
+                       detail="211 of 208 block RAMs", cycles=20_000, weights=1_343_488)]
+    text = report.render_markdown(rows, meta)
+    assert "| 4 | routed | 30.00 | 5,000 | (in the LCs) | 20 | 8 |" in text, text
+    report.render_plot(rows, tmp_path / "p.png", meta)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

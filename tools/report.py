@@ -314,6 +314,8 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                 status, fmax = f"{row.status}: {_short(row.detail)}", "—"
             cells = [_fmt(row.used(bel)) if row.status == "built" else "—"
                      for bel in (device.lut, device.ff, device.bram, device.dsp)]
+            if device.ff == device.lut:          # an iCE40 logic cell is a LUT and a FF
+                cells[1] = "(in the LCs)" if row.status == "built" else "—"
             lines.append(f"| {row.lanes} | {status} | {fmax} | {' | '.join(cells)} | "
                          f"{row.cycles:,} | {row.utilization_pct:.1f}% | "
                          f"{_fmt(row.tokens_per_s, ',.0f')} | {_si(row.weights_per_s)} |")
@@ -400,14 +402,17 @@ def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
         board_rows = sorted((row for row in rows if row.board == board), key=lambda r: r.lanes)
         built = [row for row in board_rows if row.status == "built"]
         lanes = [row.lanes for row in built]
-        for bel, total, label in ((device.lut, device.luts, "LUT"), (device.ff, device.ffs, "FF"),
-                                  (device.bram, device.brams, "block RAM"),
-                                  (device.dsp, device.dsps, "DSP")):
+        resources = [(device.lut, device.luts, "LUT"), (device.ff, device.ffs, "FF"),
+                     (device.bram, device.brams, "block RAM"), (device.dsp, device.dsps, "DSP")]
+        if device.ff == device.lut:              # an iCE40 logic cell is a LUT and a FF
+            resources[0:2] = [(device.lut, device.luts, "LC")]
+        for bel, total, label in resources if built else ():
             values = [100 * (row.used(bel) or 0) / total for row in built]
             res.plot(lanes, values, marker="o", label=f"{board} {label}")
-        fmax.plot(lanes, [row.fmax_mhz for row in built], marker="o",
-                  label=f"{board} ({'routed' if built and all(r.routed for r in built) else 'placement estimate'})")
         if built:
+            routed = "routed" if all(r.routed for r in built) else "placement estimate"
+            fmax.plot(lanes, [row.fmax_mhz for row in built], marker="o",
+                      label=f"{board} ({routed})")
             fmax.axhline(built[0].clock_mhz, linestyle=":", color="grey")
         every = [row.lanes for row in board_rows]
         cycles.plot(every, [row.cycles for row in board_rows], marker="o",
@@ -416,8 +421,9 @@ def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
                     label=f"{board} lower bound (weights/lanes)")
         tokens.plot(every, [100e6 / row.cycles for row in board_rows], linestyle="--",
                     label=f"{board} at 100 MHz")
-        tokens.plot(lanes, [row.tokens_per_s for row in built], marker="o",
-                    label=f"{board} at its Fmax")
+        if built:
+            tokens.plot(lanes, [row.tokens_per_s for row in built], marker="o",
+                        label=f"{board} at its Fmax")
         lim = limits(board, board_rows[0].weights, meta["packing"][board], meta["baud"][board])
         tokens.axhline(lim["uart_tokens_per_s"], linestyle=":", color="red",
                        label=f"{board} UART TOKEN frames")
