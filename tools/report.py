@@ -437,7 +437,8 @@ def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
         ax.set_xlabel("lanes")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     every = [row.lanes for row in rows]
     for ax in axes.flat:
         ax.set_xlim(min(every) / 1.4, max(every) * 1.4)
