@@ -275,8 +275,8 @@ def _lut_slope(rows: list[Row], device: Device) -> str:
     (l0, u0), (l1, u1) = min(points), max(points)
     slope = (u1 - u0) / (l1 - l0)
     return (f" This design measures {slope:,.1f} {device.lut} a lane ({u0:,} at {l0} lanes, "
-            f"{u1:,} at {l1}): the 1.6-bit weight decoder, the lane's +q/-q/0 select and its "
-            f"share of the adder tree and of the q buffer; at that rate the device holds "
+            f"{u1:,} at {l1}): the lane's weight decoder, its +q/~q/0 select and its share of "
+            f"the adder tree and of the q buffer; at that rate the device holds "
             f"about {(device.luts - (u0 - slope * l0)) / slope:,.0f} lanes.")
 
 
