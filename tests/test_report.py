@@ -159,5 +159,6 @@ def test_an_ice40_row_counts_logic_cells_once(tmp_path):
                        detail="211 of 208 block RAMs", cycles=20_000, weights=1_343_488)]
     text = report.render_markdown(rows, meta)
     assert "| 4 | routed | 30.00 | 5,000 | (in the LCs) | 20 | 8 |" in text, text
+    assert "| ICESTORM_LC | FF | ICESTORM_RAM |" in text
     report.render_plot(rows, tmp_path / "p.png", meta)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -302,7 +302,8 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
         device = DEVICES[board]
         board_rows = [row for row in rows if row.board == board]
         lines += [f"## {device.label}", "",
-                  f"| lanes | status | Fmax (MHz) | {device.lut} | {device.ff} | "
+                  f"| lanes | status | Fmax (MHz) | {device.lut} | "
+                  f"{'FF' if device.ff == device.lut else device.ff} | "
                   f"{device.bram} | {device.dsp} | cycles/token | utilization | "
                   f"tokens/s (projected) | weights/s |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
