@@ -34,9 +34,9 @@ class TernaryDecoder(wiring.Component):
 
     ``"2bit"`` compares each 2-bit field with the codes of +1 and -1 (an invalid ``0b10`` is a
     zero weight). ``"1.6bit"`` makes the five digits of a byte with five 8-bit adders in a
-    chain: ``z = y + 2 y``, digit ``z[9:8]`` (0, 1, 2 for -1, 0, +1), then ``y = z[7:0]``; about
-    two LUT4 a weight instead of the some forty that a 256-entry table of the base-3 bytes
-    costs after synthesis (docs/performance.md).
+    chain: ``z = y + 2 y``, digit ``z[9:8]`` (0, 1, 2 for -1, 0, +1), then ``y = z[7:0]``; an
+    adder (five CCU2C) a weight instead of the some forty LUT4 that a 256-entry table of the
+    base-3 bytes costs after synthesis (docs/boards.md, "Cheaper lanes").
 
     Latency: combinational. Throughput: one chunk per cycle.
 
