@@ -68,6 +68,11 @@ class Device:
     bram: str
     dsp: str
 
+    @property
+    def cells_are_lut_and_ff(self) -> bool:
+        """An iCE40 logic cell is a LUT and a flip-flop: one count for both."""
+        return self.ff == self.lut
+
 
 DEVICES = {
     "ulx3s-85f": Device("ULX3S-85F (LFE5U-85F-6)", 83_640, 83_640, 208, 156, 208 * 36,
@@ -303,7 +308,7 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
         board_rows = [row for row in rows if row.board == board]
         lines += [f"## {device.label}", "",
                   f"| lanes | status | Fmax (MHz) | {device.lut} | "
-                  f"{'FF' if device.ff == device.lut else device.ff} | "
+                  f"{'FF' if device.cells_are_lut_and_ff else device.ff} | "
                   f"{device.bram} | {device.dsp} | cycles/token | utilization | "
                   f"tokens/s (projected) | weights/s |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -315,7 +320,7 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                 status, fmax = f"{row.status}: {_short(row.detail)}", "—"
             cells = [_fmt(row.used(bel)) if row.status == "built" else "—"
                      for bel in (device.lut, device.ff, device.bram, device.dsp)]
-            if device.ff == device.lut:          # an iCE40 logic cell is a LUT and a FF
+            if device.cells_are_lut_and_ff:
                 cells[1] = "(in the LCs)" if row.status == "built" else "—"
             lines.append(f"| {row.lanes} | {status} | {fmax} | {' | '.join(cells)} | "
                          f"{row.cycles:,} | {row.utilization_pct:.1f}% | "
@@ -405,7 +410,7 @@ def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
         lanes = [row.lanes for row in built]
         resources = [(device.lut, device.luts, "LUT"), (device.ff, device.ffs, "FF"),
                      (device.bram, device.brams, "block RAM"), (device.dsp, device.dsps, "DSP")]
-        if device.ff == device.lut:              # an iCE40 logic cell is a LUT and a FF
+        if device.cells_are_lut_and_ff:
             resources[0:2] = [(device.lut, device.luts, "LC")]
         for bel, total, label in resources if built else ():
             values = [100 * (row.used(bel) or 0) / total for row in built]
