@@ -1,0 +1,694 @@
+"""The serial engine: a small accumulator machine that runs a whole decode step from a program.
+
+The instruction set, the machine state and the cycle count of every instruction are specified
+by :mod:`mmfree.sim.serial` (:class:`~mmfree.sim.serial.Machine`,
+:func:`~mmfree.sim.serial.instr_cycles`); this is its hardware, for the iCE40 UP5K.
+"""
+
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from mmfree.hw.shiftmax import x0_shape
+from mmfree.hw.xorshift import Xorshift32
+from mmfree.sim.golden import SAMPLER_N
+from mmfree.sim.serial import (ACC_BITS, DOT_LANES, MEM_WORDS, PROG_BASE, PROG_WORDS,
+                               QBUF_BYTES, Instr, Op, Src)
+
+__all__ = ["SerialEngine"]
+
+_W = ACC_BITS                        # 80: A, S, T and the adder (plus a sign bit)
+_MBITS = (MEM_WORDS - 1).bit_length()  # 15
+_PBITS = (PROG_WORDS - 1).bit_length()  # 10
+_JBITS = 16                          # J and C: loop counts up to 65535
+_QROWS = QBUF_BYTES // DOT_LANES     # qbuf rows of 8 bytes
+_HALT = Instr(Op.HALT).encode()
+
+
+class _S(enum.Enum, shape=4):
+    IDLE    = 0
+    START   = 1    # the step's first cycle
+    FETCH   = 2    # program read at pc
+    EXEC    = 3    # the instruction is decoded; execute, or read M
+    MEM1    = 4    # M data of the first read; execute (LD2: read the high word)
+    MEM2    = 5    # LD2: the high word
+    ITER    = 6    # MUL/MULS/DIVS/ISQRT iterations
+    DOT     = 7    # DOT: 8 products a cycle
+    DOT_ACC = 8    # DOT: the last sum into the accumulator
+    DOT_OUT = 9    # DOT: A = the accumulator
+
+
+class _ASel(enum.Enum, shape=3):
+    SUM  = 0
+    Y    = 1
+    SH   = 2
+    MISC = 3
+    AND  = 4
+    SAT  = 5
+    LD2  = 6
+
+
+class _YSel(enum.Enum, shape=3):
+    B = 0          # the operand B of src
+    M = 1          # M data, sign-extended
+    A = 2
+    S = 3
+    T = 4
+
+
+class _XSel(enum.Enum, shape=2):
+    A    = 0
+    ZERO = 1
+    SH   = 2
+
+
+class _Sh(enum.Enum, shape=2):
+    SIGNED    = 0  # SHR/SHRR: right by B, left by -B when B < 0
+    LEFT_B    = 1  # SHL
+    RIGHT_AUX = 2  # SAT, DIVS
+    LEFT_ONE  = 3  # MUL/MULS/DIVS iterations
+
+
+class _Misc(enum.Enum, shape=3):
+    ZERO   = 0
+    J      = 1
+    PRNG   = 2
+    DOT    = 3
+    BITLEN = 4
+    ISQRT  = 5
+    BYTE   = 6
+
+
+def _highest(m, v):
+    """(any, index of the highest set bit) of ``v`` (a power-of-two width, at least 2)."""
+    n = len(v)
+    if n == 2:
+        return v[0] | v[1], v[1]
+    lo_v, lo_i = _highest(m, v[:n // 2])
+    hi_v, hi_i = _highest(m, v[n // 2:])
+    return lo_v | hi_v, Cat(Mux(hi_v, hi_i, lo_i), hi_v)
+
+
+def _shift_right(v, amount, width, *, max_amount):
+    """``(v >> amount)[:width]`` as a log shifter, largest stage first, each stage only as wide
+    as the stages after it need (``amount <= max_amount``; bits past ``v`` are 0)."""
+    bits = list(v)
+    for k in reversed(range(len(amount))):
+        step = 1 << k
+        below = step - 1                         # the most the later stages still shift
+        after_set = min(below, max_amount - step)  # ... when this stage shifts
+        if after_set < 0:
+            continue                             # amount never has this bit
+        need = width + below
+        out = []
+        for j in range(min(need, len(bits))):
+            far = bits[j + step] if j + step < len(bits) else Const(0, 1)
+            out.append(Mux(amount[k], far, bits[j]) if j < width + after_set else bits[j])
+        bits = out
+    return Cat(*bits[:width])
+
+
+class SerialEngine(wiring.Component):
+    """Runs programs of the serial instruction set (:mod:`mmfree.sim.serial`), one decode step
+    per ``step`` transfer, bit-exactly and cycle-exactly as :class:`~mmfree.sim.serial.Machine`.
+
+    Datapath: 80-bit ``A`` and ``S``, a scratch register ``T`` (80 bits) and ``Q`` (64 bits,
+    the multiplier/dividend bits), one 81-bit adder/subtractor shared by every arithmetic
+    op and the MUL/MULS/DIVS iterations (1 bit a cycle: MUL/MULS MSB first with Horner's rule,
+    the first bit subtracting; DIVS restoring, its first bit from ``A >> aux``), one funnel
+    shifter (right arithmetic by 0..80 with a round bit, left by 0..80), a priority encoder
+    (BITLEN), a 16-step square root, eight 32-bit registers, the DOT unit (8 int8 x ternary
+    products a cycle: a 64-bit row of the qbuf block RAM and half a weight word) and the
+    xorshift32 PRNG (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf
+    (256 x 64) are block RAM; ``M`` is one single-port RAM of :data:`MEM_WORDS` x 32 (four
+    SPRAMs with ``spram=True``).
+
+    Latency: a step takes ``Machine.cycles`` cycles from the ``step`` transfer until ``busy``
+    falls: 1 + the :func:`~mmfree.sim.serial.instr_cycles` of its instructions + the cycles
+    ``TOK`` waits for ``token.ready``. Throughput: one step at a time; the load port takes a
+    word every cycle while idle.
+
+    Parameters
+    ----------
+    token_bits : int
+        Width of a token.
+    program : list of int, optional
+        Initial program words (at most :data:`PROG_WORDS`); the rest is ``HALT``.
+    mem : list of int, optional
+        Initial ``M`` words (at most :data:`MEM_WORDS`); only without ``spram``.
+    debug : bool
+        Adds ``peek_addr``/``peek_data``.
+    spram : bool
+        Builds ``M`` from four ``SB_SPRAM256KA`` (iCE40 UP5K; no initial contents).
+
+    Members
+    -------
+    step : In(stream.Signature(StructLayout({"token": token_bits, "emit": 1})))
+        One step per transfer, taken while idle: ``R7`` = token, ``R6`` = emit, ``R5`` = x0,
+        ``R4`` = fresh, pc = 0, run until ``HALT``.
+    token : Out(stream.Signature(unsigned(token_bits)))
+        ``TOK``: A's low ``token_bits``; the step waits until the transfer.
+    x0 : In(signed(17))
+        ``R5`` at each step (sign-extended).
+    seed, seed_load :
+        PRNG seed and load strobe (``xorshift32_seed``). The PRNG starts from seed 0.
+    reset_state : In(1)
+        Strobe: ``R4`` is 1 at the next step.
+    load : In(stream.Signature(StructLayout({"addr": 32, "data": 32})))
+        Word writes, taken while idle: ``M`` at 0.., the program at :data:`PROG_BASE`..;
+        other addresses are ignored.
+    busy : Out(1)
+        High from the cycle after the ``step`` transfer until the step ends.
+    cycles : Out(32)
+        Cycles of the last step (``Machine.cycles``, plus the cycles ``TOK`` waited).
+    peek_addr : In(15), peek_data : Out(32)
+        With ``debug``: reads ``M`` while idle, one cycle latency.
+    """
+
+    def __init__(self, *, token_bits: int, program=None, mem=None, debug: bool = True,
+                 spram: bool = False):
+        if not isinstance(token_bits, int) or not 1 <= token_bits <= 32:
+            raise ValueError(f"token_bits must be an integer from 1 to 32, not {token_bits!r}")
+        program = [] if program is None else [int(w) for w in program]
+        if len(program) > PROG_WORDS:
+            raise ValueError(f"program must have at most {PROG_WORDS} words, not "
+                             f"{len(program)}")
+        if any(not 0 <= w < (1 << 32) for w in program):
+            raise ValueError("program words must be unsigned 32-bit integers")
+        if mem is not None and spram:
+            raise ValueError("mem (initial contents of M) is not possible with spram=True: "
+                             "SPRAM has no initial contents; write M through the load port")
+        mem = [] if mem is None else [int(w) & 0xFFFF_FFFF for w in mem]
+        if len(mem) > MEM_WORDS:
+            raise ValueError(f"mem must have at most {MEM_WORDS} words, not {len(mem)}")
+        self._token_bits = token_bits
+        self._program = program + [_HALT] * (PROG_WORDS - len(program))
+        self._mem = mem
+        self._debug = bool(debug)
+        self._spram = bool(spram)
+        members = {
+            "step":        In(stream.Signature(data.StructLayout({
+                "token": unsigned(token_bits), "emit": 1}))),
+            "token":       Out(stream.Signature(unsigned(token_bits))),
+            "x0":          In(x0_shape(SAMPLER_N)),
+            "seed":        In(32),
+            "seed_load":   In(1),
+            "reset_state": In(1),
+            "load":        In(stream.Signature(data.StructLayout({"addr": 32, "data": 32}))),
+            "busy":        Out(1),
+            "cycles":      Out(32),
+        }
+        if self._debug:
+            members["peek_addr"] = In(_MBITS)
+            members["peek_data"] = Out(32)
+        super().__init__(members)
+
+    @property
+    def token_bits(self) -> int:
+        return self._token_bits
+
+    @property
+    def debug(self) -> bool:
+        return self._debug
+
+    @property
+    def spram(self) -> bool:
+        return self._spram
+
+    # M: one single-port RAM --------------------------------------------------------------
+
+    def _memory(self, m, addr, re, we, wdata, rdata):
+        if not self._spram:
+            m.submodules.mem = mem = Memory(shape=32, depth=MEM_WORDS, init=self._mem)
+            rd, wr = mem.read_port(), mem.write_port()
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(re), wr.addr.eq(addr), wr.en.eq(we),
+                         wr.data.eq(wdata), rdata.eq(rd.data)]
+            return
+        # Two pairs of 16K x 16 side by side (32 bits); address bit 14 selects the pair. A
+        # pair is selected only to read or write, so its output holds between reads.
+        outs = []
+        for pair in range(2):
+            sel = addr[14] == pair
+            halves = []
+            for half in range(2):
+                dout = Signal(16, name=f"spram{pair}{half}_dout")
+                m.submodules[f"spram{pair}{half}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr[:14], i_DATAIN=wdata[16 * half:16 * half + 16],
+                    i_MASKWREN=Const(0b1111, 4), i_WREN=we & sel,
+                    i_CHIPSELECT=(we | re) & sel, i_CLOCK=ClockSignal(),
+                    i_STANDBY=Const(0, 1), i_SLEEP=Const(0, 1), i_POWEROFF=Const(1, 1),
+                    o_DATAOUT=dout)
+                halves.append(dout)
+            outs.append(Cat(*halves))
+        rsel = Signal()
+        with m.If(re):
+            m.d.sync += rsel.eq(addr[14])
+        m.d.comb += rdata.eq(Mux(rsel, outs[1], outs[0]))
+
+    def elaborate(self, platform):
+        m = Module()
+
+        # --- memories and the PRNG ----------------------------------------------------------
+        m.submodules.prog = prog = Memory(shape=32, depth=PROG_WORDS, init=self._program)
+        prog_rd, prog_wr = prog.read_port(), prog.write_port()
+        m.submodules.qbuf = qbuf = Memory(shape=8 * DOT_LANES, depth=_QROWS, init=[])
+        q_rd, q_wr = qbuf.read_port(), qbuf.write_port(granularity=8)
+        m_addr, m_re, m_we = Signal(_MBITS), Signal(), Signal()
+        m_wdata, m_rdata = Signal(32), Signal(32)
+        self._memory(m, m_addr, m_re, m_we, m_wdata, m_rdata)
+
+        m.submodules.prng = prng = Xorshift32()
+        boot = Signal(init=1)          # load the PRNG with seed 0 after reset, as Machine
+        m.d.sync += boot.eq(0)
+        m.d.comb += [prng.load.eq(self.seed_load | boot),
+                     prng.seed.eq(Mux(self.seed_load, self.seed, 0))]
+
+        # --- machine state ------------------------------------------------------------------
+        state = Signal(_S)
+        A, S, T = Signal(_W), Signal(_W), Signal(_W)
+        Q = Signal(64)
+        regs = [Signal(32, name=f"r{i}") for i in range(8)]
+        R = Array(regs)
+        J, C = Signal(_JBITS), Signal(_JBITS)
+        L, pc, link = Signal(_PBITS), Signal(_PBITS), Signal(_PBITS)
+        P = Signal(_MBITS)
+        fresh = Signal(init=1)
+        skip = Signal()
+        cnt = Signal(9)                # iterations left (DOT: halves left)
+        cycles = Signal(32)
+        # DOT
+        phase = Signal()               # DOT: the high half of the weight word
+        whi = Signal(16)
+        qaddr = Signal(range(_QROWS))
+        psum = Signal(range(-1024, 1025))
+        acc = Signal(range(-(1 << 19), 1 << 19))
+        # ISQRT
+        rem = Signal(20)
+        root = Signal(16)
+
+        m.d.comb += [self.busy.eq(state != _S.IDLE), self.cycles.eq(cycles)]
+        with m.If(state != _S.IDLE):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # --- decode -------------------------------------------------------------------------
+        ins = prog_rd.data
+        op, src, jx, px = ins[26:32], ins[24:26], ins[23], ins[22]
+        aux, imm = ins[16:22], ins[0:16]
+        needs_mem = (op.matches(Op.LDB, Op.LDX, Op.LD2) |
+                     ((src == Src.MEM) & ~op.matches(Op.ST, Op.JMP, Op.CALL)))
+        go = Signal()                  # the cycle an instruction executes
+        m.d.comb += go.eq(((state == _S.EXEC) & ~skip & ~needs_mem) |
+                          ((state == _S.MEM1) & (op != Op.LD2)))
+
+        # Effective addresses.
+        ea_inc = Signal()
+        xterm = Signal(_MBITS)
+        with m.Switch(op):
+            with m.Case(Op.LDB):
+                m.d.comb += xterm.eq(J[2:])
+            with m.Case(Op.LDX):
+                m.d.comb += xterm.eq(A[:_MBITS])
+            with m.Default():
+                m.d.comb += xterm.eq(Mux(jx, J, 0))
+        ea = Signal(_MBITS)
+        m.d.comb += ea.eq(imm + Mux(px, P, 0) + xterm + ea_inc)
+
+        # --- operand Y: B of src, or a register -----------------------------------------
+        ysel = Signal(_YSel)
+        lo = Signal(32)
+        lo_src = Signal(2)
+        m.d.comb += lo_src.eq(Mux(ysel == _YSel.M, Src.MEM, src))
+        with m.Switch(lo_src):
+            with m.Case(Src.IMM):
+                m.d.comb += lo.eq(Cat(imm, Mux(op == Op.AND, 0, imm[15]).replicate(16)))
+            with m.Case(Src.REG):
+                m.d.comb += lo.eq(R[imm[:3]])
+            with m.Default():
+                m.d.comb += lo.eq(m_rdata)
+        wide = Signal(_W)
+        is_wide = Signal()
+        with m.Switch(ysel):
+            with m.Case(_YSel.B):
+                m.d.comb += [wide.eq(A), is_wide.eq(src == Src.ACC)]
+            with m.Case(_YSel.A):
+                m.d.comb += [wide.eq(A), is_wide.eq(1)]
+            with m.Case(_YSel.S):
+                m.d.comb += [wide.eq(S), is_wide.eq(1)]
+            with m.Case(_YSel.T):
+                m.d.comb += [wide.eq(T), is_wide.eq(1)]
+        y = Signal(_W)
+        m.d.comb += y.eq(Mux(is_wide, wide,
+                             Cat(lo, (lo[31] & (op != Op.LDU)).replicate(_W - 32))))
+        y_zero = y == 0
+        y_neg = y[-1]
+        b_neg = Signal()               # B < 0 (NEGIF, whose Y is A)
+        with m.Switch(src):
+            with m.Case(Src.IMM):
+                m.d.comb += b_neg.eq(imm[15])
+            with m.Case(Src.REG):
+                m.d.comb += b_neg.eq(R[imm[:3]][31])
+            with m.Case(Src.MEM):
+                m.d.comb += b_neg.eq(m_rdata[31])
+            with m.Case(Src.ACC):
+                m.d.comb += b_neg.eq(A[-1])
+
+        # --- shifter: a funnel, right arithmetic by 0..80 (bit 0: the round bit) or left -----
+        sh_mode = Signal(_Sh)
+        sh_right = Signal()
+        mag = Signal(7)
+        low = y[:7]
+        pos_ok = (y[7:] == 0) & (low < _W)
+        neg_ok = (y[7:] == (1 << (_W - 7)) - 1) & (low >= 128 - _W)
+        pos_mag = Mux(pos_ok, low, _W)
+        with m.Switch(sh_mode):
+            with m.Case(_Sh.SIGNED):
+                m.d.comb += [sh_right.eq(~y_neg),
+                             mag.eq(Mux(y_neg, Mux(neg_ok, -low, _W), pos_mag))]
+            with m.Case(_Sh.LEFT_B):
+                m.d.comb += [sh_right.eq(0), mag.eq(pos_mag)]
+            with m.Case(_Sh.RIGHT_AUX):
+                m.d.comb += [sh_right.eq(1), mag.eq(aux)]
+            with m.Case(_Sh.LEFT_ONE):
+                m.d.comb += [sh_right.eq(0), mag.eq(1)]
+        fin = Signal(2 * _W + 1)
+        m.d.comb += fin.eq(Mux(sh_right, Cat(Const(0, 1), A, A[-1].replicate(_W)),
+                               Cat(Const(0, _W + 1), A)))
+        amt = Signal(7)
+        m.d.comb += amt.eq(Mux(sh_right, mag, _W - mag))
+        sh = Signal(_W + 1)
+        m.d.comb += sh.eq(_shift_right(fin, amt, _W + 1, max_amount=_W))
+        x_bit = Signal()               # DIVS: the next dividend bit into bit 0
+        shx = Signal(_W)
+        m.d.comb += shx.eq(sh[1:] | x_bit)
+
+        # --- adder: X + (Y ^ inv) + cin, 81 bits ------------------------------------------
+        xsel = Signal(_XSel)
+        x_unsigned = Signal()
+        y_off, inv, cin = Signal(), Signal(), Signal()
+        xa = Signal(_W + 1)
+        with m.Switch(xsel):
+            with m.Case(_XSel.A):
+                m.d.comb += xa.eq(Cat(A, A[-1]))
+            with m.Case(_XSel.SH):
+                m.d.comb += xa.eq(Cat(shx, shx[-1] & ~x_unsigned))
+        ya = Signal(_W + 1)
+        m.d.comb += ya.eq(Mux(y_off, 0, Cat(y, y[-1])) ^ inv.replicate(_W + 1))
+        total = Signal(_W + 2)
+        m.d.comb += total.eq(Cat(cin, xa) + Cat(cin, ya))
+        sum_ = total[1:]               # 81 bits
+        sum_neg = sum_[-1]
+
+        # --- small results ------------------------------------------------------------------
+        any_, hi_index = _highest(m, Cat(A, Const(0, 128 - _W)))
+        bitlen = Mux(any_, hi_index + 1, 0)
+        byte = m_rdata.word_select(J[:2], 8)
+        # ISQRT: one root bit a cycle, two radicand bits (Q[31:0], MSB first).
+        cand = Cat(Q[:32].word_select(cnt[:4], 2), rem)[:20]
+        trial = Signal(21)
+        m.d.comb += trial.eq(cand - Cat(Const(1, 2), root))
+        sq_ok = ~trial[-1]
+        root_next = Cat(sq_ok, root)[:16]
+        misc_sel = Signal(_Misc)
+        misc = Signal(32)
+        misc_signed = Signal()
+        with m.Switch(misc_sel):
+            with m.Case(_Misc.J):
+                m.d.comb += misc.eq(J)
+            with m.Case(_Misc.PRNG):
+                m.d.comb += misc.eq(prng.out.payload)
+            with m.Case(_Misc.DOT):
+                m.d.comb += [misc.eq(acc), misc_signed.eq(1)]
+            with m.Case(_Misc.BITLEN):
+                m.d.comb += misc.eq(bitlen)
+            with m.Case(_Misc.ISQRT):
+                m.d.comb += misc.eq(root_next)
+            with m.Case(_Misc.BYTE):
+                m.d.comb += [misc.eq(byte.as_signed()), misc_signed.eq(1)]
+
+        # SAT: A fits aux + 1 bits when A >> aux is 0 or -1; else the bound of A's sign.
+        fits = (sh[1:] == 0) | (sh[1:] == (1 << _W) - 1)
+        aux_hi, aux_lo = aux[3:], aux[:3]
+        ge_mask = Cat(*[
+            (Const(k >> 3, 4) > aux_hi) | ((aux_hi == (k >> 3)) & (aux_lo <= (k & 7)))
+            if k < 64 else Const(1, 1) for k in range(_W)])
+        satval = Mux(A[-1], ge_mask, ~ge_mask)
+
+        # --- A ------------------------------------------------------------------------------
+        a_sel = Signal(_ASel)
+        a_we = Signal()
+        a_next = Signal(_W)
+        with m.Switch(a_sel):
+            with m.Case(_ASel.SUM):
+                m.d.comb += a_next.eq(sum_[:_W])
+            with m.Case(_ASel.Y):
+                m.d.comb += a_next.eq(y)
+            with m.Case(_ASel.SH):
+                m.d.comb += a_next.eq(shx)
+            with m.Case(_ASel.MISC):
+                m.d.comb += a_next.eq(Cat(misc, (misc[31] & misc_signed).replicate(_W - 32)))
+            with m.Case(_ASel.AND):
+                m.d.comb += a_next.eq(A & y)
+            with m.Case(_ASel.SAT):
+                m.d.comb += a_next.eq(satval)
+            with m.Case(_ASel.LD2):
+                m.d.comb += a_next.eq(Cat(A[:32], m_rdata, m_rdata[31].replicate(_W - 64)))
+        with m.If(a_we):
+            m.d.sync += A.eq(a_next)
+
+        # --- ports ----------------------------------------------------------------------
+        m.d.comb += self.token.payload.eq(A[:self._token_bits])
+        load_mem = self.load.payload.addr[_MBITS:] == 0
+        load_prog = self.load.payload.addr[_PBITS:] == PROG_BASE >> _PBITS
+        m.d.comb += [
+            prog_wr.addr.eq(self.load.payload.addr[:_PBITS]),
+            prog_wr.data.eq(self.load.payload.data),
+            prog_rd.addr.eq(pc),
+            prog_rd.en.eq(state == _S.FETCH),
+            q_wr.addr.eq(J[3:]),
+            q_wr.data.eq(A[:8].replicate(DOT_LANES)),
+            q_rd.addr.eq(Mux(state == _S.DOT, qaddr, 0)),
+            m_wdata.eq(Mux(state == _S.IDLE, self.load.payload.data, A[:32])),
+        ]
+        use_p = Signal()
+        peek = self.peek_addr if self._debug else 0
+        with m.If(state == _S.IDLE):
+            m.d.comb += m_addr.eq(Mux(self.load.valid & load_mem, self.load.payload.addr,
+                                      peek))
+        with m.Else():
+            m.d.comb += m_addr.eq(Mux(use_p, P, ea))
+        if self._debug:
+            m.d.comb += self.peek_data.eq(m_rdata)
+
+        with m.If(self.reset_state):
+            m.d.sync += fresh.eq(1)
+
+        # --- sequencer --------------------------------------------------------------------
+        with m.Switch(state):
+            with m.Case(_S.IDLE):
+                m.d.comb += [self.step.ready.eq(1), self.load.ready.eq(1)]
+                if self._debug:
+                    m.d.comb += m_re.eq(~(self.load.valid & load_mem))
+                with m.If(self.load.valid):
+                    m.d.comb += [m_we.eq(load_mem), prog_wr.en.eq(load_prog)]
+                with m.If(self.step.valid):
+                    m.d.sync += [
+                        regs[7].eq(self.step.payload.token), regs[6].eq(self.step.payload.emit),
+                        regs[5].eq(self.x0), regs[4].eq(fresh),
+                        fresh.eq(self.reset_state), pc.eq(0), skip.eq(0), cycles.eq(0),
+                        state.eq(_S.START),
+                    ]
+            with m.Case(_S.START):
+                m.d.sync += state.eq(_S.FETCH)
+            with m.Case(_S.FETCH):
+                m.d.sync += [pc.eq(pc + 1), state.eq(_S.EXEC)]
+            with m.Case(_S.EXEC):
+                with m.If(skip):
+                    m.d.sync += [skip.eq(0), state.eq(_S.FETCH)]
+                with m.Elif(needs_mem):
+                    m.d.comb += m_re.eq(1)
+                    m.d.sync += state.eq(_S.MEM1)
+            with m.Case(_S.MEM1):
+                with m.If(op == Op.LD2):
+                    m.d.comb += [ysel.eq(_YSel.M), a_sel.eq(_ASel.Y), a_we.eq(1),
+                                 ea_inc.eq(1), m_re.eq(1)]
+                    m.d.sync += state.eq(_S.MEM2)
+            with m.Case(_S.MEM2):
+                m.d.comb += [a_sel.eq(_ASel.LD2), a_we.eq(1)]
+                m.d.sync += state.eq(_S.FETCH)
+            with m.Case(_S.ITER):
+                m.d.sync += cnt.eq(cnt - 1)
+                with m.If(cnt == 0):
+                    m.d.sync += state.eq(_S.FETCH)
+                with m.Switch(op):
+                    with m.Case(Op.MUL, Op.MULS):
+                        bit = Q.bit_select(cnt[:6], 1)
+                        m.d.comb += [sh_mode.eq(_Sh.LEFT_ONE), xsel.eq(_XSel.SH),
+                                     ysel.eq(_YSel.S), inv.eq(cnt == aux), cin.eq(cnt == aux),
+                                     a_sel.eq(_ASel.SH), a_we.eq(1)]
+                        with m.If(op == Op.MUL):
+                            m.d.comb += ysel.eq(_YSel.T)
+                        with m.If(bit):
+                            m.d.comb += a_sel.eq(_ASel.SUM)
+                    with m.Case(Op.DIVS):
+                        with m.If(cnt == 0):
+                            m.d.comb += [ysel.eq(_YSel.T), a_sel.eq(_ASel.Y), a_we.eq(1)]
+                        with m.Else():
+                            m.d.comb += [
+                                x_bit.eq(Q.bit_select((cnt - 1)[:6], 1)),
+                                sh_mode.eq(_Sh.LEFT_ONE), xsel.eq(_XSel.SH), x_unsigned.eq(1),
+                                ysel.eq(_YSel.S), inv.eq(1), cin.eq(1),
+                                a_sel.eq(_ASel.SUM), a_we.eq(1),
+                            ]
+                            with m.If(sum_neg):
+                                m.d.comb += a_sel.eq(_ASel.SH)
+                            m.d.sync += T.eq(Cat(~sum_neg, T))
+                    with m.Case(Op.ISQRT):
+                        m.d.sync += [root.eq(root_next), rem.eq(Mux(sq_ok, trial, cand))]
+                        with m.If(cnt == 0):
+                            m.d.comb += [misc_sel.eq(_Misc.ISQRT), a_sel.eq(_ASel.MISC),
+                                         a_we.eq(1)]
+            with m.Case(_S.DOT):
+                m.d.sync += [qaddr.eq(qaddr + 1), phase.eq(~phase), cnt.eq(cnt - 1),
+                             acc.eq(acc + psum)]
+                with m.If(cnt == 0):
+                    m.d.sync += state.eq(_S.DOT_ACC)
+                with m.If(~phase):
+                    m.d.sync += whi.eq(m_rdata[16:])
+                with m.Elif(cnt != 0):
+                    m.d.comb += [use_p.eq(1), m_re.eq(1)]
+                    m.d.sync += P.eq(P + 1)
+            with m.Case(_S.DOT_ACC):
+                m.d.sync += [acc.eq(acc + psum), state.eq(_S.DOT_OUT)]
+            with m.Case(_S.DOT_OUT):
+                m.d.comb += [misc_sel.eq(_Misc.DOT), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                m.d.sync += state.eq(_S.FETCH)
+
+        # DOT: 8 products a cycle, registered.
+        weights = Mux(phase, whi, m_rdata[:16])
+        terms, negs = [], []
+        for lane in range(DOT_LANES):
+            q = q_rd.data[8 * lane:8 * lane + 8]
+            code = weights[2 * lane:2 * lane + 2]
+            # code 1: +q; code 3: -q = ~q + 1 (the +1s are added once, below); code 0: 0.
+            terms.append((Mux(code[0], q ^ code[1].replicate(8), 0)).as_signed())
+            negs.append(code[0] & code[1])
+        m.d.sync += psum.eq(Mux(state == _S.DOT, sum(terms) + sum(negs), 0))
+
+        # --- execute ----------------------------------------------------------------------
+        with m.If(go):
+            m.d.sync += state.eq(_S.FETCH)
+            with m.Switch(op):
+                with m.Case(Op.HALT):
+                    m.d.sync += state.eq(_S.IDLE)
+                with m.Case(Op.LD, Op.LDU):
+                    m.d.comb += [a_sel.eq(_ASel.Y), a_we.eq(1)]
+                with m.Case(Op.LDB):
+                    m.d.comb += [misc_sel.eq(_Misc.BYTE), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                with m.Case(Op.LDX):
+                    m.d.comb += [ysel.eq(_YSel.M), a_sel.eq(_ASel.Y), a_we.eq(1)]
+                with m.Case(Op.ST):
+                    m.d.comb += m_we.eq(1)
+                with m.Case(Op.PUT):
+                    m.d.sync += R[aux[:3]].eq(A[:32])
+                with m.Case(Op.PUTS):
+                    m.d.sync += S.eq(A)
+                with m.Case(Op.GETS):
+                    m.d.comb += [ysel.eq(_YSel.S), a_sel.eq(_ASel.Y), a_we.eq(1)]
+                with m.Case(Op.GETJ):
+                    m.d.comb += [misc_sel.eq(_Misc.J), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                with m.Case(Op.SETP):
+                    m.d.sync += P.eq(A[:_MBITS])
+                with m.Case(Op.ADD):
+                    m.d.comb += [a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                with m.Case(Op.SUB):
+                    m.d.comb += [inv.eq(1), cin.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                with m.Case(Op.ADDS):
+                    m.d.comb += [ysel.eq(_YSel.S), a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                with m.Case(Op.MUL):
+                    m.d.comb += [misc_sel.eq(_Misc.ZERO), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                    m.d.sync += [Q.eq(y), T.eq(A), cnt.eq(aux), state.eq(_S.ITER)]
+                with m.Case(Op.MULS):
+                    m.d.comb += [misc_sel.eq(_Misc.ZERO), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                    m.d.sync += [Q.eq(A), cnt.eq(aux), state.eq(_S.ITER)]
+                with m.Case(Op.DIVS):
+                    # The first quotient bit: (A >> aux) - S.
+                    m.d.comb += [sh_mode.eq(_Sh.RIGHT_AUX), xsel.eq(_XSel.SH),
+                                 x_unsigned.eq(1), ysel.eq(_YSel.S), inv.eq(1), cin.eq(1),
+                                 a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                    with m.If(sum_neg):
+                        m.d.comb += a_sel.eq(_ASel.SH)
+                    m.d.sync += [Q.eq(A), T.eq(~sum_neg), cnt.eq(aux), state.eq(_S.ITER)]
+                with m.Case(Op.ISQRT):
+                    m.d.sync += [Q.eq(A), rem.eq(0), root.eq(0), cnt.eq(15),
+                                 state.eq(_S.ITER)]
+                with m.Case(Op.BITLEN):
+                    m.d.comb += [misc_sel.eq(_Misc.BITLEN), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                with m.Case(Op.SHR):
+                    m.d.comb += [sh_mode.eq(_Sh.SIGNED), a_sel.eq(_ASel.SH), a_we.eq(1)]
+                with m.Case(Op.SHRR):
+                    m.d.comb += [sh_mode.eq(_Sh.SIGNED), xsel.eq(_XSel.SH), y_off.eq(1),
+                                 cin.eq(sh[0]), a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                with m.Case(Op.SHL):
+                    m.d.comb += [sh_mode.eq(_Sh.LEFT_B), a_sel.eq(_ASel.SH), a_we.eq(1)]
+                with m.Case(Op.SAT):
+                    m.d.comb += [sh_mode.eq(_Sh.RIGHT_AUX), a_sel.eq(_ASel.SAT),
+                                 a_we.eq(~fits)]
+                with m.Case(Op.ABS, Op.NEG, Op.NEGIF):
+                    m.d.comb += [ysel.eq(_YSel.A), xsel.eq(_XSel.ZERO), inv.eq(1), cin.eq(1),
+                                 a_sel.eq(_ASel.SUM)]
+                    with m.Switch(op):
+                        with m.Case(Op.ABS):
+                            m.d.comb += a_we.eq(A[-1])
+                        with m.Case(Op.NEG):
+                            m.d.comb += a_we.eq(1)
+                        with m.Case(Op.NEGIF):
+                            m.d.comb += a_we.eq(b_neg)
+                with m.Case(Op.MAX):
+                    m.d.comb += [inv.eq(1), cin.eq(1), a_sel.eq(_ASel.Y), a_we.eq(sum_neg)]
+                with m.Case(Op.MIN):
+                    m.d.comb += [inv.eq(1), cin.eq(1), a_sel.eq(_ASel.Y), a_we.eq(~sum_neg)]
+                with m.Case(Op.AND):
+                    m.d.comb += [a_sel.eq(_ASel.AND), a_we.eq(1)]
+                with m.Case(Op.SCLR):
+                    m.d.sync += S.eq(0)
+                with m.Case(Op.SADD):
+                    m.d.comb += ysel.eq(_YSel.S)
+                    m.d.sync += S.eq(sum_[:_W])
+                with m.Case(Op.SMAX):
+                    m.d.comb += [ysel.eq(_YSel.S), inv.eq(1), cin.eq(1)]
+                    with m.If(~sum_neg):
+                        m.d.sync += S.eq(A)
+                with m.Case(Op.STQ):
+                    m.d.comb += q_wr.en.eq(1 << J[:3])
+                with m.Case(Op.DOT):
+                    words = (y[:12] + 15)[4:12]
+                    m.d.comb += [use_p.eq(1), m_re.eq(1)]
+                    m.d.sync += [P.eq(P + 1), qaddr.eq(1), phase.eq(0), acc.eq(0),
+                                 cnt.eq(Cat(Const(1, 1), words) - 2), state.eq(_S.DOT)]
+                with m.Case(Op.RAND):
+                    m.d.comb += [prng.out.ready.eq(1), misc_sel.eq(_Misc.PRNG),
+                                 a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                with m.Case(Op.TOK):
+                    m.d.comb += self.token.valid.eq(1)
+                    with m.If(~self.token.ready):
+                        m.d.sync += state.eq(state)
+                with m.Case(Op.FOR):
+                    m.d.sync += [C.eq(y), J.eq(0), L.eq(pc)]
+                with m.Case(Op.NEXT):
+                    m.d.sync += J.eq(J + 1)
+                    with m.If(J + 1 < C):
+                        m.d.sync += pc.eq(L)
+                with m.Case(Op.JMP):
+                    m.d.sync += pc.eq(imm)
+                with m.Case(Op.CALL):
+                    m.d.sync += [link.eq(pc), pc.eq(imm)]
+                with m.Case(Op.RET):
+                    m.d.sync += pc.eq(link)
+                with m.Case(Op.SKIP):
+                    conds = Cat(y_neg, ~y_neg, y_zero, ~y_zero, y_neg | y_zero,
+                                ~y_neg & ~y_zero, Const(0, 2))
+                    m.d.sync += skip.eq(conds.bit_select(aux[:3], 1))
+
+        return m
