@@ -92,12 +92,12 @@ def memory_budget(config: ModelConfig, packing: str | None = None) -> MemoryBudg
 def fits(config: ModelConfig, board: Board, packing: str | None = None) -> tuple[bool, str]:
     """(fits, one-line explanation). On ECP5 everything shares the EBRs, of which 10% are kept
     for the engine's own FIFOs and for packing granularity; on iCE40 the read-only parameters
-    must fit SPRAM and the state and buffers the EBRs."""
+    must fit the SPRAM (the serial engine's one memory)."""
     b = memory_budget(config, packing)
     if board.spram_bits:
-        ok = b.bulk <= board.spram_bits and b.small <= board.bram_bits
-        return ok, (f"SPRAM {_kbit(b.bulk)} of {_kbit(board.spram_bits)}, "
-                    f"EBR {_kbit(b.small)} of {_kbit(board.bram_bits)}")
+        # The serial engine (docs/serial.md) keeps everything in SPRAM; its image
+        # (mmfree.sim.serial_program.SerialImage) counts the exact words.
+        return b.total <= board.spram_bits, f"SPRAM {_kbit(b.total)} of {_kbit(board.spram_bits)}"
     usable = math.floor(board.bram_bits * 0.9)
     return b.total <= usable, f"EBR {_kbit(b.total)} of {_kbit(usable)} usable"
 
@@ -177,11 +177,12 @@ def soc_blocks(image, family: str = "ecp5") -> dict[str, int]:
 
 def fits_image(image, board: Board) -> tuple[bool, str]:
     """(fits, one-line explanation) for the board SoC that holds ``image``: its block RAMs
-    (:func:`soc_blocks`) against the device's. On the iCE40 the weights would have to be in
-    SPRAM, which the engine does not use yet, so only the bit budget of :func:`fits` is
-    checked there."""
+    (:func:`soc_blocks`) against the device's. On the iCE40 the serial engine holds
+    everything in its SPRAM words, which its image counted when it was made (a
+    :class:`~mmfree.sim.serial_program.SerialImage` that does not fit is never made)."""
     if board.spram_bits:
-        return fits(image.im.config, board, image.packing)
+        from ..sim.serial import MEM_WORDS
+        return len(image.mem) <= MEM_WORDS, f"{len(image.mem):,} of {MEM_WORDS:,} SPRAM words"
     blocks = soc_blocks(image, board.family)
     total = sum(blocks.values())
     top = ", ".join(f"{name} {count}" for name, count in

@@ -9,12 +9,14 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
+from amaranth.vendor import SiliconBluePlatform
 
 from mmfree.hw.engine import Engine
 from mmfree.hw.framing import FrameReceiver, FrameTransmitter
 from mmfree.hw.link import LinkController
 from mmfree.hw.uart import UART
 from mmfree.sim.engine import EngineImage
+from mmfree.sim.serial_program import SerialImage
 from mmfree.sim.protocol import Board, Identity, identity_for
 
 __all__ = ["SoC"]
@@ -24,8 +26,12 @@ TX_FIFO_DEPTH = 64
 
 class SoC(wiring.Component):
     """UART (8N1, ``divisor`` cycles a bit) -> :class:`~mmfree.hw.framing.FrameReceiver`
-    -> :class:`~mmfree.hw.link.LinkController` -> :class:`~mmfree.hw.engine.Engine`, and
-    back through :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO and the UART.
+    -> :class:`~mmfree.hw.link.LinkController` -> the decode engine, and back through
+    :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO and the UART. The engine is
+    :class:`~mmfree.hw.engine.Engine` for an :class:`~mmfree.sim.engine.EngineImage` (its
+    memories start with the model), :class:`~mmfree.hw.serial.SerialEngine` for a
+    :class:`~mmfree.sim.serial_program.SerialImage` (its program starts with the model's; its
+    data memory, SPRAM on an iCE40, starts empty: the host loads the model).
 
     Members: ``uart_rx`` (into the device), ``uart_tx``, ``leds`` (:class:`~mmfree.hw.link.LED`).
     A frame with no byte for ``timeout`` cycles (default: 4096 byte times) is abandoned.
@@ -33,8 +39,8 @@ class SoC(wiring.Component):
 
     def __init__(self, image: EngineImage, *, board: Board, clock_hz: int, divisor: int,
                  timeout: int | None = None):
-        if not isinstance(image, EngineImage):
-            raise TypeError(f"image must be an EngineImage, not {image!r}")
+        if not isinstance(image, (EngineImage, SerialImage)):
+            raise TypeError(f"image must be an EngineImage or a SerialImage, not {image!r}")
         self._image = image
         self._divisor = divisor
         self._timeout = timeout if timeout is not None else 4096 * 10 * divisor
@@ -53,6 +59,14 @@ class SoC(wiring.Component):
     def image(self) -> EngineImage:
         return self._image
 
+    def _engine(self, platform):
+        image = self._image
+        if isinstance(image, SerialImage):
+            from mmfree.hw.serial import SerialEngine
+            return SerialEngine(token_bits=image.token_bits, program=image.program_words(),
+                                debug=False, spram=isinstance(platform, SiliconBluePlatform))
+        return Engine(image, debug=False)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart = uart = UART(divisor=self._divisor)
@@ -60,7 +74,7 @@ class SoC(wiring.Component):
         m.submodules.tx = tx = FrameTransmitter()
         m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=TX_FIFO_DEPTH)
         m.submodules.ctrl = ctrl = LinkController(identity=self._identity)
-        m.submodules.engine = engine = Engine(self._image, debug=False)
+        m.submodules.engine = engine = self._engine(platform)
 
         m.d.comb += [
             uart.rx.eq(self.uart_rx),

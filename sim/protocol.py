@@ -262,7 +262,9 @@ def _geometry(image) -> dict:
 
 def identity_for(image, *, board: Board, clock_hz: int, divisor: int) -> Identity:
     """What a device built for ``image`` (an :class:`~mmfree.sim.engine.EngineImage`)
-    answers to IDENTIFY at power-up: its memories hold ``image``, so that model is loaded."""
+    answers to IDENTIFY at power-up: its memories hold ``image``, so that model is loaded —
+    unless the image says its engine starts empty (``starts_loaded`` False: the serial
+    engine's SPRAM cannot be initialized by a bitstream), then no model is valid."""
     cfg = image.im.config
     return Identity(
         version=VERSION, board=int(board), lanes=image.lanes, width=image.width,
@@ -271,7 +273,8 @@ def identity_for(image, *, board: Board, clock_hz: int, divisor: int) -> Identit
         intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
         packing=("2bit", "1.6bit").index(image.packing), clock_hz=int(clock_hz),
         divisor=int(divisor), config_hash=config_hash(image),
-        model_hash=model_hash(image.load_words()), model_valid=1)
+        model_hash=model_hash(image.load_words()),
+        model_valid=int(getattr(image, "starts_loaded", True)))
 
 
 def config_hash(image) -> int:

@@ -135,6 +135,9 @@ class SerialImage:
     lanes = serial.DOT_LANES
     width = 1
     packing = "2bit"
+    #: The data memory (SPRAM on the iCEBreaker) cannot be initialized by a bitstream: a
+    #: device starts with no valid model and the host always loads one (protocol.identity_for).
+    starts_loaded = False
 
     def __init__(self, im: golden.IntModel):
         self.im = im

@@ -100,7 +100,7 @@ def test_info(files, capsys):
     assert re.search(rf"parameters\s+{CONFIG.num_parameters:,}", out)
     assert re.search(r"size 2bit\s+weights", out) and re.search(r"size 1.6bit\s+weights", out)
     assert re.search(r"ulx3s-85f\s+2bit\s+fits", out)
-    assert re.search(r"icebreaker\s+1.6bit\s+fits", out)
+    assert re.search(r"icebreaker\s+2bit\s+fits", out)
     # A checkpoint directory works too.
     status, out2, err = run_cli(capsys, "info", files["ckpt"])
     assert status == 0, err

@@ -114,10 +114,21 @@ def cmd_info(args) -> int:
     for board in BOARDS.values():
         config = BOARD_CONFIGS[board.name]
         for packing in ("2bit", "1.6bit"):
-            # Bits first; then, on a block-RAM board, the blocks of the board's SoC (its
-            # lanes and vector width) with this packing.
+            # Bits first; then the memories of the board's SoC: on a block-RAM board its
+            # blocks (its lanes and vector width, this packing), on the iCEBreaker the serial
+            # engine's SPRAM words.
             ok, detail = fits(cfg, board, packing)
-            if ok and not board.spram_bits:
+            if config.engine == "serial":
+                if packing != config.packing:
+                    continue          # the serial engine stores 2-bit words, whatever the file's
+                if ok:
+                    from ..sim.serial_program import SerialImage
+                    im = im or golden.prepare(model)
+                    try:
+                        ok, detail = fits_image(SerialImage(im), board)
+                    except ValueError as error:
+                        ok, detail = False, str(error)
+            elif ok:
                 im = im or golden.prepare(model)
                 try:
                     image = EngineImage(im, config.lanes, config.vector_width, packing)

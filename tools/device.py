@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """The SoC a board runs: engine lanes, vector width and weight packing (how the engine
-    stores the ternary weights, whatever the model file's), engine clock, UART baud rate."""
+    """The SoC a board runs: its decode engine (``"parallel"``, :mod:`mmfree.hw.engine`, with
+    its lanes, vector width and weight packing — how the engine stores the ternary weights,
+    whatever the model file's; or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
+    DOT unit's 8 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
     lanes: int
@@ -38,6 +40,7 @@ class BoardConfig:
     clock_hz: int
     baud: int
     packing: str = "2bit"
+    engine: str = "parallel"
 
     @property
     def divisor(self) -> int:
@@ -52,9 +55,10 @@ BOARD_CONFIGS = {
     # (docs/boards.md).
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=4,
                              clock_hz=42_000_000, baud=3_000_000, packing="1.6bit"),
-    # 12 MHz oscillator -> PLL 24 MHz; FT2232H at 3 Mbaud (8 cycles a bit).
-    "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=64, vector_width=8,
-                              clock_hz=24_000_000, baud=3_000_000),
+    # 12 MHz oscillator -> PLL 24 MHz; FT2232H at 3 Mbaud (8 cycles a bit). The UP5K (5,280
+    # logic cells) runs the serial engine with everything in its four SPRAMs (docs/serial.md).
+    "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=8, vector_width=1,
+                              clock_hz=24_000_000, baud=3_000_000, engine="serial"),
 }
 
 
@@ -67,12 +71,20 @@ class DeviceSetupError(Exception):
         self.status = status
 
 
-def engine_image(model, board: BoardConfig) -> EngineImage:
-    """The engine image of ``model`` for ``board``, or :class:`DeviceSetupError` if the
-    model does not fit the board's memory (checked before anything is opened or sent)."""
+def engine_image(model, board: BoardConfig):
+    """The engine image of ``model`` for ``board`` (an :class:`EngineImage`, or a
+    :class:`~mmfree.sim.serial_program.SerialImage` for the serial engine), or
+    :class:`DeviceSetupError` if the model does not fit the board's memory (checked before
+    anything is opened or sent)."""
     # The bit budget first (cheap: no quantization of a model that is far too big), then the
-    # block RAMs the board's SoC would map this image to.
+    # block RAMs the board's SoC would map this image to (the serial engine: its memory words).
     ok, detail = fits(model.config, BOARDS[board.name], board.packing)
+    if ok and board.engine == "serial":
+        from ..sim.serial_program import SerialImage
+        try:
+            return SerialImage(golden.prepare(model))
+        except ValueError as error:
+            raise DeviceSetupError(f"the model does not fit the {board.name}: {error}") from None
     if ok:
         try:
             image = EngineImage(golden.prepare(model), board.lanes, board.vector_width,
