@@ -30,8 +30,9 @@ class SoC(wiring.Component):
     :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO and the UART. The engine is
     :class:`~mmfree.hw.engine.Engine` for an :class:`~mmfree.sim.engine.EngineImage` (its
     memories start with the model), :class:`~mmfree.hw.serial.SerialEngine` for a
-    :class:`~mmfree.sim.serial_program.SerialImage` (its program starts with the model's; its
-    data memory, SPRAM on an iCE40, starts empty: the host loads the model).
+    :class:`~mmfree.sim.serial_program.SerialImage` (its memories start empty — the data
+    memory is SPRAM on an iCE40, which no bitstream initializes — and the host loads the
+    model's program and data).
 
     Members: ``uart_rx`` (into the device), ``uart_tx``, ``leds`` (:class:`~mmfree.hw.link.LED`).
     A frame with no byte for ``timeout`` cycles (default: 4096 byte times) is abandoned.
@@ -63,8 +64,11 @@ class SoC(wiring.Component):
         image = self._image
         if isinstance(image, SerialImage):
             from mmfree.hw.serial import SerialEngine
-            return SerialEngine(token_bits=image.token_bits, program=image.program_words(),
-                                debug=False, spram=isinstance(platform, SiliconBluePlatform))
+            # The program memory could start with the model's program, but the data memory
+            # cannot start with its data, so the host loads both: the gateware depends on the
+            # model's geometry only (one bitstream, one Verilator build, for every model).
+            return SerialEngine(token_bits=image.token_bits, debug=False,
+                                spram=isinstance(platform, SiliconBluePlatform))
         return Engine(image, debug=False)
 
     def elaborate(self, platform):

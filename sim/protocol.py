@@ -257,7 +257,11 @@ def _geometry(image) -> dict:
     return {"version": VERSION, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
             "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size,
             "hidden_act": cfg.hidden_act, "packing": image.packing, "lanes": image.lanes,
-            "width": image.width}
+            "width": image.width,
+            # The serial engine (mmfree.sim.serial_program); absent for the parallel one, whose
+            # hashes predate it.
+            **({"engine": image.engine} if getattr(image, "engine", "parallel") != "parallel"
+               else {})}
 
 
 def identity_for(image, *, board: Board, clock_hz: int, divisor: int) -> Identity:
@@ -273,8 +277,13 @@ def identity_for(image, *, board: Board, clock_hz: int, divisor: int) -> Identit
         intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
         packing=("2bit", "1.6bit").index(image.packing), clock_hz=int(clock_hz),
         divisor=int(divisor), config_hash=config_hash(image),
-        model_hash=model_hash(image.load_words()),
-        model_valid=int(getattr(image, "starts_loaded", True)))
+        **_loaded_model(image))
+
+
+def _loaded_model(image) -> dict:
+    if getattr(image, "starts_loaded", True):
+        return {"model_hash": model_hash(image.load_words()), "model_valid": 1}
+    return {"model_hash": 0, "model_valid": 0}
 
 
 def config_hash(image) -> int:

@@ -138,6 +138,9 @@ class SerialImage:
     #: The data memory (SPRAM on the iCEBreaker) cannot be initialized by a bitstream: a
     #: device starts with no valid model and the host always loads one (protocol.identity_for).
     starts_loaded = False
+    #: Part of the configuration hash (protocol.config_hash): a host never takes a serial
+    #: engine for a parallel one of the same lanes and width.
+    engine = "serial"
 
     def __init__(self, im: golden.IntModel):
         self.im = im

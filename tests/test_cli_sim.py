@@ -132,3 +132,41 @@ def test_shipped_model_on_the_simulated_board(capsys, sampling):
     assert status == 0, err
     assert sim_out == golden_out
     assert sim_out.startswith("ROMEO:") and len(sim_out) > len("ROMEO:") + 12
+
+
+ICEBREAKER_MODEL = Path(__file__).parents[1] / "tools" / "models" / "icebreaker.safetensors"
+
+
+@pytest.fixture(scope="module")
+def icebreaker_random(tmp_path_factory):
+    """A random-weight model of the shipped iCEBreaker model's shape (one simulated board
+    build serves both: the serial engine's gateware depends on the shape only)."""
+    from mmfree.sim.model import random_model
+    from mmfree.sim.modelfile import load_model, save_model
+    path = tmp_path_factory.mktemp("icebreaker") / "random.safetensors"
+    save_model(random_model(load_model(ICEBREAKER_MODEL).config, seed=31), path)
+    return path
+
+
+@pytest.mark.parametrize("which, sampling", [
+    ("shipped", ("--temperature", 0)),
+    ("shipped", ("--temperature", 0.8, "--seed", 3)),
+    ("random", ("--temperature", 0)),
+    ("random", ("--temperature", 1.5, "--seed", 77)),
+], ids=["shipped-greedy", "shipped-t0.8-seed3", "random-greedy", "random-t1.5-seed77"])
+def test_icebreaker_serial_engine_on_the_simulated_board(icebreaker_random, capsys, caplog,
+                                                         which, sampling):
+    """The iCEBreaker's SoC (hw/serial.py's serial engine behind the same UART and link) in
+    Verilator: its memories start empty, so the host loads the program and the data through
+    the simulated UART every time and verifies them; then it prints what golden prints."""
+    model = ICEBREAKER_MODEL if which == "shipped" else icebreaker_random
+    argv = ["generate", "--model", model, "--board", "icebreaker", "--prompt", "ROMEO:",
+            "--max-new-tokens", 12, *sampling]
+    status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
+    assert status == 0, err
+    caplog.set_level(logging.INFO, logger="mmfree.tools.cli")
+    status, sim_out, err = run_cli(capsys, *argv, "--backend", "sim")
+    assert status == 0, err
+    assert sim_out == golden_out
+    assert len(sim_out) > len("ROMEO:")
+    assert re.search(r"loaded \d+ bytes in [\d.]+ s \(\d+ bytes/s, 0 resends\)", caplog.text)
