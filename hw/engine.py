@@ -19,7 +19,7 @@ from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION, RE
 from mmfree.sim.golden import ACT_BITS, LOGIT_BITS, NORM_W_BITS, SAMPLER_N
 from mmfree.hw.shiftmax import x0_shape
 
-__all__ = ["Engine", "INSTR_LAYOUT"]
+__all__ = ["Engine", "INSTR_LAYOUT", "engine_members"]
 
 INSTR_LAYOUT = data.StructLayout({
     name: (signed(width) if is_signed else unsigned(width))
@@ -35,6 +35,23 @@ class _State(enum.Enum, shape=4):
     RUN     = 5    # wait for the op's last result
     TERN    = 6    # BITLINEAR/HEAD: the q vector is complete; start the rows
     WAIT_T  = 7    # BITLINEAR/HEAD: wait for the last row (HEAD: the sampled token)
+
+
+def engine_members(token_bits: int) -> dict:
+    """The ports every decode engine has (this one and :class:`mmfree.hw.serial.SerialEngine`),
+    which :class:`mmfree.hw.link.LinkController` drives; see :class:`Engine`."""
+    return {
+        "step":        In(stream.Signature(data.StructLayout({
+            "token": unsigned(token_bits), "emit": 1}))),
+        "token":       Out(stream.Signature(unsigned(token_bits))),
+        "x0":          In(x0_shape(SAMPLER_N)),
+        "seed":        In(32),
+        "seed_load":   In(1),
+        "reset_state": In(1),
+        "load":        In(stream.Signature(data.StructLayout({"addr": 32, "data": 32}))),
+        "busy":        Out(1),
+        "cycles":      Out(32),
+    }
 
 
 class Engine(wiring.Component):
@@ -84,19 +101,7 @@ class Engine(wiring.Component):
         self._debug = debug
         cfg = image.im.config
         self._vbits = max(1, (image.vmem_depth - 1).bit_length())
-        members = {
-            "step":        In(stream.Signature(data.StructLayout({
-                "token": unsigned(max(1, (cfg.vocab_size - 1).bit_length())), "emit": 1}))),
-            "token":       Out(stream.Signature(unsigned(max(1, (cfg.vocab_size - 1)
-                                                                 .bit_length())))),
-            "x0":          In(x0_shape(SAMPLER_N)),
-            "seed":        In(32),
-            "seed_load":   In(1),
-            "reset_state": In(1),
-            "load":        In(stream.Signature(data.StructLayout({"addr": 32, "data": 32}))),
-            "busy":        Out(1),
-            "cycles":      Out(32),
-        }
+        members = engine_members(max(1, (cfg.vocab_size - 1).bit_length()))
         if debug:
             members["peek_addr"] = In(unsigned(self._vbits))
             members["peek_data"] = Out(signed(ACT_BITS))

@@ -5,14 +5,13 @@ by :mod:`mmfree.sim.serial` (:class:`~mmfree.sim.serial.Machine`,
 :func:`~mmfree.sim.serial.instr_cycles`); this is its hardware, for the iCE40 UP5K.
 """
 
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
+from amaranth.lib import enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw.shiftmax import x0_shape
+from mmfree.hw.engine import engine_members
 from mmfree.hw.xorshift import Xorshift32
-from mmfree.sim.golden import SAMPLER_N
 from mmfree.sim.serial import (ACC_BITS, DOT_LANES, MEM_WORDS, PROG_BASE, PROG_WORDS,
                                QBUF_BYTES, Instr, Op, Src)
 
@@ -187,18 +186,7 @@ class SerialEngine(wiring.Component):
         self._mem = mem
         self._debug = bool(debug)
         self._spram = bool(spram)
-        members = {
-            "step":        In(stream.Signature(data.StructLayout({
-                "token": unsigned(token_bits), "emit": 1}))),
-            "token":       Out(stream.Signature(unsigned(token_bits))),
-            "x0":          In(x0_shape(SAMPLER_N)),
-            "seed":        In(32),
-            "seed_load":   In(1),
-            "reset_state": In(1),
-            "load":        In(stream.Signature(data.StructLayout({"addr": 32, "data": 32}))),
-            "busy":        Out(1),
-            "cycles":      Out(32),
-        }
+        members = engine_members(token_bits)
         if self._debug:
             members["peek_addr"] = In(_MBITS)
             members["peek_data"] = Out(32)

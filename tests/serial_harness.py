@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from mmfree.sim.serial import (MEM_WORDS, PROG_BASE, PROG_WORDS, Cond, Instr, Machine, MachineError, Op,
+from mmfree.sim.serial import (MEM_WORDS, PROG_BASE, PROG_WORDS, Instr, Machine, MachineError, Op,
                                Src)
 
 HALT = Instr(Op.HALT).encode()
@@ -134,7 +134,6 @@ def _width(value: int) -> int:
 def op_block(rng: random.Random, bld: Builder, op: Op, src: Src, *, token_bits: int = 8):
     """Setup with random operands (meeting ``op``'s preconditions most of the time) and one
     ``op`` instruction with operand mode ``src``."""
-    mem = bld.mem
     aux = rng.randrange(64)
     jx = px = False
     imm = rng.randrange(-(1 << 15), 1 << 15)

@@ -12,10 +12,10 @@ import pytest
 from amaranth.sim import Simulator
 
 from mmfree.hw.serial import SerialEngine
-from mmfree.sim.serial import MEM_WORDS, PROG_BASE, PROG_WORDS, Instr, Op, Src
+from mmfree.sim.serial import MEM_WORDS, PROG_BASE, PROG_WORDS, Op, Src
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serial_harness import (DUMP, HALT, Step, enc, machine_run,  # noqa: E402
+from serial_harness import (DUMP, Step, enc, machine_run,  # noqa: E402
                             random_program)
 
 
