@@ -603,16 +603,7 @@ class SerialImage:
 
         # NYS: Y = saturate(shift_round(T * w, osh), 32)
         a.label("nys")
-        a.mem(Op.LD, F["osh"], px=True)
-        a.put(0)
-        a.mem(Op.LD, F["n"], px=True)
-        a.put(3)
-        a.mem(Op.LD, F["w"], px=True)
-        a(Op.SETP)
-        a.reg(Op.LD, 3)
-        a.acc(Op.FOR)
-        self._norm_element(ymax=False)
-        a(Op.NEXT)
+        self._norm_weight_loop(ymax=False)
         a(Op.RET)
 
         # BLQ: Y and ymax, qbuf, S = ys * m, R1 = k - s, P = the weights.
@@ -623,17 +614,7 @@ class SerialImage:
         a.put(5)
         a.mem(Op.LD, F["wt"], px=True)
         a.put(6)
-        a.mem(Op.LD, F["osh"], px=True)
-        a.put(0)
-        a.mem(Op.LD, F["n"], px=True)
-        a.put(3)
-        a.mem(Op.LD, F["w"], px=True)
-        a(Op.SETP)
-        a(Op.SCLR)
-        a.reg(Op.LD, 3)
-        a.acc(Op.FOR)
-        self._norm_element(ymax=True)
-        a(Op.NEXT)
+        self._norm_weight_loop(ymax=True)
         a.reg(Op.LD, 6)
         a(Op.SETP)
         a(Op.GETS)
@@ -673,6 +654,24 @@ class SerialImage:
 
         self._sigmoid("sig", silu=False)
         self._sigmoid("silu", silu=True)
+
+    def _norm_weight_loop(self, ymax: bool):
+        """The second half of a norm over the descriptor at P: R0 = its output shift, R3 = n,
+        P = its weights, then ``_norm_element`` for every element (``S`` = 0 first when the
+        loop also takes ``max |y|``)."""
+        a, F = self._asm, DESC_FIELDS
+        a.mem(Op.LD, F["osh"], px=True)
+        a.put(0)
+        a.mem(Op.LD, F["n"], px=True)
+        a.put(3)
+        a.mem(Op.LD, F["w"], px=True)
+        a(Op.SETP)
+        if ymax:
+            a(Op.SCLR)
+        a.reg(Op.LD, 3)
+        a.acc(Op.FOR)
+        self._norm_element(ymax=ymax)
+        a(Op.NEXT)
 
     def _norm_element(self, ymax: bool):
         a, reg = self._asm, self.regions
