@@ -5,15 +5,15 @@ by :mod:`mmfree.sim.serial` (:class:`~mmfree.sim.serial.Machine`,
 :func:`~mmfree.sim.serial.instr_cycles`); this is its hardware, for the iCE40 UP5K.
 """
 
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.hw.engine import engine_members
 from mmfree.hw.xorshift import Xorshift32
-from mmfree.sim.serial import (ACC_BITS, DOT_LANES, MEM_WORDS, PROG_BASE, PROG_WORDS,
-                               QBUF_BYTES, Instr, Op, Src)
+from mmfree.sim.serial import (ACC_BITS, DOT_LANES, MEM_WORDS, MUL_X_BITS, PROG_BASE,
+                               PROG_WORDS, QBUF_BYTES, SHIFT_STEP, Instr, Op, Src)
 
 __all__ = ["SerialEngine"]
 
@@ -27,15 +27,16 @@ _HALT = Instr(Op.HALT).encode()
 
 class _S(enum.Enum, shape=4):
     IDLE    = 0
-    START   = 1    # the step's first cycle
+    START   = 1    # the step's first cycles: R7, R6, R5
     FETCH   = 2    # program read at pc
-    EXEC    = 3    # the instruction is decoded; execute, or read M
-    MEM1    = 4    # M data of the first read; execute (LD2: read the high word)
+    EXEC    = 3    # the instruction is decoded; execute, or read M or a register
+    MEM1    = 4    # M or register data of the first read; execute (LD2: read the high word)
     MEM2    = 5    # LD2: the high word
     ITER    = 6    # MUL/MULS/DIVS/ISQRT iterations
     DOT     = 7    # DOT: 8 products a cycle
     DOT_ACC = 8    # DOT: the last sum into the accumulator
     DOT_OUT = 9    # DOT: A = the accumulator
+    SHIFT   = 10   # a shift of more than SHIFT_STEP bits: SHIFT_STEP bits a cycle first
 
 
 class _ASel(enum.Enum, shape=3):
@@ -255,10 +256,14 @@ class SerialEngine(wiring.Component):
 
         # --- machine state ------------------------------------------------------------------
         state = Signal(_S)
-        A, S, T = Signal(_W), Signal(_W), Signal(_W)
+        A, S = Signal(_W), Signal(_W)
         Q = Signal(64)
-        regs = [Signal(32, name=f"r{i}") for i in range(8)]
-        R = Array(regs)
+        T = Signal(MUL_X_BITS)         # MUL's multiplicand; DIVS's quotient (< 2**47)
+        # R0..R7: block RAM, read the cycle after EXEC (a REG operand costs a cycle).
+        m.submodules.rf = rf = Memory(shape=32, depth=8, init=[])
+        rf_rd, rf_wr = rf.read_port(), rf.write_port()
+        tok_in = Signal(self._token_bits)
+        emit_in = Signal()
         J, C = Signal(_JBITS), Signal(_JBITS)
         L, pc, link = Signal(_PBITS), Signal(_PBITS), Signal(_PBITS)
         P = Signal(_MBITS)
@@ -286,9 +291,18 @@ class SerialEngine(wiring.Component):
         aux, imm = ins[16:22], ins[0:16]
         needs_mem = (op.matches(Op.LDB, Op.LDX, Op.LD2) |
                      ((src == Src.MEM) & ~op.matches(Op.ST, Op.JMP, Op.CALL)))
+        reads_b = op.matches(Op.LD, Op.LDU, Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.MIN, Op.AND,
+                             Op.NEGIF, Op.SHR, Op.SHRR, Op.SHL, Op.DOT, Op.FOR, Op.SKIP)
+        needs_reg = (src == Src.REG) & reads_b
+        ready = Signal()               # the operands are there: execute, or shift first
+        pre = Signal()                 # ... shift SHIFT_STEP bits first
         go = Signal()                  # the cycle an instruction executes
-        m.d.comb += go.eq(((state == _S.EXEC) & ~skip & ~needs_mem) |
-                          ((state == _S.MEM1) & (op != Op.LD2)))
+        m.d.comb += [
+            ready.eq(((state == _S.EXEC) & ~skip & ~needs_mem & ~needs_reg) |
+                     ((state == _S.MEM1) & (op != Op.LD2)) | (state == _S.SHIFT)),
+            go.eq(ready & ~pre),
+            rf_rd.addr.eq(imm[:3]),
+        ]
 
         # Effective addresses.
         ea_inc = Signal()
@@ -305,14 +319,23 @@ class SerialEngine(wiring.Component):
 
         # --- operand Y: B of src, or a register -----------------------------------------
         ysel = Signal(_YSel)
+        # by op (ITER and LD2 override below): never by ``go``, which depends on the shifter's
+        # amount, which depends on Y
+        with m.Switch(op):
+            with m.Case(Op.LDX):
+                m.d.comb += ysel.eq(_YSel.M)
+            with m.Case(Op.GETS, Op.ADDS, Op.SADD, Op.SMAX, Op.DIVS):
+                m.d.comb += ysel.eq(_YSel.S)
+            with m.Case(Op.ABS, Op.NEG, Op.NEGIF):
+                m.d.comb += ysel.eq(_YSel.A)
         lo = Signal(32)
         lo_src = Signal(2)
         m.d.comb += lo_src.eq(Mux(ysel == _YSel.M, Src.MEM, src))
         with m.Switch(lo_src):
             with m.Case(Src.IMM):
-                m.d.comb += lo.eq(Cat(imm, Mux(op == Op.AND, 0, imm[15]).replicate(16)))
+                m.d.comb += lo.eq(imm.as_signed())
             with m.Case(Src.REG):
-                m.d.comb += lo.eq(R[imm[:3]])
+                m.d.comb += lo.eq(rf_rd.data)
             with m.Default():
                 m.d.comb += lo.eq(m_rdata)
         wide = Signal(_W)
@@ -325,7 +348,7 @@ class SerialEngine(wiring.Component):
             with m.Case(_YSel.S):
                 m.d.comb += [wide.eq(S), is_wide.eq(1)]
             with m.Case(_YSel.T):
-                m.d.comb += [wide.eq(T), is_wide.eq(1)]
+                m.d.comb += [wide.eq(T.as_signed()), is_wide.eq(1)]
         y = Signal(_W)
         m.d.comb += y.eq(Mux(is_wide, wide,
                              Cat(lo, (lo[31] & (op != Op.LDU)).replicate(_W - 32))))
@@ -336,13 +359,15 @@ class SerialEngine(wiring.Component):
             with m.Case(Src.IMM):
                 m.d.comb += b_neg.eq(imm[15])
             with m.Case(Src.REG):
-                m.d.comb += b_neg.eq(R[imm[:3]][31])
+                m.d.comb += b_neg.eq(rf_rd.data[31])
             with m.Case(Src.MEM):
                 m.d.comb += b_neg.eq(m_rdata[31])
             with m.Case(Src.ACC):
                 m.d.comb += b_neg.eq(A[-1])
 
-        # --- shifter: a funnel, right arithmetic by 0..80 (bit 0: the round bit) or left -----
+        # --- shifter: right arithmetic (bit 0: the round bit) or left, by 0..SHIFT_STEP -----
+        # A shift by k <= 80 bits takes ceil(k / SHIFT_STEP) cycles: SHIFT_STEP bits a cycle in
+        # SHIFT (no rounding needed: the round bit is the last bit out), the rest with the op.
         sh_mode = Signal(_Sh)
         sh_right = Signal()
         mag = Signal(7)
@@ -350,6 +375,12 @@ class SerialEngine(wiring.Component):
         pos_ok = (y[7:] == 0) & (low < _W)
         neg_ok = (y[7:] == (1 << (_W - 7)) - 1) & (low >= 128 - _W)
         pos_mag = Mux(pos_ok, low, _W)
+        with m.If(state == _S.ITER):
+            m.d.comb += sh_mode.eq(_Sh.LEFT_ONE)
+        with m.Elif(op == Op.SHL):
+            m.d.comb += sh_mode.eq(_Sh.LEFT_B)
+        with m.Elif(op == Op.DIVS):
+            m.d.comb += sh_mode.eq(_Sh.RIGHT_AUX)
         with m.Switch(sh_mode):
             with m.Case(_Sh.SIGNED):
                 m.d.comb += [sh_right.eq(~y_neg),
@@ -360,13 +391,23 @@ class SerialEngine(wiring.Component):
                 m.d.comb += [sh_right.eq(1), mag.eq(aux)]
             with m.Case(_Sh.LEFT_ONE):
                 m.d.comb += [sh_right.eq(0), mag.eq(1)]
-        fin = Signal(2 * _W + 1)
-        m.d.comb += fin.eq(Mux(sh_right, Cat(Const(0, 1), A, A[-1].replicate(_W)),
-                               Cat(Const(0, _W + 1), A)))
-        amt = Signal(7)
-        m.d.comb += amt.eq(Mux(sh_right, mag, _W - mag))
+        shamt = Signal(7)              # SHIFT: the bits still to shift, and the direction
+        shamt_right = Signal()
+        left = Signal(7)
+        right = Signal()
+        m.d.comb += [left.eq(Mux(state == _S.SHIFT, shamt, mag)),
+                     right.eq(Mux(state == _S.SHIFT, shamt_right, sh_right)),
+                     pre.eq(op.matches(Op.SHR, Op.SHRR, Op.SHL, Op.DIVS) &
+                            (left > SHIFT_STEP))]
+        k = Signal(range(SHIFT_STEP + 1))
+        m.d.comb += k.eq(Mux(pre, SHIFT_STEP, left))
+        fin = Signal(_W + 1 + SHIFT_STEP)
+        m.d.comb += fin.eq(Mux(right, Cat(Const(0, 1), A, A[-1].replicate(SHIFT_STEP)),
+                               Cat(Const(0, 1 + SHIFT_STEP), A)))
+        amt = Signal(range(SHIFT_STEP + 1))
+        m.d.comb += amt.eq(Mux(right, k, SHIFT_STEP - k))
         sh = Signal(_W + 1)
-        m.d.comb += sh.eq(_shift_right(fin, amt, _W + 1, max_amount=_W))
+        m.d.comb += sh.eq(_shift_right(fin, amt, _W + 1, max_amount=SHIFT_STEP))
         x_bit = Signal()               # DIVS: the next dividend bit into bit 0
         shx = Signal(_W)
         m.d.comb += shx.eq(sh[1:] | x_bit)
@@ -415,12 +456,13 @@ class SerialEngine(wiring.Component):
             with m.Case(_Misc.BYTE):
                 m.d.comb += [misc.eq(byte.as_signed()), misc_signed.eq(1)]
 
-        # SAT: A fits aux + 1 bits when A >> aux is 0 or -1; else the bound of A's sign.
-        fits = (sh[1:] == 0) | (sh[1:] == (1 << _W) - 1)
+        # SAT: A fits aux + 1 bits when its bits aux.. all equal the sign; else the bound of
+        # A's sign.
         aux_hi, aux_lo = aux[3:], aux[:3]
         ge_mask = Cat(*[
-            (Const(k >> 3, 4) > aux_hi) | ((aux_hi == (k >> 3)) & (aux_lo <= (k & 7)))
-            if k < 64 else Const(1, 1) for k in range(_W)])
+            (Const(i >> 3, 4) > aux_hi) | ((aux_hi == (i >> 3)) & (aux_lo <= (i & 7)))
+            if i < 64 else Const(1, 1) for i in range(_W)])
+        fits = ((A ^ A[-1].replicate(_W)) & ge_mask) == 0
         satval = Mux(A[-1], ge_mask, ~ge_mask)
 
         # --- A ------------------------------------------------------------------------------
@@ -437,7 +479,7 @@ class SerialEngine(wiring.Component):
             with m.Case(_ASel.MISC):
                 m.d.comb += a_next.eq(Cat(misc, (misc[31] & misc_signed).replicate(_W - 32)))
             with m.Case(_ASel.AND):
-                m.d.comb += a_next.eq(A & y)
+                m.d.comb += a_next.eq(A[:16] & imm)
             with m.Case(_ASel.SAT):
                 m.d.comb += a_next.eq(satval)
             with m.Case(_ASel.LD2):
@@ -481,21 +523,31 @@ class SerialEngine(wiring.Component):
                 with m.If(self.load.valid):
                     m.d.comb += [m_we.eq(load_mem), prog_wr.en.eq(load_prog)]
                 with m.If(self.step.valid):
+                    m.d.comb += [rf_wr.en.eq(1), rf_wr.addr.eq(4), rf_wr.data.eq(fresh)]
                     m.d.sync += [
-                        regs[7].eq(self.step.payload.token), regs[6].eq(self.step.payload.emit),
-                        regs[5].eq(self.x0), regs[4].eq(fresh),
+                        tok_in.eq(self.step.payload.token), emit_in.eq(self.step.payload.emit),
                         fresh.eq(self.reset_state), pc.eq(0), skip.eq(0), cycles.eq(0),
-                        state.eq(_S.START),
+                        cnt.eq(0), state.eq(_S.START),
                     ]
             with m.Case(_S.START):
-                m.d.sync += state.eq(_S.FETCH)
+                m.d.comb += [rf_wr.en.eq(1), rf_wr.addr.eq(7 - cnt[:2])]
+                with m.Switch(cnt[:2]):
+                    with m.Case(0):
+                        m.d.comb += rf_wr.data.eq(tok_in)
+                    with m.Case(1):
+                        m.d.comb += rf_wr.data.eq(emit_in)
+                    with m.Default():
+                        m.d.comb += rf_wr.data.eq(self.x0)
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt[:2] == 2):
+                    m.d.sync += state.eq(_S.FETCH)
             with m.Case(_S.FETCH):
                 m.d.sync += [pc.eq(pc + 1), state.eq(_S.EXEC)]
             with m.Case(_S.EXEC):
                 with m.If(skip):
                     m.d.sync += [skip.eq(0), state.eq(_S.FETCH)]
-                with m.Elif(needs_mem):
-                    m.d.comb += m_re.eq(1)
+                with m.Elif(needs_mem | needs_reg):
+                    m.d.comb += m_re.eq(needs_mem)
                     m.d.sync += state.eq(_S.MEM1)
             with m.Case(_S.MEM1):
                 with m.If(op == Op.LD2):
@@ -512,7 +564,7 @@ class SerialEngine(wiring.Component):
                 with m.Switch(op):
                     with m.Case(Op.MUL, Op.MULS):
                         bit = Q.bit_select(cnt[:6], 1)
-                        m.d.comb += [sh_mode.eq(_Sh.LEFT_ONE), xsel.eq(_XSel.SH),
+                        m.d.comb += [xsel.eq(_XSel.SH),
                                      ysel.eq(_YSel.S), inv.eq(cnt == aux), cin.eq(cnt == aux),
                                      a_sel.eq(_ASel.SH), a_we.eq(1)]
                         with m.If(op == Op.MUL):
@@ -525,7 +577,7 @@ class SerialEngine(wiring.Component):
                         with m.Else():
                             m.d.comb += [
                                 x_bit.eq(Q.bit_select((cnt - 1)[:6], 1)),
-                                sh_mode.eq(_Sh.LEFT_ONE), xsel.eq(_XSel.SH), x_unsigned.eq(1),
+                                xsel.eq(_XSel.SH), x_unsigned.eq(1),
                                 ysel.eq(_YSel.S), inv.eq(1), cin.eq(1),
                                 a_sel.eq(_ASel.SUM), a_we.eq(1),
                             ]
@@ -565,6 +617,13 @@ class SerialEngine(wiring.Component):
         m.d.sync += psum.eq(Mux(state == _S.DOT, sum(terms) + sum(negs), 0))
 
         # --- execute ----------------------------------------------------------------------
+        with m.If(ready & pre):
+            # SHIFT_STEP bits now, the rest in SHIFT; DIVS keeps its dividend's low bits in Q.
+            m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
+            m.d.sync += [shamt.eq(left - SHIFT_STEP), shamt_right.eq(right),
+                         state.eq(_S.SHIFT)]
+            with m.If((op == Op.DIVS) & (state != _S.SHIFT)):
+                m.d.sync += Q.eq(A)
         with m.If(go):
             m.d.sync += state.eq(_S.FETCH)
             with m.Switch(op):
@@ -575,15 +634,15 @@ class SerialEngine(wiring.Component):
                 with m.Case(Op.LDB):
                     m.d.comb += [misc_sel.eq(_Misc.BYTE), a_sel.eq(_ASel.MISC), a_we.eq(1)]
                 with m.Case(Op.LDX):
-                    m.d.comb += [ysel.eq(_YSel.M), a_sel.eq(_ASel.Y), a_we.eq(1)]
+                    m.d.comb += [a_sel.eq(_ASel.Y), a_we.eq(1)]
                 with m.Case(Op.ST):
                     m.d.comb += m_we.eq(1)
                 with m.Case(Op.PUT):
-                    m.d.sync += R[aux[:3]].eq(A[:32])
+                    m.d.comb += [rf_wr.en.eq(1), rf_wr.addr.eq(aux[:3]), rf_wr.data.eq(A[:32])]
                 with m.Case(Op.PUTS):
                     m.d.sync += S.eq(A)
                 with m.Case(Op.GETS):
-                    m.d.comb += [ysel.eq(_YSel.S), a_sel.eq(_ASel.Y), a_we.eq(1)]
+                    m.d.comb += [a_sel.eq(_ASel.Y), a_we.eq(1)]
                 with m.Case(Op.GETJ):
                     m.d.comb += [misc_sel.eq(_Misc.J), a_sel.eq(_ASel.MISC), a_we.eq(1)]
                 with m.Case(Op.SETP):
@@ -593,7 +652,7 @@ class SerialEngine(wiring.Component):
                 with m.Case(Op.SUB):
                     m.d.comb += [inv.eq(1), cin.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.ADDS):
-                    m.d.comb += [ysel.eq(_YSel.S), a_sel.eq(_ASel.SUM), a_we.eq(1)]
+                    m.d.comb += [a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.MUL):
                     m.d.comb += [misc_sel.eq(_Misc.ZERO), a_sel.eq(_ASel.MISC), a_we.eq(1)]
                     m.d.sync += [Q.eq(y), T.eq(A), cnt.eq(aux), state.eq(_S.ITER)]
@@ -602,29 +661,30 @@ class SerialEngine(wiring.Component):
                     m.d.sync += [Q.eq(A), cnt.eq(aux), state.eq(_S.ITER)]
                 with m.Case(Op.DIVS):
                     # The first quotient bit: (A >> aux) - S.
-                    m.d.comb += [sh_mode.eq(_Sh.RIGHT_AUX), xsel.eq(_XSel.SH),
-                                 x_unsigned.eq(1), ysel.eq(_YSel.S), inv.eq(1), cin.eq(1),
+                    m.d.comb += [xsel.eq(_XSel.SH),
+                                 x_unsigned.eq(1), inv.eq(1), cin.eq(1),
                                  a_sel.eq(_ASel.SUM), a_we.eq(1)]
                     with m.If(sum_neg):
                         m.d.comb += a_sel.eq(_ASel.SH)
-                    m.d.sync += [Q.eq(A), T.eq(~sum_neg), cnt.eq(aux), state.eq(_S.ITER)]
+                    m.d.sync += [T.eq(~sum_neg), cnt.eq(aux), state.eq(_S.ITER)]
+                    with m.If(state != _S.SHIFT):
+                        m.d.sync += Q.eq(A)
                 with m.Case(Op.ISQRT):
                     m.d.sync += [Q.eq(A), rem.eq(0), root.eq(0), cnt.eq(15),
                                  state.eq(_S.ITER)]
                 with m.Case(Op.BITLEN):
                     m.d.comb += [misc_sel.eq(_Misc.BITLEN), a_sel.eq(_ASel.MISC), a_we.eq(1)]
                 with m.Case(Op.SHR):
-                    m.d.comb += [sh_mode.eq(_Sh.SIGNED), a_sel.eq(_ASel.SH), a_we.eq(1)]
+                    m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
                 with m.Case(Op.SHRR):
-                    m.d.comb += [sh_mode.eq(_Sh.SIGNED), xsel.eq(_XSel.SH), y_off.eq(1),
+                    m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1),
                                  cin.eq(sh[0]), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.SHL):
-                    m.d.comb += [sh_mode.eq(_Sh.LEFT_B), a_sel.eq(_ASel.SH), a_we.eq(1)]
+                    m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
                 with m.Case(Op.SAT):
-                    m.d.comb += [sh_mode.eq(_Sh.RIGHT_AUX), a_sel.eq(_ASel.SAT),
-                                 a_we.eq(~fits)]
+                    m.d.comb += [a_sel.eq(_ASel.SAT), a_we.eq(~fits)]
                 with m.Case(Op.ABS, Op.NEG, Op.NEGIF):
-                    m.d.comb += [ysel.eq(_YSel.A), xsel.eq(_XSel.ZERO), inv.eq(1), cin.eq(1),
+                    m.d.comb += [xsel.eq(_XSel.ZERO), inv.eq(1), cin.eq(1),
                                  a_sel.eq(_ASel.SUM)]
                     with m.Switch(op):
                         with m.Case(Op.ABS):
@@ -642,10 +702,9 @@ class SerialEngine(wiring.Component):
                 with m.Case(Op.SCLR):
                     m.d.sync += S.eq(0)
                 with m.Case(Op.SADD):
-                    m.d.comb += ysel.eq(_YSel.S)
                     m.d.sync += S.eq(sum_[:_W])
                 with m.Case(Op.SMAX):
-                    m.d.comb += [ysel.eq(_YSel.S), inv.eq(1), cin.eq(1)]
+                    m.d.comb += [inv.eq(1), cin.eq(1)]
                     with m.If(~sum_neg):
                         m.d.sync += S.eq(A)
                 with m.Case(Op.STQ):

@@ -46,10 +46,13 @@ zero-extends it), ``REG`` ``R[imm & 7]``, ``MEM`` ``M[ea]`` sign-extended, ``ACC
 Cycles
 ------
 An executed instruction takes 2 cycles (fetch, execute), plus 1 when it reads ``M``
-(``src = MEM``, ``LDB``, ``LDX``; ``LD2`` 2), plus its op's extra (``MUL``/``MULS`` ``w``,
-``DIVS`` ``bits``, ``ISQRT`` 16, ``DOT`` ``2 ceil(n / 16) + 2``). A skipped instruction takes 2.
-A step takes 1 cycle more than its instructions (the step's start); the token handoff
-(``TOK``) adds the cycles the consumer holds ``ready`` low (none in :class:`Machine`).
+(``src = MEM``, ``LDB``, ``LDX``; ``LD2`` 2) or reads ``B`` from a register (``src = REG``:
+the registers are block RAM), plus its op's extra (``MUL``/``MULS`` ``w``, ``DIVS`` ``bits``,
+``ISQRT`` 16, ``DOT`` ``2 ceil(n / 16) + 2``), plus ``(k - 1) // 15`` for a shift by ``k``
+bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``, ``DIVS`` by ``k = aux``: the shifter
+moves at most 15 bits a cycle). A skipped instruction takes 2. A step takes 3 cycles more than
+its instructions (the step's start writes ``R6``, ``R5``, ``R4``); the token handoff (``TOK``)
+adds the cycles the consumer holds ``ready`` low (none in :class:`Machine`).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ import numpy as np
 from mmfree.sim import golden
 
 __all__ = ["Op", "Src", "Cond", "Instr", "Machine", "instr_cycles", "MEM_WORDS", "PROG_WORDS",
-           "QBUF_BYTES", "ACC_BITS", "PROG_BASE", "MachineError"]
+           "QBUF_BYTES", "ACC_BITS", "MUL_X_BITS", "PROG_BASE", "SHIFT_STEP", "STEP_START",
+           "MachineError"]
 
 MEM_WORDS = 1 << 15          # M: four SPRAMs of 16K x 16, two side by side, two deep
 PROG_WORDS = 1024            # program memory (block RAM)
@@ -93,7 +97,7 @@ class Op(enum.IntEnum):
     ADDS   = 15   # A = A + S
     MUL    = 16   # A = A * B; B fits aux + 1 bits signed, A fits MUL_X_BITS
     MULS   = 17   # A = S * A; A fits aux + 1 bits signed, S fits MUL_X_BITS
-    DIVS   = 18   # A = A // S; 0 <= A < S * 2**(aux + 1), S > 0
+    DIVS   = 18   # A = A // S; 0 <= A < S * 2**(aux + 1), S > 0, aux + 1 < MUL_X_BITS
     ISQRT  = 19   # A = isqrt(A); 0 <= A < 2**32
     BITLEN = 20   # A = A.bit_length(); A >= 0
     SHR    = 21   # A = A >> B (arithmetic; B < 0 shifts left by -B)
@@ -105,7 +109,7 @@ class Op(enum.IntEnum):
     NEGIF  = 27   # A = -A if B < 0
     MAX    = 28   # A = max(A, B)
     MIN    = 29   # A = min(A, B)
-    AND    = 30   # A = A & B (IMM: imm zero-extended)
+    AND    = 30   # A = A & imm (src IMM only; imm zero-extended)
     SCLR   = 31   # S = 0
     SADD   = 32   # S = S + A
     SMAX   = 33   # S = max(S, A)
@@ -181,8 +185,22 @@ def _fits(value: int, bits: int) -> bool:
     return -(1 << (bits - 1)) <= value < (1 << (bits - 1))
 
 
+# Ops whose B operand is read (the others ignore src, but for ST it names the address mode).
+_READS_B = {Op.LD, Op.LDU, Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.MIN, Op.AND, Op.NEGIF,
+            Op.SHR, Op.SHRR, Op.SHL, Op.DOT, Op.FOR, Op.SKIP}
+
+
+SHIFT_STEP = 15               # the most bits the shifter moves in a cycle
+STEP_START = 3                # cycles a step takes besides its instructions
+
+
+def _shift_extra(k: int) -> int:
+    return max(0, min(k, ACC_BITS) - 1) // SHIFT_STEP
+
+
 def instr_cycles(ins: Instr, b: int | None = None) -> int:
-    """Cycles an executed instruction takes; ``b`` is ``DOT``'s ``n``."""
+    """Cycles an executed instruction takes; ``b`` is its operand ``B`` (``DOT``'s ``n``, a
+    shift's amount)."""
     cycles = 2
     if ins.op in (Op.LDB, Op.LDX):
         cycles += 1
@@ -190,6 +208,12 @@ def instr_cycles(ins: Instr, b: int | None = None) -> int:
         cycles += 2
     elif ins.src is Src.MEM and ins.op not in (Op.ST, Op.JMP, Op.CALL):
         cycles += 1
+    elif ins.src is Src.REG and ins.op in _READS_B:
+        cycles += 1
+    if ins.op in (Op.SHR, Op.SHRR, Op.SHL):
+        cycles += _shift_extra(abs(b))
+    elif ins.op is Op.DIVS:
+        cycles += _shift_extra(ins.aux)
     if ins.op in (Op.MUL, Op.MULS, Op.DIVS):
         cycles += ins.aux + 1
     elif ins.op is Op.ISQRT:
@@ -197,11 +221,6 @@ def instr_cycles(ins: Instr, b: int | None = None) -> int:
     elif ins.op is Op.DOT:
         cycles += 2 * -(-b // TRITS_PER_WORD) + 2
     return cycles
-
-
-# Ops whose B operand is read (the others ignore src, but for ST it names the address mode).
-_READS_B = {Op.LD, Op.LDU, Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.MIN, Op.AND, Op.NEGIF,
-            Op.SHR, Op.SHRR, Op.SHL, Op.DOT, Op.FOR, Op.SKIP}
 
 
 class Machine:
@@ -263,7 +282,7 @@ class Machine:
         self.fresh = 0
         pc = 0
         out = None
-        cycles = 1
+        cycles = STEP_START
         count = 0
         M, R = self.M, self.R
         while True:
@@ -330,7 +349,8 @@ class Machine:
                 self._check(_fits(self.S, MUL_X_BITS), f"MULS multiplicand {self.S} too wide")
                 A = self.S * A
             elif op is Op.DIVS:
-                self._check(self.S > 0 and 0 <= A < (self.S << (ins.aux + 1)),
+                self._check(self.S > 0 and 0 <= A < (self.S << (ins.aux + 1))
+                            and ins.aux + 1 < MUL_X_BITS,
                             f"DIVS {A} // {self.S} in {ins.aux + 1} bits")
                 A = A // self.S
             elif op is Op.ISQRT:
@@ -359,6 +379,7 @@ class Machine:
             elif op is Op.MIN:
                 A = min(A, b)
             elif op is Op.AND:
+                self._check(src is Src.IMM, "AND takes an immediate")
                 A = A & b
             elif op is Op.SCLR:
                 self.S = 0
