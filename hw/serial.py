@@ -32,7 +32,7 @@ class _S(enum.Enum, shape=4):
     EXEC    = 3    # the instruction is decoded; execute, or read M or a register
     MEM1    = 4    # M or register data of the first read; execute (LD2: read the high word)
     MEM2    = 5    # LD2: the high word
-    ITER    = 6    # MUL/MULS/DIVS/ISQRT iterations
+    ITER    = 6    # MUL/MULS/DIVS/ISQRT/BITLEN iterations
     DOT     = 7    # DOT: 8 products a cycle
     DOT_ACC = 8    # DOT: the last sum into the accumulator
     DOT_OUT = 9    # DOT: A = the accumulator
@@ -40,9 +40,8 @@ class _S(enum.Enum, shape=4):
 
 
 class _ASel(enum.Enum, shape=3):
-    SUM  = 0
+    SUM  = 0       # also the shifter's result: X = SH, Y off
     Y    = 1
-    SH   = 2
     MISC = 3
     AND  = 4
     SAT  = 5
@@ -78,16 +77,6 @@ class _Misc(enum.Enum, shape=3):
     BITLEN = 4
     ISQRT  = 5
     BYTE   = 6
-
-
-def _highest(m, v):
-    """(any, index of the highest set bit) of ``v`` (a power-of-two width, at least 2)."""
-    n = len(v)
-    if n == 2:
-        return v[0] | v[1], v[1]
-    lo_v, lo_i = _highest(m, v[:n // 2])
-    hi_v, hi_i = _highest(m, v[n // 2:])
-    return lo_v | hi_v, Cat(Mux(hi_v, hi_i, lo_i), hi_v)
 
 
 def _shift_right(v, amount, width, *, max_amount):
@@ -414,14 +403,13 @@ class SerialEngine(wiring.Component):
 
         # --- adder: X + (Y ^ inv) + cin, 81 bits ------------------------------------------
         xsel = Signal(_XSel)
-        x_unsigned = Signal()
         y_off, inv, cin = Signal(), Signal(), Signal()
         xa = Signal(_W + 1)
         with m.Switch(xsel):
             with m.Case(_XSel.A):
                 m.d.comb += xa.eq(Cat(A, A[-1]))
             with m.Case(_XSel.SH):
-                m.d.comb += xa.eq(Cat(shx, shx[-1] & ~x_unsigned))
+                m.d.comb += xa.eq(Cat(shx, shx[-1]))
         ya = Signal(_W + 1)
         m.d.comb += ya.eq(Mux(y_off, 0, Cat(y, y[-1])) ^ inv.replicate(_W + 1))
         total = Signal(_W + 2)
@@ -430,8 +418,6 @@ class SerialEngine(wiring.Component):
         sum_neg = sum_[-1]
 
         # --- small results ------------------------------------------------------------------
-        any_, hi_index = _highest(m, Cat(A, Const(0, 128 - _W)))
-        bitlen = Mux(any_, hi_index + 1, 0)
         byte = m_rdata.word_select(J[:2], 8)
         # ISQRT: one root bit a cycle, two radicand bits (Q[31:0], MSB first).
         cand = Cat(Q[:32].word_select(cnt[:4], 2), rem)[:20]
@@ -450,7 +436,7 @@ class SerialEngine(wiring.Component):
             with m.Case(_Misc.DOT):
                 m.d.comb += [misc.eq(acc), misc_signed.eq(1)]
             with m.Case(_Misc.BITLEN):
-                m.d.comb += misc.eq(bitlen)
+                m.d.comb += misc.eq(cnt)
             with m.Case(_Misc.ISQRT):
                 m.d.comb += misc.eq(root_next)
             with m.Case(_Misc.BYTE):
@@ -474,8 +460,6 @@ class SerialEngine(wiring.Component):
                 m.d.comb += a_next.eq(sum_[:_W])
             with m.Case(_ASel.Y):
                 m.d.comb += a_next.eq(y)
-            with m.Case(_ASel.SH):
-                m.d.comb += a_next.eq(shx)
             with m.Case(_ASel.MISC):
                 m.d.comb += a_next.eq(Cat(misc, (misc[31] & misc_signed).replicate(_W - 32)))
             with m.Case(_ASel.AND):
@@ -564,26 +548,32 @@ class SerialEngine(wiring.Component):
                 with m.Switch(op):
                     with m.Case(Op.MUL, Op.MULS):
                         bit = Q.bit_select(cnt[:6], 1)
-                        m.d.comb += [xsel.eq(_XSel.SH),
+                        m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(~bit),
                                      ysel.eq(_YSel.S), inv.eq(cnt == aux), cin.eq(cnt == aux),
-                                     a_sel.eq(_ASel.SH), a_we.eq(1)]
+                                     a_sel.eq(_ASel.SUM), a_we.eq(1)]
                         with m.If(op == Op.MUL):
                             m.d.comb += ysel.eq(_YSel.T)
-                        with m.If(bit):
-                            m.d.comb += a_sel.eq(_ASel.SUM)
                     with m.Case(Op.DIVS):
                         with m.If(cnt == 0):
                             m.d.comb += [ysel.eq(_YSel.T), a_sel.eq(_ASel.Y), a_we.eq(1)]
                         with m.Else():
+                            # Non-restoring: subtract S from a remainder >= 0, add it to
+                            # one < 0; the quotient bits are the restoring division's.
                             m.d.comb += [
                                 x_bit.eq(Q.bit_select((cnt - 1)[:6], 1)),
-                                xsel.eq(_XSel.SH), x_unsigned.eq(1),
-                                ysel.eq(_YSel.S), inv.eq(1), cin.eq(1),
+                                xsel.eq(_XSel.SH), ysel.eq(_YSel.S),
+                                inv.eq(~A[-1]), cin.eq(~A[-1]),
                                 a_sel.eq(_ASel.SUM), a_we.eq(1),
                             ]
-                            with m.If(sum_neg):
-                                m.d.comb += a_sel.eq(_ASel.SH)
                             m.d.sync += T.eq(Cat(~sum_neg, T))
+                    with m.Case(Op.BITLEN):
+                        # A << 1 until its bit 78 is set (A >= 0): the bit length is cnt.
+                        m.d.comb += a_we.eq(1)
+                        with m.If(A[_W - 2] | (cnt == 0)):
+                            m.d.comb += [misc_sel.eq(_Misc.BITLEN), a_sel.eq(_ASel.MISC)]
+                            m.d.sync += state.eq(_S.FETCH)
+                        with m.Else():
+                            m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM)]
                     with m.Case(Op.ISQRT):
                         m.d.sync += [root.eq(root_next), rem.eq(Mux(sq_ok, trial, cand))]
                         with m.If(cnt == 0):
@@ -614,12 +604,17 @@ class SerialEngine(wiring.Component):
             # code 1: +q; code 3: -q = ~q + 1 (the +1s are added once, below); code 0: 0.
             terms.append((Mux(code[0], q ^ code[1].replicate(8), 0)).as_signed())
             negs.append(code[0] & code[1])
-        m.d.sync += psum.eq(Mux(state == _S.DOT, sum(terms) + sum(negs), 0))
+        def tree(values):
+            while len(values) > 1:
+                values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                          for i in range(0, len(values), 2)]
+            return values[0]
+        m.d.sync += psum.eq(Mux(state == _S.DOT, tree(terms) + tree(negs), 0))
 
         # --- execute ----------------------------------------------------------------------
         with m.If(ready & pre):
             # SHIFT_STEP bits now, the rest in SHIFT; DIVS keeps its dividend's low bits in Q.
-            m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
+            m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
             m.d.sync += [shamt.eq(left - SHIFT_STEP), shamt_right.eq(right),
                          state.eq(_S.SHIFT)]
             with m.If((op == Op.DIVS) & (state != _S.SHIFT)):
@@ -661,11 +656,8 @@ class SerialEngine(wiring.Component):
                     m.d.sync += [Q.eq(A), cnt.eq(aux), state.eq(_S.ITER)]
                 with m.Case(Op.DIVS):
                     # The first quotient bit: (A >> aux) - S.
-                    m.d.comb += [xsel.eq(_XSel.SH),
-                                 x_unsigned.eq(1), inv.eq(1), cin.eq(1),
+                    m.d.comb += [xsel.eq(_XSel.SH), inv.eq(1), cin.eq(1),
                                  a_sel.eq(_ASel.SUM), a_we.eq(1)]
-                    with m.If(sum_neg):
-                        m.d.comb += a_sel.eq(_ASel.SH)
                     m.d.sync += [T.eq(~sum_neg), cnt.eq(aux), state.eq(_S.ITER)]
                     with m.If(state != _S.SHIFT):
                         m.d.sync += Q.eq(A)
@@ -673,14 +665,14 @@ class SerialEngine(wiring.Component):
                     m.d.sync += [Q.eq(A), rem.eq(0), root.eq(0), cnt.eq(15),
                                  state.eq(_S.ITER)]
                 with m.Case(Op.BITLEN):
-                    m.d.comb += [misc_sel.eq(_Misc.BITLEN), a_sel.eq(_ASel.MISC), a_we.eq(1)]
+                    m.d.sync += [cnt.eq(_W - 1), state.eq(_S.ITER)]
                 with m.Case(Op.SHR):
-                    m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
+                    m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.SHRR):
                     m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1),
                                  cin.eq(sh[0]), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.SHL):
-                    m.d.comb += [a_sel.eq(_ASel.SH), a_we.eq(1)]
+                    m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.SAT):
                     m.d.comb += [a_sel.eq(_ASel.SAT), a_we.eq(~fits)]
                 with m.Case(Op.ABS, Op.NEG, Op.NEGIF):

@@ -48,11 +48,12 @@ Cycles
 An executed instruction takes 2 cycles (fetch, execute), plus 1 when it reads ``M``
 (``src = MEM``, ``LDB``, ``LDX``; ``LD2`` 2) or reads ``B`` from a register (``src = REG``:
 the registers are block RAM), plus its op's extra (``MUL``/``MULS`` ``w``, ``DIVS`` ``bits``,
-``ISQRT`` 16, ``DOT`` ``2 ceil(n / 16) + 2``), plus ``(k - 1) // 15`` for a shift by ``k``
-bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``, ``DIVS`` by ``k = aux``: the shifter
-moves at most 15 bits a cycle). A skipped instruction takes 2. A step takes 3 cycles more than
-its instructions (the step's start writes ``R6``, ``R5``, ``R4``); the token handoff (``TOK``)
-adds the cycles the consumer holds ``ready`` low (none in :class:`Machine`).
+``ISQRT`` 16, ``BITLEN`` ``80 - bitlen(A)``, ``DOT`` ``2 ceil(n / 16) + 2``), plus
+``(k - 1) // 15`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
+``DIVS`` by ``k = aux``: the shifter moves at most 15 bits a cycle). A skipped instruction
+takes 2. A step takes 3 cycles more than its instructions (the step's start writes ``R6``,
+``R5``, ``R4``); the token handoff (``TOK``) adds the cycles the consumer holds ``ready`` low
+(none in :class:`Machine`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Op(enum.IntEnum):
     ADDS   = 15   # A = A + S
     MUL    = 16   # A = A * B; B fits aux + 1 bits signed, A fits MUL_X_BITS
     MULS   = 17   # A = S * A; A fits aux + 1 bits signed, S fits MUL_X_BITS
-    DIVS   = 18   # A = A // S; 0 <= A < S * 2**(aux + 1), S > 0, aux + 1 < MUL_X_BITS
+    DIVS   = 18   # A = A // S; 0 <= A < S * 2**(aux + 1), 0 < S < 2**47, aux < 46
     ISQRT  = 19   # A = isqrt(A); 0 <= A < 2**32
     BITLEN = 20   # A = A.bit_length(); A >= 0
     SHR    = 21   # A = A >> B (arithmetic; B < 0 shifts left by -B)
@@ -198,9 +199,9 @@ def _shift_extra(k: int) -> int:
     return max(0, min(k, ACC_BITS) - 1) // SHIFT_STEP
 
 
-def instr_cycles(ins: Instr, b: int | None = None) -> int:
+def instr_cycles(ins: Instr, b: int | None = None, a: int | None = None) -> int:
     """Cycles an executed instruction takes; ``b`` is its operand ``B`` (``DOT``'s ``n``, a
-    shift's amount)."""
+    shift's amount), ``a`` the accumulator before it (``BITLEN``)."""
     cycles = 2
     if ins.op in (Op.LDB, Op.LDX):
         cycles += 1
@@ -218,6 +219,8 @@ def instr_cycles(ins: Instr, b: int | None = None) -> int:
         cycles += ins.aux + 1
     elif ins.op is Op.ISQRT:
         cycles += 16
+    elif ins.op is Op.BITLEN:
+        cycles += ACC_BITS - a.bit_length()
     elif ins.op is Op.DOT:
         cycles += 2 * -(-b // TRITS_PER_WORD) + 2
     return cycles
@@ -302,7 +305,7 @@ class Machine:
                     b = _sext(M[self._ea(ins)], 32)
                 else:
                     b = self.A
-            cycles += instr_cycles(ins, b)
+            cycles += instr_cycles(ins, b, self.A)
             A = self.A
             if op is Op.NOP:
                 pass
@@ -349,8 +352,8 @@ class Machine:
                 self._check(_fits(self.S, MUL_X_BITS), f"MULS multiplicand {self.S} too wide")
                 A = self.S * A
             elif op is Op.DIVS:
-                self._check(self.S > 0 and 0 <= A < (self.S << (ins.aux + 1))
-                            and ins.aux + 1 < MUL_X_BITS,
+                self._check(0 < self.S < (1 << (MUL_X_BITS - 1))
+                            and 0 <= A < (self.S << (ins.aux + 1)) and ins.aux + 1 < MUL_X_BITS,
                             f"DIVS {A} // {self.S} in {ins.aux + 1} bits")
                 A = A // self.S
             elif op is Op.ISQRT:
