@@ -102,21 +102,25 @@ class SerialEngine(wiring.Component):
     """Runs programs of the serial instruction set (:mod:`mmfree.sim.serial`), one decode step
     per ``step`` transfer, bit-exactly and cycle-exactly as :class:`~mmfree.sim.serial.Machine`.
 
-    Datapath: 80-bit ``A`` and ``S``, a scratch register ``T`` (80 bits) and ``Q`` (64 bits,
-    the multiplier/dividend bits), one 81-bit adder/subtractor shared by every arithmetic
-    op and the MUL/MULS/DIVS iterations (1 bit a cycle: MUL/MULS MSB first with Horner's rule,
-    the first bit subtracting; DIVS restoring, its first bit from ``A >> aux``), one funnel
-    shifter (right arithmetic by 0..80 with a round bit, left by 0..80), a priority encoder
-    (BITLEN), a 16-step square root, eight 32-bit registers, the DOT unit (8 int8 x ternary
-    products a cycle: a 64-bit row of the qbuf block RAM and half a weight word) and the
-    xorshift32 PRNG (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf
-    (256 x 64) are block RAM; ``M`` is one single-port RAM of :data:`MEM_WORDS` x 32 (four
-    SPRAMs with ``spram=True``).
+    Datapath: 80-bit ``A`` and ``S``, scratch registers ``T`` (48 bits: MUL's multiplicand,
+    DIVS's quotient) and ``Q`` (64 bits, the multiplier/dividend bits), one 81-bit
+    adder/subtractor that every arithmetic op, every shift (``+ 0``) and the MUL/MULS/DIVS
+    iterations go through (1 bit a cycle: MUL/MULS MSB first with Horner's rule, the first bit
+    subtracting; DIVS non-restoring, its first bit from ``A >> aux``), one funnel shifter
+    (right arithmetic with a round bit, or left, by 0..15 bits a cycle: longer shifts take
+    15 bits a cycle in ``SHIFT`` first), BITLEN by shifting left a bit a cycle, a 16-step
+    square root, the eight 32-bit registers in block RAM (read the cycle after the
+    instruction), the DOT unit (8 int8 x ternary products a cycle: a 64-bit row of the qbuf
+    block RAM and half a weight word, a balanced adder tree) and the xorshift32 PRNG
+    (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf (256 x 64) are
+    block RAM; ``M`` is one single-port RAM of :data:`MEM_WORDS` x 32 (four SPRAMs with
+    ``spram=True``).
 
     Latency: a step takes ``Machine.cycles`` cycles from the ``step`` transfer until ``busy``
-    falls: 1 + the :func:`~mmfree.sim.serial.instr_cycles` of its instructions + the cycles
-    ``TOK`` waits for ``token.ready``. Throughput: one step at a time; the load port takes a
-    word every cycle while idle.
+    falls: :data:`~mmfree.sim.serial.STEP_START` (the start writes ``R7``..``R4``) + the
+    :func:`~mmfree.sim.serial.instr_cycles` of its instructions + the cycles ``TOK`` waits for
+    ``token.ready``. Throughput: one step at a time; the load port takes a word every cycle
+    while idle.
 
     Parameters
     ----------
