@@ -44,7 +44,6 @@ class _ASel(enum.Enum, shape=3):
     Y    = 1
     MISC = 3
     AND  = 4
-    SAT  = 5
     LD2  = 6
 
 
@@ -65,7 +64,7 @@ class _XSel(enum.Enum, shape=2):
 class _Sh(enum.Enum, shape=2):
     SIGNED    = 0  # SHR/SHRR: right by B, left by -B when B < 0
     LEFT_B    = 1  # SHL
-    RIGHT_AUX = 2  # SAT, DIVS
+    RIGHT_AUX = 2  # DIVS
     LEFT_ONE  = 3  # MUL/MULS/DIVS iterations
 
 
@@ -446,14 +445,6 @@ class SerialEngine(wiring.Component):
             with m.Case(_Misc.BYTE):
                 m.d.comb += [misc.eq(byte.as_signed()), misc_signed.eq(1)]
 
-        # SAT: A fits aux + 1 bits when its bits aux.. all equal the sign; else the bound of
-        # A's sign.
-        aux_hi, aux_lo = aux[3:], aux[:3]
-        ge_mask = Cat(*[
-            (Const(i >> 3, 4) > aux_hi) | ((aux_hi == (i >> 3)) & (aux_lo <= (i & 7)))
-            if i < 64 else Const(1, 1) for i in range(_W)])
-        fits = ((A ^ A[-1].replicate(_W)) & ge_mask) == 0
-        satval = Mux(A[-1], ge_mask, ~ge_mask)
 
         # --- A ------------------------------------------------------------------------------
         a_sel = Signal(_ASel)
@@ -468,8 +459,6 @@ class SerialEngine(wiring.Component):
                 m.d.comb += a_next.eq(Cat(misc, (misc[31] & misc_signed).replicate(_W - 32)))
             with m.Case(_ASel.AND):
                 m.d.comb += a_next.eq(A[:16] & imm)
-            with m.Case(_ASel.SAT):
-                m.d.comb += a_next.eq(satval)
             with m.Case(_ASel.LD2):
                 m.d.comb += a_next.eq(Cat(A[:32], m_rdata, m_rdata[31].replicate(_W - 64)))
         with m.If(a_we):
@@ -677,8 +666,6 @@ class SerialEngine(wiring.Component):
                                  cin.eq(sh[0]), a_sel.eq(_ASel.SUM), a_we.eq(1)]
                 with m.Case(Op.SHL):
                     m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
-                with m.Case(Op.SAT):
-                    m.d.comb += [a_sel.eq(_ASel.SAT), a_we.eq(~fits)]
                 with m.Case(Op.ABS, Op.NEG, Op.NEGIF):
                     m.d.comb += [xsel.eq(_XSel.ZERO), inv.eq(1), cin.eq(1),
                                  a_sel.eq(_ASel.SUM)]

@@ -104,7 +104,7 @@ class Op(enum.IntEnum):
     SHR    = 21   # A = A >> B (arithmetic; B < 0 shifts left by -B)
     SHRR   = 22   # A = golden.shift_round(A, B) (B <= 0 shifts left)
     SHL    = 23   # A = A << B, B >= 0
-    SAT    = 24   # A = golden.saturate(A, aux + 1)
+    # 24: not used (saturation is MIN and MAX with constant words)
     ABS    = 25   # A = |A|
     NEG    = 26   # A = -A
     NEGIF  = 27   # A = -A if B < 0
@@ -369,8 +369,6 @@ class Machine:
             elif op is Op.SHL:
                 self._check(b >= 0, f"SHL by {b}")
                 A = A << b
-            elif op is Op.SAT:
-                A = golden.saturate(A, ins.aux + 1)
             elif op is Op.ABS:
                 A = abs(A)
             elif op is Op.NEG:

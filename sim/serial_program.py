@@ -30,7 +30,7 @@ layers. Subroutines (one ``CALL`` level, no nested loops):
 ``BLQ`` (P = BitLinear descriptor) the BitLinear's norm into ``Y`` with ``ymax``, the activation
         quantizer into ``qbuf`` and the requantizer's constants: ``S`` = ``ys m``, ``R1`` =
         ``k - s``, ``P`` = the first weight row. The row loop (``DOT``, ``MULS``, ``SHRR``,
-        ``SAT``, with the residual add where there is one) follows inline.
+        saturation, with the residual add where there is one) follows inline.
 ``SIG``/``SILU`` sigmoid and ``x sigmoid(x)`` of ``A`` (``R3`` = alpha's mantissa, ``R4`` =
         the shift ``k + frac - EXP_FRAC``), used by the MLGRU and GLU element loops.
 
@@ -201,6 +201,12 @@ class SerialImage:
                 self._consts[value] = self._place([value & 0xFFFF_FFFF, value >> 32])
         return self._consts[value]
 
+    def _saturate(self, a, bits: int):
+        """``golden.saturate(A, bits)`` for ``bits <= 32``: MIN and MAX with constant words."""
+        assert 2 <= bits <= 32, bits
+        a.mem(Op.MIN, self._const((1 << (bits - 1)) - 1))
+        a.mem(Op.MAX, self._const(-(1 << (bits - 1))))
+
     def _range(self, what: str, value: int, lo: int, hi: int) -> int:
         if not lo <= value <= hi:
             raise ValueError(f"{what} = {value} is outside the serial engine's range {lo}..{hi}")
@@ -211,6 +217,10 @@ class SerialImage:
         for value in (20 << golden.EXP_FRAC, _ONE, golden.INT31_MAX, golden.LOG2E[0],
                       self._act_alpha()[0]):
             self._const(value)
+        for bits in sorted({golden.ACT_BITS, golden.X_BITS, golden.NORM_BITS,
+                            golden.LOGIT_BITS}):
+            self._const((1 << (bits - 1)) - 1)
+            self._const(-(1 << (bits - 1)))
         for name in ("EMIT", "X0", "LAYER"):
             self._alloc(name, 1)
         self._alloc("CUR", LAYER_WORDS)
@@ -377,12 +387,12 @@ class SerialImage:
         a.reg(Op.MUL, 5, aux=21)
         a.imm(Op.SHRR, golden.F_GATE)
         a.reg(Op.ADD, 6)
-        a(Op.SAT, aux=golden.ACT_BITS - 1)
+        self._saturate(a, golden.ACT_BITS)
         a.mem(Op.ST, 0, jx=True, px=True)                          # h
         a(Op.CALL, imm="silu")
         a.mem(Op.MUL, reg["Y"], aux=31, jx=True)                   # g_norm(g)
         a.mem(Op.SHRR, cur + LAYER_FIELDS["o_sh"])
-        a(Op.SAT, aux=golden.ACT_BITS - 1)
+        self._saturate(a, golden.ACT_BITS)
         a.mem(Op.ST, reg["O"], jx=True)
         a(Op.NEXT)
         # r = x + o_proj(o)
@@ -404,7 +414,7 @@ class SerialImage:
         a(Op.CALL, imm="silu")
         a.mem(Op.MUL, reg["GU"] + inter, aux=31, jx=True)
         a.mem(Op.SHRR, cur + LAYER_FIELDS["p_sh"])
-        a(Op.SAT, aux=golden.ACT_BITS - 1)
+        self._saturate(a, golden.ACT_BITS)
         a.mem(Op.ST, reg["PV"], jx=True)
         a(Op.NEXT)
         # x = r + down_proj(p)
@@ -457,10 +467,10 @@ class SerialImage:
         a.imm(Op.DOT, n)
         a(Op.MULS, aux=golden.accumulator_bits(n) - 1)
         a.reg(Op.SHRR, 1)
-        a(Op.SAT, aux=bits - 1)
+        self._saturate(a, bits)
         if add is not None:
             a.mem(Op.ADD, add, jx=True)
-            a(Op.SAT, aux=golden.X_BITS - 1)
+            self._saturate(a, golden.X_BITS)
         a.mem(Op.ST, dst, jx=True)
         if argmax:
             a.reg(Op.SUB, 6)
@@ -678,7 +688,7 @@ class SerialImage:
         a.mem(Op.LD, reg["T"], jx=True)                       # |t| <= 2**30
         a.mem(Op.MUL, 0, aux=golden.NORM_W_BITS - 1, jx=True, px=True)
         a.reg(Op.SHRR, 0)
-        a(Op.SAT, aux=golden.NORM_BITS - 1)
+        self._saturate(a, golden.NORM_BITS)
         a.mem(Op.ST, reg["Y"], jx=True)
         if ymax:
             a(Op.ABS)
@@ -725,7 +735,7 @@ class SerialImage:
             a.reg(Op.LD, 0)
             a.reg(Op.MUL, 1, aux=golden.F_GATE)
             a.imm(Op.SHRR, golden.F_GATE)
-            a(Op.SAT, aux=golden.ACT_BITS - 1)
+            self._saturate(a, golden.ACT_BITS)
         a(Op.RET)
 
     # -- contents -------------------------------------------------------------------------

@@ -187,8 +187,6 @@ def op_block(rng: random.Random, bld: Builder, op: Op, src: Src, *, token_bits: 
             a = b
     elif op is Op.DOT:
         return _dot_block(rng, bld, src)
-    elif op is Op.SAT:
-        aux = rng.choice([0, 1, 7, 15, 31, 47, 63, rng.randrange(64)])
     elif op is Op.SKIP:
         aux = rng.randrange(6)
         b = rng.choice([0, 1, -1, rng.randint(-5, 5), random_value(rng, 32)])

@@ -159,7 +159,7 @@ def test_bitlinear(config, name):
         a.imm(Op.DOT, n)
         a(Op.MULS, aux=golden.accumulator_bits(n) - 1)
         a.reg(Op.SHRR, 1)
-        a(Op.SAT, aux=bl.bits - 1)
+        image._saturate(a, bl.bits)
         a.mem(Op.ST, out, jx=True)
         a(Op.NEXT)
 
@@ -197,7 +197,7 @@ def test_quantize_requantize():
         a.imm(Op.DOT, n)
         a(Op.MULS, aux=golden.accumulator_bits(n) - 1)
         a.reg(Op.SHRR, 1)
-        a(Op.SAT, aux=31)
+        image._saturate(a, 32)
         a.mem(Op.ST, out, jx=True)
         a(Op.NEXT)
 
