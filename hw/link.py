@@ -5,15 +5,28 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw.framing import BANK_BYTES, FRAME_INFO, crc32_next
+from mmfree.hw.framing import BANK_BYTES, FRAME_INFO
 from mmfree.hw.vector_reader import VectorReader
-from mmfree.sim.protocol import (ERROR, MAX_CHUNK_WORDS, REPLY, TOKEN, Command, ErrorCode,
-                                 Identity)
+from mmfree.sim.protocol import (ERROR, MAX_CHUNK_WORDS, MAX_PAYLOAD, REPLY, TOKEN, Command,
+                                 ErrorCode, Identity)
 
 __all__ = ["LinkController", "LED"]
 
-REPLY_BYTES = 41             # the largest reply payload (Identity)
 X0_MIN = -65535
+CRC32_POLY = 0xEDB8_8320         # zlib's CRC-32, reflected
+
+
+def _at_least(value, bound):
+    """``value >= bound`` for a constant ``bound``: a chain of ANDs and ORs (LUTs, no carry
+    chain)."""
+    if bound <= 0:
+        return Const(1, 1)
+    if bound >= 1 << len(value):
+        return Const(0, 1)
+    result = Const(1, 1)
+    for i in range(len(value)):
+        result = (value[i] & result) if (bound >> i) & 1 else (value[i] | result)
+    return result
 
 
 class LED(enum.IntEnum):
@@ -27,7 +40,7 @@ class LED(enum.IntEnum):
 class _S(enum.Enum, shape=5):
     IDLE       = 0
     DISPATCH   = 1
-    ARGS       = 2    # args <- the first n_args payload bytes
+    ARGS       = 2    # the first argument bytes: registers, or compared as they come
     EXEC       = 3    # the command, with its arguments
     APPLY      = 4    # LOAD_CHUNK: payload words -> load port
     SEND       = 5    # header of the reply
@@ -44,6 +57,41 @@ class _S(enum.Enum, shape=5):
     FINISH     = 16   # the reply of PREFILL/GENERATE, then STOP's if one came
     STOP_REPLY = 17
     PREP       = 18   # the checks on the arguments settle in their registers
+    G_COUNT    = 19   # after a TOKEN frame: count the step
+
+
+# Reply payloads are read out of one byte-addressed space (``ptr``), a byte per cycle, from
+# the registers that hold the values; nothing is copied into a reply buffer. Where a reply
+# starts in that space:
+_AT_LOAD = 0          # 0..3 expected (words applied), 4..7 ~crc, 8 ok
+_AT_TOKEN = 9         # 9..10 index, 11..12 token (or stopped), 13..16 cycles
+_AT_ARG = 17          # 17..20 arg0
+_AT_LENGTH = 21       # 21..22 length
+_AT_IDENTITY = 23     # 23..63: the identity (constants, model hash, model valid)
+_IDENTITY_BYTES = 41
+_LENGTH_BITS = MAX_PAYLOAD.bit_length()
+
+
+class _K(enum.Enum, shape=2):
+    """The kind of reply being sent."""
+    REPLY   = 0       # REPLY | cmd to the request (cmd, seq); payload from cmd
+    TOKEN   = 1
+    ERROR   = 2       # to the request: err_code, err_cmd, detail (err_detail)
+    PENDING = 3       # to a frame that came during PREFILL/GENERATE: err_seq, detail 0
+
+
+class _Detail(enum.Enum, shape=2):
+    """The detail of an error reply. An error reply is its code and command (err_code,
+    err_cmd), then the four bytes at the detail's place (_DETAIL_AT), as many as it has (no
+    byte of ZERO, two of LENGTH) and zeros."""
+    ZERO     = 0
+    LENGTH   = 1
+    EXPECTED = 2
+    ARG      = 3
+
+
+_DETAIL_AT = {_Detail.ZERO: 0, _Detail.LENGTH: _AT_LENGTH, _Detail.EXPECTED: _AT_LOAD,
+              _Detail.ARG: _AT_ARG}
 
 
 class LinkController(wiring.Component):
@@ -54,10 +102,12 @@ class LinkController(wiring.Component):
     ``identity`` gives the constant fields of the IDENTIFY reply; ``model_hash``/``model_valid``
     there are the power-up values of the loaded-model record, which no reset changes (the
     memories keep their contents through a reset too): after a reset in the middle of a load
-    the device still reports no valid model.
+    the device still reports no valid model. Frames without an error have a ``length`` of at
+    most :data:`~mmfree.sim.protocol.MAX_PAYLOAD` (the receiver answers longer ones).
 
-    Timing: a command is taken the cycle after the frame is announced; LOAD_CHUNK writes a
-    word every 4 cycles; replies go out a byte per cycle into the transmitter.
+    Timing: a command is taken the cycle after the frame is announced; LOAD_CHUNK takes its
+    words a bit per cycle (the load CRC-32 is computed bit-serially) and writes a word every
+    32 cycles; replies go out a byte per cycle into the transmitter.
     """
 
     def __init__(self, *, identity: Identity):
@@ -97,7 +147,8 @@ class LinkController(wiring.Component):
 
         # Payload bytes of the current frame, in order.
         m.submodules.reader = reader = VectorReader(shape=unsigned(8),
-                                                    addr_width=len(self.rd_addr))
+                                                    addr_width=len(self.rd_addr),
+                                                    count_width=_LENGTH_BITS)
         m.d.comb += [self.rd_addr.eq(reader.addr), self.rd_en.eq(reader.en),
                      reader.data.eq(self.rd_data)]
         byte = reader.out.payload.data
@@ -105,16 +156,24 @@ class LinkController(wiring.Component):
         state = Signal(_S)
         ret = Signal(_S)                 # where SEND returns
         cmd, seq = Signal(8), Signal(8)
-        length = Signal(16)
+        length = Signal(_LENGTH_BITS)
         bank = Signal()
-        args = Signal(16 * 8)
-        n_args = Signal(5)
-        arg_i = Signal(5)
 
-        reply = Signal(REPLY_BYTES * 8)
-        reply_cmd, reply_seq = Signal(8), Signal(8)
-        reply_len = Signal(range(REPLY_BYTES + 1))
-        reply_i = Signal(range(REPLY_BYTES + 1))
+        # The argument words: a shift register the argument bytes go through, so that after
+        # n bytes ``arg1`` holds the last four and ``arg0`` the four before. arg1 is also the
+        # load address (LOAD_CHUNK); arg0 the word being loaded, the step index of
+        # PREFILL/GENERATE (arg0[:16]) and the detail of an error reply.
+        arg0 = Signal(32)
+        arg1 = Signal(32)
+        addr = arg1
+        word = arg0
+        index = arg0[:16]
+
+        kind = Signal(_K)
+        reply_len = Signal(range(_IDENTITY_BYTES + 1))
+        reply_at = Signal(6)
+        reply_i = Signal(range(_IDENTITY_BYTES + 1))
+        ptr = Signal(6)                  # the reply byte (and the argument byte in ARGS)
 
         # The loaded-model record: not reset (see the class docstring).
         model_hash = Signal(64, init=ident.model_hash, reset_less=True)
@@ -122,48 +181,52 @@ class LinkController(wiring.Component):
         loading = Signal()
         pending_hash = Signal(64)
         total = Signal(32)
+        # expected (words applied) and the load address are counted a byte at a time: they
+        # rotate by a byte, the low byte through an 8-bit incrementer (carry in 0: just a
+        # rotation), four times a word. expected rotates whenever its bytes are read (ARGS,
+        # SEND_BODY at _AT_LOAD..+3) and is whole again after four.
         expected = Signal(32)
+        exp_cin = Signal()
+        exp_c = Signal()
+        exp_low = expected[:8] + exp_cin
+        exp_rotate = expected.eq(Cat(expected[8:], exp_low[:8]))
+        addr_cin = Signal()
+        addr_c = Signal()
+        addr_inc = Signal()              # not the first word of the chunk
+        addr_low = addr[:8] + addr_cin
         crc = Signal(32, init=0xFFFF_FFFF)
-        word = Signal(32)
-        word_i = Signal(2)
-        addr = Signal(32)
+        bit_n = Signal(5)                # the bit of the word being loaded
         load_valid = Signal()
-        apply_left = Signal(16)
+        chunk_end = Signal()             # the chunk's last byte is in the word
         long_op = Signal()               # a PREFILL or GENERATE runs
 
         x0 = Signal(signed(17))
         m.d.comb += self.x0.eq(x0)
 
-        index = Signal(16)               # PREFILL/GENERATE progress
-        count = Signal(16)
+        count = arg1[16:]                # GENERATE's count
         cur = Signal(unsigned(self._token_bits))
-        tok_lo = Signal(8)
-        tok_half = Signal()
-        scan_token = Signal(16)          # PREFILL's check of the tokens
         scan_last = Signal()
         scan_check = Signal()
+        tok_half = Signal()
         stop = Signal()
         stop_seq = Signal(8)
         err_pending = Signal()
-        err_reply = Signal(6 * 8)
+        err_code = Signal(4)
+        err_cmd = Signal(8)
+        err_detail = Signal(_Detail)
         err_seq = Signal(8)
-        err_led = Signal(22)
+        err_time = Signal(23, init=1 << 22)     # counts 2**22 cycles after an error reply
 
-        def send(cmd_value, seq_value, payload_bits, nbytes, then):
-            bits = Cat(*payload_bits) if isinstance(payload_bits, (list, tuple)) else \
-                payload_bits
-            m.d.sync += [reply_cmd.eq(cmd_value), reply_seq.eq(seq_value),
-                         reply.eq(bits), reply_len.eq(nbytes), reply_i.eq(0),
-                         ret.eq(then), state.eq(_S.SEND)]
+        def send(kind_value, then=_S.DONE):
+            m.d.sync += [kind.eq(kind_value), reply_i.eq(0), ret.eq(then), state.eq(_S.SEND)]
 
-        def error(code, detail=0, then=_S.DONE):
-            send(ERROR, seq, [Const(code, 8), cmd, Const(0, 32) | detail], 6, then)
-            m.d.sync += err_led.eq((1 << 22) - 1)
+        def error(code, detail=_Detail.ZERO, then=_S.DONE):
+            send(_K.ERROR, then)
+            m.d.sync += [err_code.eq(code), err_detail.eq(detail)]
 
-        def start_reader(offset, nbytes):
+        def start_reader(nbytes):
             m.d.comb += [reader.start.eq(1),
-                         reader.base.eq(Cat(Const(0, len(self.rd_addr) - 1), bank)
-                                        + offset),
+                         reader.base.eq(Cat(Const(0, len(self.rd_addr) - 1), bank)),
                          reader.count.eq(nbytes)]
 
         def control_frames():
@@ -177,65 +240,98 @@ class LinkController(wiring.Component):
                     m.d.sync += [stop.eq(1), stop_seq.eq(f.seq)]
                 with m.Else():
                     m.d.sync += [
-                        err_pending.eq(1), err_seq.eq(f.seq),
-                        err_reply.eq(Cat(Mux(f.error != 0, f.error, ErrorCode.BUSY),
-                                         Const(0, 4), f.cmd, Const(0, 32))),
+                        err_pending.eq(1), err_seq.eq(f.seq), err_cmd.eq(f.cmd),
+                        err_code.eq(Mux(f.error != 0, f.error, ErrorCode.BUSY)),
                     ]
 
-        # --- identity -------------------------------------------------------------------
-        identity_bits = Cat(
-            Const(int.from_bytes(b"MMFR", "little"), 32), Const(ident.version, 8),
-            Const(ident.board, 8), Const(ident.lanes, 16), Const(ident.width, 8),
-            Const(ident.num_layers, 8), Const(ident.hidden_size, 16),
-            Const(ident.hidden_act, 8), Const(ident.intermediate_size, 16),
-            Const(ident.vocab_size, 32), Const(ident.packing, 8), Const(ident.clock_hz, 32),
-            Const(ident.divisor, 32), Const(ident.config_hash, 32), model_hash,
-            model_valid, Const(0, 7))
-        assert len(identity_bits) == REPLY_BYTES * 8
+        # --- the reply bytes ------------------------------------------------------------
+        identity = ident.pack()
+        sources = {}
+
+        def place(at, value):
+            for k in range(0, len(value), 8):
+                sources[at + k // 8] = Const(0, 8) | value[k:k + 8]
+
+        for k in range(_IDENTITY_BYTES - 9):
+            sources[_AT_IDENTITY + k] = Const(identity[k], 8)
+        place(_AT_IDENTITY + _IDENTITY_BYTES - 9, Cat(model_hash, model_valid, Const(0, 7)))
+        # ok: a VERIFY that matched ends the load (loading was 1, or it is NOT_LOADING).
+        place(_AT_LOAD, Cat(expected[:8], expected[:8], expected[:8], expected[:8], ~crc,
+                            ~loading, Const(0, 7)))
+        place(_AT_TOKEN, Cat(index, Const(0, 16) | cur, self.cycles))
+        place(_AT_ARG, arg0)
+        place(_AT_LENGTH, length)
+        source = Signal(8)
+        space = Cat(*[sources.get(at, Const(0, 8)) for at in range(1 << len(ptr))])
+        m.d.comb += source.eq(space.word_select(ptr, 8))
+
+        # The header, its payload's length and place, from the kind of reply and the command.
+        lengths = {Command.IDENTIFY: (_AT_IDENTITY, _IDENTITY_BYTES),
+                   Command.LOAD_CHUNK: (_AT_LOAD, 4), Command.VERIFY: (_AT_LOAD, 9),
+                   Command.PREFILL: (_AT_TOKEN, 2), Command.GENERATE: (_AT_TOKEN, 3)}
+        with m.Switch(kind):
+            with m.Case(_K.REPLY):
+                m.d.comb += self.tx_header.payload.cmd.eq(REPLY | cmd[:4])
+                with m.Switch(cmd[:4]):
+                    for command, (at, nbytes) in lengths.items():
+                        with m.Case(command):
+                            m.d.comb += [reply_at.eq(at), reply_len.eq(nbytes)]
+            with m.Case(_K.TOKEN):
+                m.d.comb += [self.tx_header.payload.cmd.eq(TOKEN), reply_at.eq(_AT_TOKEN),
+                             reply_len.eq(8)]
+            with m.Default():
+                m.d.comb += [self.tx_header.payload.cmd.eq(ERROR), reply_len.eq(6)]
+                with m.Switch(Mux(kind == _K.PENDING, _Detail.ZERO, err_detail)):
+                    for detail, at in _DETAIL_AT.items():
+                        with m.Case(detail):
+                            m.d.comb += reply_at.eq((at - 2) % 64)  # code, cmd, the detail
 
         # --- outputs --------------------------------------------------------------------
         m.d.comb += [
             self.leds[LED.IDLE].eq((state == _S.IDLE) & model_valid),
             self.leds[LED.LOADING].eq(loading),
             self.leds[LED.GENERATING].eq(long_op),
-            self.leds[LED.ERROR].eq(err_led != 0),
+            self.leds[LED.ERROR].eq(~err_time[22]),
             self.step.payload.token.eq(cur),
-            self.tx_header.payload.cmd.eq(reply_cmd),
-            self.tx_header.payload.seq.eq(reply_seq),
+            self.tx_header.payload.seq.eq(Mux(kind == _K.PENDING, err_seq, seq)),
             self.tx_header.payload.length.eq(reply_len),
-            self.tx_payload.payload.eq(reply.word_select(reply_i, 8)),
+            self.tx_payload.payload.eq(Mux(
+                kind.as_value()[1] & (reply_i[1:] == 0),               # an error's first two
+                Mux(reply_i[0], err_cmd, err_code),
+                Mux(kind.as_value()[1] & ((kind == _K.PENDING) | (err_detail == _Detail.ZERO)
+                                          | ((err_detail == _Detail.LENGTH) & reply_i[2])),
+                    0, source))),
             self.load.payload.addr.eq(addr),
             self.load.payload.data.eq(word),
+            self.seed.eq(arg1),
         ]
-        with m.If(err_led != 0):
-            m.d.sync += err_led.eq(err_led - 1)
-
-        a32 = [args[32 * k:32 * (k + 1)] for k in range(4)]
-        a16 = [args[16 * k:16 * (k + 1)] for k in range(2)]
+        with m.If(~err_time[22]):
+            m.d.sync += err_time.eq(err_time + 1)
 
         # The checks EXEC decides on, registered every cycle from registers that are stable
         # from PREP on (arguments, length, load progress), so that no comparison or 32-bit
-        # add sits in front of EXEC's reply and state multiplexers (the SoC's clock).
-        words = Signal(16)                 # LOAD_CHUNK: payload words
-        chunk_next = Signal()              # the chunk continues the load
-        chunk_over = Signal()              # it would run past the announced total
-        chunk_again = Signal()             # a retransmission of words already applied
-        verify_ok = Signal()
-        verify_hash = Signal()
+        # add sits in front of EXEC's reply and state multiplexers (the SoC's clock). The
+        # arguments that are compared with registers (LOAD_CHUNK's offset, VERIFY's) are
+        # compared a byte at a time in ARGS.
+        words = Signal(range(MAX_CHUNK_WORDS + 1))     # LOAD_CHUNK: payload words
+        offset_differs = Signal()          # LOAD_CHUNK/VERIFY: word 0 != expected
+        total_differs = Signal()           # VERIFY: word 0 != total
+        rest_differs = Signal()            # VERIFY: crc, hash
+        # LOAD_CHUNK: expected - offset - words and total - offset - words, a byte at a time
+        # (two borrows each: the first subtraction, the second).
+        after_c = Signal()                 # carry of offset + words (the offset after it)
+        again_b = Signal()                 # borrow of expected - that: not a retransmission
+        over_b = Signal()                  # borrow of total - that: past the announced total
         sampling_bad = Signal()
         gen_bad_token = Signal()
+        token_bad = _at_least(arg1[16:], vocab)       # GENERATE's token, PREFILL's tokens
         gen_zero = Signal()
-        value = a32[0].as_signed()
+        lo, hi = arg0[:16], arg0[16:]
+        x0_ok = (hi == 0xFFFF) & (lo != 0) & ~((lo[2:] == (1 << 14) - 1) & (lo[:2] != 0))
         m.d.sync += [
             words.eq((length - 8) >> 2),
-            chunk_next.eq(a32[0] == expected),
-            chunk_over.eq(expected + words > total),
-            chunk_again.eq(a32[0] + words <= expected),
-            verify_ok.eq((a32[0] == expected) & (expected == total) & (a32[1] == ~crc)),
-            verify_hash.eq(args[64:128] == pending_hash),
-            sampling_bad.eq((value != 0) & ((value > -4) | (value < X0_MIN))),
-            gen_bad_token.eq(a16[0] >= vocab),
-            gen_zero.eq(a16[1] == 0),
+            sampling_bad.eq((arg0 != 0) & ~x0_ok),
+            gen_zero.eq(count == 0),
         ]
 
         with m.Switch(state):
@@ -244,18 +340,17 @@ class LinkController(wiring.Component):
                 f = self.frame.payload
                 with m.If(self.frame.valid):
                     m.d.sync += [cmd.eq(f.cmd), seq.eq(f.seq), length.eq(f.length),
-                                 bank.eq(f.bank), stop.eq(0), err_pending.eq(0)]
+                                 bank.eq(f.bank), stop.eq(0), err_pending.eq(0),
+                                 err_cmd.eq(f.cmd)]
                     with m.If(f.error != 0):
-                        m.d.sync += [
-                            reply_cmd.eq(ERROR), reply_seq.eq(f.seq),
-                            reply.eq(Cat(f.error, Const(0, 4), f.cmd, Const(0, 32))),
-                            reply_len.eq(6), reply_i.eq(0), ret.eq(_S.IDLE),
-                            state.eq(_S.SEND), err_led.eq((1 << 22) - 1),
-                        ]
+                        error(f.error, then=_S.IDLE)
                     with m.Else():
                         m.d.sync += state.eq(_S.DISPATCH)
 
             with m.Case(_S.DISPATCH):
+                m.d.sync += [ptr.eq(_AT_LOAD), offset_differs.eq(0), total_differs.eq(0),
+                             rest_differs.eq(0), after_c.eq(0), again_b.eq(0),
+                             over_b.eq(0)]
                 fixed = {Command.IDENTIFY: 0, Command.LOAD_BEGIN: 12, Command.VERIFY: 16,
                          Command.RESET_STATE: 0, Command.SET_SAMPLING: 8,
                          Command.GENERATE: 4, Command.STOP: 0}
@@ -263,38 +358,74 @@ class LinkController(wiring.Component):
                     for command, size in fixed.items():
                         with m.Case(command):
                             with m.If(length != size):
-                                error(ErrorCode.BAD_LENGTH, length)
+                                error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
                             with m.Else():
                                 if size == 0:
                                     m.d.sync += state.eq(_S.EXEC)
                                 else:
-                                    start_reader(0, size)
-                                    m.d.sync += [n_args.eq(size), arg_i.eq(0),
-                                                 state.eq(_S.ARGS)]
+                                    start_reader(size)
+                                    m.d.sync += state.eq(_S.ARGS)
                     with m.Case(Command.LOAD_CHUNK):
                         with m.If((length < 12) | (length[:2] != 0)
                                   | (length > 8 + 4 * MAX_CHUNK_WORDS)):
-                            error(ErrorCode.BAD_LENGTH, length)
+                            error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
                         with m.Else():
-                            start_reader(0, length)
-                            m.d.sync += [n_args.eq(8), arg_i.eq(0), state.eq(_S.ARGS)]
+                            start_reader(length)
+                            m.d.sync += state.eq(_S.ARGS)
                     with m.Case(Command.PREFILL):
                         with m.If((length == 0) | length[0]):
-                            error(ErrorCode.BAD_LENGTH, length)
+                            error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
                         with m.Elif(~model_valid):
                             error(ErrorCode.NO_MODEL)
                         with m.Else():
-                            start_reader(0, length)
-                            m.d.sync += [index.eq(0), tok_half.eq(0), long_op.eq(1),
+                            start_reader(length)
+                            m.d.sync += [arg0.eq(0), tok_half.eq(0), long_op.eq(1),
                                          scan_check.eq(0), state.eq(_S.P_SCAN)]
                     with m.Default():
                         error(ErrorCode.UNKNOWN_COMMAND)
 
             with m.Case(_S.ARGS):
+                # ptr runs over expected, ~crc (0..7) with the argument bytes 0..7; VERIFY's
+                # hash (bytes 8..15) is compared with pending_hash, rotated a byte at a time,
+                # word 0 with total, rotated a byte at a time (all but LOAD_BEGIN, which shifts
+                # its arguments into total and pending_hash).
                 m.d.comb += reader.out.ready.eq(1)
+                first_word = ~ptr[2] & ~ptr[3]
+                begin = cmd == Command.LOAD_BEGIN
+                words_byte = Mux(ptr[:2] == 0, words[:8], Mux(ptr[:2] == 1, words[8:], 0))
+                # a + b + carry in as one adder: Cat(carry, a) + Cat(1, b), bits 1..
+                after = Signal(10)
+                again = Signal(10)
+                over = Signal(10)
+                m.d.comb += [after.eq(Cat(after_c, byte) + Cat(1, words_byte)),
+                             again.eq(Cat(~again_b, source) + Cat(1, ~after[1:9])),
+                             over.eq(Cat(~over_b, total[:8]) + Cat(1, ~after[1:9]))]
                 with m.If(reader.out.valid):
-                    m.d.sync += [args.word_select(arg_i, 8).eq(byte), arg_i.eq(arg_i + 1)]
-                    with m.If(arg_i + 1 == n_args):
+                    m.d.sync += [ptr.eq(ptr + 1), arg0.eq(Cat(arg0[8:], arg1[:8])),
+                                 arg1.eq(Cat(arg1[8:], byte))]
+                    with m.If(first_word):
+                        m.d.sync += exp_rotate
+                    with m.If(begin | first_word):
+                        m.d.sync += total.eq(Cat(total[8:], Mux(begin, pending_hash[:8],
+                                                                total[:8])))
+                    with m.If(begin):
+                        m.d.sync += pending_hash.eq(Cat(pending_hash[8:], byte))
+                    with m.If((cmd == Command.VERIFY) & ptr[3]):
+                        m.d.sync += pending_hash.eq(Cat(pending_hash[8:], pending_hash[:8]))
+                    with m.If(ptr == _AT_LOAD + 2):                # arg1[16:]: bytes 0, 1
+                        m.d.sync += gen_bad_token.eq(token_bad)
+                    with m.If(first_word):
+                        m.d.sync += [after_c.eq(after[9]), again_b.eq(~again[9]),
+                                     over_b.eq(~over[9])]
+                        with m.If(byte != total[:8]):
+                            m.d.sync += total_differs.eq(1)
+                    with m.If(byte != Mux(ptr[3], pending_hash[:8], source)):
+                        with m.If(first_word):
+                            m.d.sync += offset_differs.eq(1)
+                        with m.Else():
+                            m.d.sync += rest_differs.eq(1)
+                    with m.If(reader.out.payload.last
+                              | ((cmd == Command.LOAD_CHUNK) & (ptr == _AT_LOAD + 7))):
                         m.d.sync += state.eq(_S.PREP)
 
             with m.Case(_S.PREP):
@@ -304,81 +435,99 @@ class LinkController(wiring.Component):
             with m.Case(_S.EXEC):
                 with m.Switch(cmd):
                     with m.Case(Command.IDENTIFY):
-                        send(REPLY | Command.IDENTIFY, seq, identity_bits, REPLY_BYTES, _S.DONE)
+                        send(_K.REPLY)
                     with m.Case(Command.LOAD_BEGIN):
-                        m.d.sync += [model_valid.eq(0), loading.eq(1), total.eq(a32[0]),
-                                     pending_hash.eq(args[32:96]), expected.eq(0),
+                        m.d.sync += [model_valid.eq(0), loading.eq(1), expected.eq(0),
                                      crc.eq(0xFFFF_FFFF)]
-                        send(REPLY | Command.LOAD_BEGIN, seq, Const(0, 8), 0, _S.DONE)
+                        send(_K.REPLY)
                     with m.Case(Command.LOAD_CHUNK):
                         with m.If(~loading):
                             error(ErrorCode.NOT_LOADING)
-                        with m.Elif(chunk_next):
-                            with m.If(chunk_over):
-                                error(ErrorCode.BAD_LENGTH, length)
+                        with m.Elif(~offset_differs):
+                            with m.If(over_b | after_c):
+                                error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
                             with m.Else():
-                                m.d.sync += [addr.eq(a32[1]), word_i.eq(0), load_valid.eq(0),
-                                             apply_left.eq(words), state.eq(_S.APPLY)]
-                        with m.Elif(chunk_again):                 # a retransmission
-                            send(REPLY | Command.LOAD_CHUNK, seq, expected, 4, _S.DONE)
+                                m.d.sync += [bit_n.eq(0), load_valid.eq(0), chunk_end.eq(0),
+                                             addr_inc.eq(0), state.eq(_S.APPLY)]
+                        with m.Elif(~again_b & ~after_c):         # a retransmission
+                            send(_K.REPLY)
                         with m.Else():
-                            error(ErrorCode.OUT_OF_ORDER, expected)
+                            error(ErrorCode.OUT_OF_ORDER, _Detail.EXPECTED)
                     with m.Case(Command.VERIFY):
                         with m.If(~loading):
                             error(ErrorCode.NOT_LOADING)
                         with m.Else():
-                            with m.If(verify_ok & verify_hash):
+                            with m.If(~offset_differs & ~total_differs & ~rest_differs):
                                 m.d.sync += [model_hash.eq(pending_hash), model_valid.eq(1),
                                              loading.eq(0)]
-                            send(REPLY | Command.VERIFY, seq,
-                                 [expected, ~crc, verify_ok & verify_hash, Const(0, 7)], 9,
-                                 _S.DONE)
+                            send(_K.REPLY)
                     with m.Case(Command.RESET_STATE):
                         m.d.comb += self.reset_state.eq(1)
-                        send(REPLY | Command.RESET_STATE, seq, Const(0, 8), 0, _S.DONE)
+                        send(_K.REPLY)
                     with m.Case(Command.SET_SAMPLING):
                         with m.If(sampling_bad):
-                            error(ErrorCode.BAD_VALUE, a32[0])
+                            error(ErrorCode.BAD_VALUE, _Detail.ARG)
                         with m.Else():
-                            m.d.comb += [self.seed.eq(a32[1]), self.seed_load.eq(1)]
-                            m.d.sync += x0.eq(value)
-                            send(REPLY | Command.SET_SAMPLING, seq, Const(0, 8), 0, _S.DONE)
+                            m.d.comb += self.seed_load.eq(1)
+                            m.d.sync += x0.eq(arg0)
+                            send(_K.REPLY)
                     with m.Case(Command.GENERATE):
                         with m.If(~model_valid):
                             error(ErrorCode.NO_MODEL)
                         with m.Elif(gen_bad_token):
-                            error(ErrorCode.BAD_TOKEN, 0)
+                            error(ErrorCode.BAD_TOKEN)
                         with m.Elif(gen_zero):
-                            error(ErrorCode.BAD_VALUE, 0)
+                            error(ErrorCode.BAD_VALUE)
                         with m.Else():
-                            m.d.sync += [cur.eq(a16[0]), count.eq(a16[1]), index.eq(0),
-                                         long_op.eq(1), state.eq(_S.G_STEP)]
+                            m.d.sync += [cur.eq(arg1), index.eq(0), long_op.eq(1),
+                                         state.eq(_S.G_STEP)]
                     with m.Case(Command.STOP):
-                        send(REPLY | Command.STOP, seq, Const(0, 8), 0, _S.DONE)
+                        send(_K.REPLY)
 
             with m.Case(_S.APPLY):
-                # A byte every cycle until a word is complete; the word waits on the load port.
+                # A bit every cycle into the word and the CRC (LSB first: the CRC is
+                # reflected and the words little-endian) until the word is complete; the
+                # word waits on the load port.
+                go = reader.out.valid & (~load_valid | self.load.ready)
+                bit = byte.bit_select(bit_n[:3], 1)
                 m.d.comb += [self.load.valid.eq(load_valid),
-                             reader.out.ready.eq(~load_valid | self.load.ready)]
+                             reader.out.ready.eq(go & (bit_n[:3] == 7))]
                 with m.If(self.load.valid & self.load.ready):
-                    m.d.sync += [load_valid.eq(0), addr.eq(addr + 1),
-                                 expected.eq(expected + 1), apply_left.eq(apply_left - 1)]
-                    with m.If(apply_left == 1):               # that was the last word
-                        send(REPLY | Command.LOAD_CHUNK, seq, expected + 1, 4, _S.DONE)
-                with m.If(reader.out.valid & reader.out.ready):
-                    m.d.sync += [word.word_select(word_i, 8).eq(byte), word_i.eq(word_i + 1),
-                                 crc.eq(crc32_next(crc, byte))]
-                    with m.If(word_i == 3):
-                        m.d.sync += load_valid.eq(1)
+                    m.d.sync += load_valid.eq(0)
+                    with m.If(chunk_end):                     # that was the last word
+                        send(_K.REPLY)
+                with m.If(go):
+                    m.d.sync += [bit_n.eq(bit_n + 1),
+                                 crc.eq((crc >> 1) ^ Mux(crc[0] ^ bit, CRC32_POLY, 0))]
+                    with m.If(bit_n[2:] == 0):
+                        # Bits 0..3: count the word (expected + 1: it is written before
+                        # anything reads expected again) and step the address past the word
+                        # before it, if any (it has been written: this word is not complete).
+                        first = bit_n[:2] == 0
+                        m.d.comb += [exp_cin.eq(first | exp_c),
+                                     addr_cin.eq(Mux(first, addr_inc, addr_c))]
+                        m.d.sync += [exp_rotate, exp_c.eq(exp_low[8]),
+                                     addr.eq(Cat(addr[8:], addr_low[:8])),
+                                     addr_c.eq(addr_low[8])]
+                    with m.If(bit_n[:3] == 7):
+                        m.d.sync += word.eq(Cat(word[8:], byte))
+                    with m.If(bit_n == 31):
+                        m.d.sync += [load_valid.eq(1), chunk_end.eq(reader.out.payload.last),
+                                     addr_inc.eq(1)]
 
             with m.Case(_S.SEND):
                 m.d.comb += self.tx_header.valid.eq(1)
+                m.d.sync += ptr.eq(reply_at)
                 with m.If(self.tx_header.ready):
+                    with m.If(kind.as_value()[1]):            # ERROR, PENDING
+                        m.d.sync += err_time.eq(0)
                     m.d.sync += state.eq(Mux(reply_len == 0, ret, _S.SEND_BODY))
             with m.Case(_S.SEND_BODY):
                 m.d.comb += self.tx_payload.valid.eq(1)
                 with m.If(self.tx_payload.ready):
-                    m.d.sync += reply_i.eq(reply_i + 1)
+                    m.d.sync += [reply_i.eq(reply_i + 1), ptr.eq(ptr + 1)]
+                    with m.If(ptr[2:] == _AT_LOAD >> 2):        # wraps: EXPECTED
+                        m.d.sync += exp_rotate
                     with m.If(reply_i + 1 == reply_len):
                         m.d.sync += state.eq(ret)
 
@@ -390,31 +539,30 @@ class LinkController(wiring.Component):
             # --- PREFILL -------------------------------------------------------------------
             with m.Case(_S.P_SCAN):
                 # Each token is checked the cycle after its high byte (registered: the byte
-                # comes straight out of the frame buffer's block RAM).
+                # comes straight out of the frame buffer's block RAM) in arg1[16:].
                 m.d.comb += reader.out.ready.eq(1)
                 m.d.sync += scan_check.eq(0)
                 with m.If(reader.out.valid):
-                    m.d.sync += [tok_lo.eq(byte), tok_half.eq(~tok_half)]
+                    m.d.sync += [arg1.eq(Cat(arg1[8:], byte)), tok_half.eq(~tok_half)]
                     with m.If(tok_half):
-                        m.d.sync += [scan_token.eq(Cat(tok_lo, byte)),
-                                     scan_last.eq(reader.out.payload.last), scan_check.eq(1)]
+                        m.d.sync += [scan_last.eq(reader.out.payload.last), scan_check.eq(1)]
                 with m.If(scan_check):
-                    with m.If(scan_token >= vocab):
-                        error(ErrorCode.BAD_TOKEN, index)
+                    with m.If(token_bad):
+                        error(ErrorCode.BAD_TOKEN, _Detail.ARG)
                     with m.Elif(scan_last):
-                        start_reader(0, length)
+                        start_reader(length)
                         m.d.sync += [index.eq(0), tok_half.eq(0), state.eq(_S.P_STEP)]
                     with m.Else():
                         m.d.sync += index.eq(index + 1)
             with m.Case(_S.P_STEP):
                 control_frames()
                 m.d.comb += reader.out.ready.eq(~tok_half | self.step.ready)
-                m.d.comb += self.step.payload.token.eq(Cat(tok_lo, byte))
+                m.d.comb += self.step.payload.token.eq(Cat(arg1[24:], byte))
                 with m.If(stop):
                     m.d.sync += state.eq(_S.FINISH)
                 with m.Elif(reader.out.valid):
                     with m.If(~tok_half):
-                        m.d.sync += [tok_lo.eq(byte), tok_half.eq(1)]
+                        m.d.sync += [arg1.eq(Cat(arg1[8:], byte)), tok_half.eq(1)]
                     with m.Else():
                         m.d.comb += [self.step.valid.eq(1), self.step.payload.emit.eq(0)]
                         with m.If(self.step.ready):
@@ -445,10 +593,12 @@ class LinkController(wiring.Component):
                 with m.If(self.token.valid):
                     m.d.sync += [cur.eq(self.token.payload), state.eq(_S.G_END)]
             with m.Case(_S.G_END):
+                # The engine's cycles hold from the end of the step until the next one.
                 control_frames()
                 with m.If(~self.busy):
-                    send(TOKEN, seq, [index, Const(0, 16) | cur, self.cycles], 8, _S.G_NEXT)
-                    m.d.sync += index.eq(index + 1)
+                    send(_K.TOKEN, _S.G_COUNT)
+            with m.Case(_S.G_COUNT):
+                m.d.sync += [index.eq(index + 1), state.eq(_S.G_NEXT)]
             with m.Case(_S.G_NEXT):
                 control_frames()
                 with m.If(err_pending):
@@ -459,16 +609,15 @@ class LinkController(wiring.Component):
                     m.d.sync += state.eq(_S.G_STEP)
 
             with m.Case(_S.PEND_ERR):
-                m.d.sync += [err_pending.eq(0), err_led.eq((1 << 22) - 1)]
+                m.d.sync += err_pending.eq(0)
                 is_prefill = cmd == Command.PREFILL
-                send(ERROR, err_seq, err_reply, 6, Mux(is_prefill, _S.P_WAIT, _S.G_NEXT))
+                send(_K.PENDING, Mux(is_prefill, _S.P_WAIT, _S.G_NEXT))
             with m.Case(_S.FINISH):
-                with m.If(cmd == Command.PREFILL):
-                    send(REPLY | Command.PREFILL, seq, index, 2,
-                         Mux(stop, _S.STOP_REPLY, _S.DONE))
-                with m.Else():
-                    send(REPLY | Command.GENERATE, seq, [index, stop, Const(0, 7)], 3,
-                         Mux(stop, _S.STOP_REPLY, _S.DONE))
+                # produced u16, stopped u8: the TOKEN frame's index, and its token byte.
+                m.d.sync += cur.eq(stop)
+                send(_K.REPLY, Mux(stop, _S.STOP_REPLY, _S.DONE))
             with m.Case(_S.STOP_REPLY):
-                send(REPLY | Command.STOP, stop_seq, Const(0, 8), 0, _S.DONE)
+                # The request is done: its cmd and seq become STOP's.
+                m.d.sync += [cmd.eq(Command.STOP), seq.eq(stop_seq)]
+                send(_K.REPLY)
         return m
