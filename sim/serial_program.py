@@ -34,9 +34,9 @@ layers. Subroutines (one ``CALL`` level, no nested loops):
 ``SIG``/``SILU`` sigmoid and ``x sigmoid(x)`` of ``A`` (``R3`` = alpha's mantissa, ``R4`` =
         the shift ``k + frac - EXP_FRAC``), used by the MLGRU and GLU element loops.
 
-For the shipped iCEBreaker model (d 64, L 4, I 256, V 256) the program is 455 words and ``M``
-28,641 words; a step takes about 885K cycles without a token, 912K greedy, 936K sampled: 30%
-in sigmoids, 21% in ``NP``, 19% in ``BLQ``, about 15% in the row loops.
+For the shipped iCEBreaker model (d 64, L 4, I 256, V 256) the program is 470 words and ``M``
+28,644 words; a step takes about 984K cycles without a token, 1,014K greedy, 1,042K sampled
+(x0 = -40), 48% of them in ``MUL``/``MULS`` (docs/serial.md).
 
 Memory map (word addresses, in this order)
 ------------------------------------------
