@@ -65,7 +65,7 @@ class _Sh(enum.Enum, shape=2):
     SIGNED    = 0  # SHR/SHRR: right by B, left by -B when B < 0
     LEFT_B    = 1  # SHL
     RIGHT_AUX = 2  # DIVS
-    LEFT_ONE  = 3  # MUL/MULS/DIVS iterations
+    LEFT_ONE  = 3  # MUL/MULS/DIVS/BITLEN iterations
 
 
 class _Misc(enum.Enum, shape=3):
@@ -73,7 +73,7 @@ class _Misc(enum.Enum, shape=3):
     J      = 1
     PRNG   = 2
     DOT    = 3
-    BITLEN = 4
+    BITLEN = 4      # the iteration count (BITLEN shifts A left until its bit 78 is set)
     ISQRT  = 5
     BYTE   = 6
 
