@@ -13,6 +13,7 @@ __all__ = ["crc16_next", "crc32_next", "FRAME_INFO", "FrameReceiver", "FrameTran
 
 BANK_BYTES = 1 << (MAX_PAYLOAD - 1).bit_length()      # payload buffer bank, a power of two
 LENGTH_BITS = 16
+PAYLOAD_BITS = MAX_PAYLOAD.bit_length()             # a payload index, a length that fits
 
 
 def _linear_crc(width, reflected, poly):
@@ -124,10 +125,10 @@ class FrameReceiver(wiring.Component):
         busy = Signal(2)                  # banks owned by the consumer (or announced)
         bank = Signal()                   # the bank of the frame being received
         cmd, seq = Signal(8), Signal(8)
-        length = Signal(LENGTH_BITS)
-        index = Signal(LENGTH_BITS)
+        length = Signal(PAYLOAD_BITS)     # of a frame that is received (not over MAX_PAYLOAD)
+        index = Signal(PAYLOAD_BITS)
         crc = Signal(16)
-        crc_lo = Signal(8)
+        crc_lo_ok = Signal()              # the first CRC byte matched
         dropping = Signal()               # no bank for this frame: parse, then forget it
         idle = Signal(range(self._timeout + 1))
         byte = self.data.payload
@@ -201,11 +202,11 @@ class FrameReceiver(wiring.Component):
                     with m.If(index + 1 == length):
                         m.d.sync += state.eq(_RxState.CRC0)
                 with m.Case(_RxState.CRC0):
-                    m.d.sync += [crc_lo.eq(byte), state.eq(_RxState.CRC1)]
+                    m.d.sync += [crc_lo_ok.eq(byte == crc[:8]), state.eq(_RxState.CRC1)]
                 with m.Case(_RxState.CRC1):
                     m.d.sync += state.eq(_RxState.HUNT)
                     with m.If(~dropping):
-                        with m.If(Cat(crc_lo, byte) == crc):
+                        with m.If(crc_lo_ok & (byte == crc[8:])):
                             announce(0, True)
                         with m.Else():
                             announce(ErrorCode.BAD_CRC, False)
@@ -240,9 +241,9 @@ class FrameTransmitter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         state = Signal(_TxState)
-        head = Signal(8 * HEADER_BYTES)     # SYNC, cmd, seq, length
-        index = Signal(LENGTH_BITS)
-        length = Signal(LENGTH_BITS)
+        head = Signal(8 * (HEADER_BYTES - 1))   # cmd, seq, length (after the SYNC)
+        index = Signal(range(HEADER_BYTES))
+        left = Signal(LENGTH_BITS)              # payload bytes to go
         crc = Signal(16)
         sent = self.out.valid & self.out.ready
 
@@ -252,27 +253,24 @@ class FrameTransmitter(wiring.Component):
             with m.Case(_TxState.IDLE):
                 with m.If(self.header.valid):
                     h = self.header.payload
-                    m.d.sync += [head.eq(Cat(Const(SYNC, 8), h.cmd, h.seq, h.length)),
-                                 length.eq(h.length), index.eq(0), crc.eq(0xFFFF),
-                                 state.eq(_TxState.HEADER)]
+                    m.d.sync += [head.eq(Cat(h.cmd, h.seq, h.length)), left.eq(h.length),
+                                 index.eq(0), crc.eq(0xFFFF), state.eq(_TxState.HEADER)]
             with m.Case(_TxState.HEADER):
                 m.d.comb += [self.out.valid.eq(1),
-                             self.out.payload.eq(head.word_select(index[:3], 8))]
+                             self.out.payload.eq(Cat(Const(SYNC, 8), head).word_select(index, 8))]
                 with m.If(sent):
                     with m.If(index != 0):
                         m.d.sync += crc.eq(crc16_next(crc, self.out.payload))
                     m.d.sync += index.eq(index + 1)
                     with m.If(index == HEADER_BYTES - 1):
-                        m.d.sync += [index.eq(0), state.eq(Mux(length == 0, _TxState.CRC0,
-                                                               _TxState.PAYLOAD))]
+                        m.d.sync += state.eq(Mux(left == 0, _TxState.CRC0, _TxState.PAYLOAD))
             with m.Case(_TxState.PAYLOAD):
                 m.d.comb += [self.out.valid.eq(self.payload.valid),
                              self.out.payload.eq(self.payload.payload),
                              self.payload.ready.eq(self.out.ready)]
                 with m.If(sent):
-                    m.d.sync += [crc.eq(crc16_next(crc, self.out.payload)),
-                                 index.eq(index + 1)]
-                    with m.If(index + 1 == length):
+                    m.d.sync += [crc.eq(crc16_next(crc, self.out.payload)), left.eq(left - 1)]
+                    with m.If(left == 1):
                         m.d.sync += state.eq(_TxState.CRC0)
             with m.Case(_TxState.CRC0):
                 m.d.comb += [self.out.valid.eq(1), self.out.payload.eq(crc[:8])]

@@ -12,8 +12,28 @@ from mmfree.sim.protocol import (ERROR, MAX_CHUNK_WORDS, MAX_PAYLOAD, REPLY, TOK
 
 __all__ = ["LinkController", "LED"]
 
-X0_MIN = -65535
 CRC32_POLY = 0xEDB8_8320         # zlib's CRC-32, reflected
+CRC_BITS = 4                     # payload bits into the load CRC-32 a cycle: 1, 2 or 4
+assert CRC_BITS in (1, 2, 4)     # whole steps in a byte, at least 4 in a word
+
+
+def _crc32_bits(crc, bits):
+    """The reflected CRC-32 register after ``len(bits)`` more bits (LSB first): each bit of
+    it the XOR of a set of register and data bits (the step is linear over GF(2))."""
+    state = [{i} for i in range(32)]
+    for k in range(len(bits)):
+        feedback = state[0] ^ {32 + k}
+        state = state[1:] + [set()]
+        state = [state[i] ^ feedback if (CRC32_POLY >> i) & 1 else state[i]
+                 for i in range(32)]
+    inputs = [crc[i] for i in range(32)] + list(bits)
+    result = []
+    for terms in state:
+        value = Const(0, 1)
+        for i in sorted(terms):
+            value = value ^ inputs[i]
+        result.append(value)
+    return Cat(*result)
 
 
 def _at_least(value, bound):
@@ -56,8 +76,7 @@ class _S(enum.Enum, shape=5):
     PEND_ERR   = 15   # send the error of a frame that came during a PREFILL/GENERATE
     FINISH     = 16   # the reply of PREFILL/GENERATE, then STOP's if one came
     STOP_REPLY = 17
-    PREP       = 18   # the checks on the arguments settle in their registers
-    G_COUNT    = 19   # after a TOKEN frame: count the step
+    G_COUNT    = 18   # after a TOKEN frame: count the step
 
 
 # Reply payloads are read out of one byte-addressed space (``ptr``), a byte per cycle, from
@@ -106,8 +125,8 @@ class LinkController(wiring.Component):
     most :data:`~mmfree.sim.protocol.MAX_PAYLOAD` (the receiver answers longer ones).
 
     Timing: a command is taken the cycle after the frame is announced; LOAD_CHUNK takes its
-    words a bit per cycle (the load CRC-32 is computed bit-serially) and writes a word every
-    32 cycles; replies go out a byte per cycle into the transmitter.
+    words 4 bits a cycle (into the load CRC-32) and writes a word every 8 cycles; replies go
+    out a byte per cycle into the transmitter.
     """
 
     def __init__(self, *, identity: Identity):
@@ -161,8 +180,8 @@ class LinkController(wiring.Component):
 
         # The argument words: a shift register the argument bytes go through, so that after
         # n bytes ``arg1`` holds the last four and ``arg0`` the four before. arg1 is also the
-        # load address (LOAD_CHUNK); arg0 the word being loaded, the step index of
-        # PREFILL/GENERATE (arg0[:16]) and the detail of an error reply.
+        # load address (LOAD_CHUNK) and PREFILL's token (arg1[16:]); arg0 the word being
+        # loaded, the step index of PREFILL/GENERATE (arg0[:16]) and the ARG detail.
         arg0 = Signal(32)
         arg1 = Signal(32)
         addr = arg1
@@ -195,7 +214,7 @@ class LinkController(wiring.Component):
         addr_inc = Signal()              # not the first word of the chunk
         addr_low = addr[:8] + addr_cin
         crc = Signal(32, init=0xFFFF_FFFF)
-        bit_n = Signal(5)                # the bit of the word being loaded
+        crc_step = Signal(range(32 // CRC_BITS))     # of the word being loaded
         load_valid = Signal()
         chunk_end = Signal()             # the chunk's last byte is in the word
         long_op = Signal()               # a PREFILL or GENERATE runs
@@ -261,9 +280,19 @@ class LinkController(wiring.Component):
         place(_AT_TOKEN, Cat(index, Const(0, 16) | cur, self.cycles))
         place(_AT_ARG, arg0)
         place(_AT_LENGTH, length)
+        def tree(first, bits):
+            """The byte at ``ptr`` among ``first .. first + 2**bits - 1``: a tree of
+            multiplexers, one level a bit of ``ptr``, shared where both halves agree."""
+            if bits == 0:
+                return sources.get(first, Const(0, 8))
+            low = tree(first, bits - 1)
+            high = tree(first + (1 << (bits - 1)), bits - 1)
+            if low is high:
+                return low
+            return Mux(ptr[bits - 1], high, low)
+
         source = Signal(8)
-        space = Cat(*[sources.get(at, Const(0, 8)) for at in range(1 << len(ptr))])
-        m.d.comb += source.eq(space.word_select(ptr, 8))
+        m.d.comb += source.eq(tree(0, len(ptr)))
 
         # The header, its payload's length and place, from the kind of reply and the command.
         lengths = {Command.IDENTIFY: (_AT_IDENTITY, _IDENTITY_BYTES),
@@ -308,11 +337,9 @@ class LinkController(wiring.Component):
         with m.If(~err_time[22]):
             m.d.sync += err_time.eq(err_time + 1)
 
-        # The checks EXEC decides on, registered every cycle from registers that are stable
-        # from PREP on (arguments, length, load progress), so that no comparison or 32-bit
-        # add sits in front of EXEC's reply and state multiplexers (the SoC's clock). The
-        # arguments that are compared with registers (LOAD_CHUNK's offset, VERIFY's) are
-        # compared a byte at a time in ARGS.
+        # The checks EXEC decides on, made a byte at a time as the arguments come in ARGS
+        # and kept in registers, so that no comparison or 32-bit add sits in front of EXEC's
+        # reply and state multiplexers (the SoC's clock).
         words = Signal(range(MAX_CHUNK_WORDS + 1))     # LOAD_CHUNK: payload words
         offset_differs = Signal()          # LOAD_CHUNK/VERIFY: word 0 != expected
         total_differs = Signal()           # VERIFY: word 0 != total
@@ -322,17 +349,16 @@ class LinkController(wiring.Component):
         after_c = Signal()                 # carry of offset + words (the offset after it)
         again_b = Signal()                 # borrow of expected - that: not a retransmission
         over_b = Signal()                  # borrow of total - that: past the announced total
-        sampling_bad = Signal()
+        # Word 0 (SET_SAMPLING's x0, GENERATE's token and count) a half at a time.
+        low_zero = Signal()                # bytes 0, 1 are 0
+        low_top = Signal()                 # bytes 0, 1 are 0xFFFD .. 0xFFFF
+        high_zero = Signal()               # bytes 2, 3 are 0
+        high_ones = Signal()               # bytes 2, 3 are 0xFFFF
+        sampling_bad = ~((low_zero & high_zero) | (high_ones & ~low_zero & ~low_top))
+        gen_zero = high_zero
         gen_bad_token = Signal()
         token_bad = _at_least(arg1[16:], vocab)       # GENERATE's token, PREFILL's tokens
-        gen_zero = Signal()
-        lo, hi = arg0[:16], arg0[16:]
-        x0_ok = (hi == 0xFFFF) & (lo != 0) & ~((lo[2:] == (1 << 14) - 1) & (lo[:2] != 0))
-        m.d.sync += [
-            words.eq((length - 8) >> 2),
-            sampling_bad.eq((arg0 != 0) & ~x0_ok),
-            gen_zero.eq(count == 0),
-        ]
+        m.d.sync += words.eq((length - 8) >> 2)
 
         with m.Switch(state):
             with m.Case(_S.IDLE):
@@ -354,35 +380,36 @@ class LinkController(wiring.Component):
                 fixed = {Command.IDENTIFY: 0, Command.LOAD_BEGIN: 12, Command.VERIFY: 16,
                          Command.RESET_STATE: 0, Command.SET_SAMPLING: 8,
                          Command.GENERATE: 4, Command.STOP: 0}
+                size = Signal(range(17))
+                known = Signal()
+                bad_length = Signal()
+                prefill = cmd == Command.PREFILL
                 with m.Switch(cmd):
-                    for command, size in fixed.items():
+                    for command, nbytes in fixed.items():
                         with m.Case(command):
-                            with m.If(length != size):
-                                error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
-                            with m.Else():
-                                if size == 0:
-                                    m.d.sync += state.eq(_S.EXEC)
-                                else:
-                                    start_reader(size)
-                                    m.d.sync += state.eq(_S.ARGS)
+                            m.d.comb += [size.eq(nbytes), known.eq(1),
+                                         bad_length.eq(length != size)]
                     with m.Case(Command.LOAD_CHUNK):
-                        with m.If((length < 12) | (length[:2] != 0)
-                                  | (length > 8 + 4 * MAX_CHUNK_WORDS)):
-                            error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
-                        with m.Else():
-                            start_reader(length)
-                            m.d.sync += state.eq(_S.ARGS)
+                        m.d.comb += [known.eq(1), bad_length.eq(
+                            ~_at_least(length, 12) | (length[:2] != 0)
+                            | _at_least(length, 8 + 4 * MAX_CHUNK_WORDS + 1))]
                     with m.Case(Command.PREFILL):
-                        with m.If((length == 0) | length[0]):
-                            error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
-                        with m.Elif(~model_valid):
-                            error(ErrorCode.NO_MODEL)
-                        with m.Else():
-                            start_reader(length)
-                            m.d.sync += [arg0.eq(0), tok_half.eq(0), long_op.eq(1),
-                                         scan_check.eq(0), state.eq(_S.P_SCAN)]
-                    with m.Default():
-                        error(ErrorCode.UNKNOWN_COMMAND)
+                        m.d.comb += [known.eq(1), bad_length.eq((length == 0) | length[0])]
+                with m.If(~known):
+                    error(ErrorCode.UNKNOWN_COMMAND)
+                with m.Elif(bad_length):
+                    error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
+                with m.Elif(prefill & ~model_valid):
+                    error(ErrorCode.NO_MODEL)
+                with m.Elif(prefill):
+                    start_reader(length)
+                    m.d.sync += [arg0.eq(0), tok_half.eq(0), long_op.eq(1),
+                                 scan_check.eq(0), state.eq(_S.P_SCAN)]
+                with m.Elif(length == 0):
+                    m.d.sync += state.eq(_S.EXEC)
+                with m.Else():
+                    start_reader(length)
+                    m.d.sync += state.eq(_S.ARGS)
 
             with m.Case(_S.ARGS):
                 # ptr runs over expected, ~crc (0..7) with the argument bytes 0..7; VERIFY's
@@ -417,6 +444,16 @@ class LinkController(wiring.Component):
                     with m.If(first_word):
                         m.d.sync += [after_c.eq(after[9]), again_b.eq(~again[9]),
                                      over_b.eq(~over[9])]
+                        is_zero = byte == 0
+                        is_ones = byte == 0xFF
+                        half_first = ~ptr[0]
+                        with m.If(~ptr[1]):
+                            m.d.sync += [low_zero.eq(is_zero & (half_first | low_zero)),
+                                         low_top.eq(Mux(half_first, _at_least(byte, 0xFD),
+                                                        is_ones & low_top))]
+                        with m.Else():
+                            m.d.sync += [high_zero.eq(is_zero & (half_first | high_zero)),
+                                         high_ones.eq(is_ones & (half_first | high_ones))]
                         with m.If(byte != total[:8]):
                             m.d.sync += total_differs.eq(1)
                     with m.If(byte != Mux(ptr[3], pending_hash[:8], source)):
@@ -426,11 +463,7 @@ class LinkController(wiring.Component):
                             m.d.sync += rest_differs.eq(1)
                     with m.If(reader.out.payload.last
                               | ((cmd == Command.LOAD_CHUNK) & (ptr == _AT_LOAD + 7))):
-                        m.d.sync += state.eq(_S.PREP)
-
-            with m.Case(_S.PREP):
-                # words (from length) settled in ARGS; the argument checks settle here.
-                m.d.sync += state.eq(_S.EXEC)
+                        m.d.sync += state.eq(_S.EXEC)
 
             with m.Case(_S.EXEC):
                 with m.Switch(cmd):
@@ -447,7 +480,7 @@ class LinkController(wiring.Component):
                             with m.If(over_b | after_c):
                                 error(ErrorCode.BAD_LENGTH, _Detail.LENGTH)
                             with m.Else():
-                                m.d.sync += [bit_n.eq(0), load_valid.eq(0), chunk_end.eq(0),
+                                m.d.sync += [crc_step.eq(0), load_valid.eq(0), chunk_end.eq(0),
                                              addr_inc.eq(0), state.eq(_S.APPLY)]
                         with m.Elif(~again_b & ~after_c):         # a retransmission
                             send(_K.REPLY)
@@ -485,33 +518,35 @@ class LinkController(wiring.Component):
                         send(_K.REPLY)
 
             with m.Case(_S.APPLY):
-                # A bit every cycle into the word and the CRC (LSB first: the CRC is
-                # reflected and the words little-endian) until the word is complete; the
-                # word waits on the load port.
+                # CRC_BITS bits every cycle into the CRC (LSB first: it is reflected), a byte
+                # into the word (little-endian) when they are done with it, until the word is
+                # complete; the word waits on the load port.
                 go = reader.out.valid & (~load_valid | self.load.ready)
-                bit = byte.bit_select(bit_n[:3], 1)
+                sub = crc_step[:(8 // CRC_BITS - 1).bit_length()]    # the step in the byte
+                bits = byte.word_select(sub, CRC_BITS)
+                byte_done = sub == 8 // CRC_BITS - 1
                 m.d.comb += [self.load.valid.eq(load_valid),
-                             reader.out.ready.eq(go & (bit_n[:3] == 7))]
+                             reader.out.ready.eq(go & byte_done)]
                 with m.If(self.load.valid & self.load.ready):
                     m.d.sync += load_valid.eq(0)
                     with m.If(chunk_end):                     # that was the last word
                         send(_K.REPLY)
                 with m.If(go):
-                    m.d.sync += [bit_n.eq(bit_n + 1),
-                                 crc.eq((crc >> 1) ^ Mux(crc[0] ^ bit, CRC32_POLY, 0))]
-                    with m.If(bit_n[2:] == 0):
-                        # Bits 0..3: count the word (expected + 1: it is written before
+                    m.d.sync += [crc_step.eq(crc_step + 1),
+                                 crc.eq(_crc32_bits(crc, [bits[i] for i in range(CRC_BITS)]))]
+                    with m.If(crc_step[2:] == 0):
+                        # Steps 0..3: count the word (expected + 1: it is written before
                         # anything reads expected again) and step the address past the word
                         # before it, if any (it has been written: this word is not complete).
-                        first = bit_n[:2] == 0
+                        first = crc_step[:2] == 0
                         m.d.comb += [exp_cin.eq(first | exp_c),
                                      addr_cin.eq(Mux(first, addr_inc, addr_c))]
                         m.d.sync += [exp_rotate, exp_c.eq(exp_low[8]),
                                      addr.eq(Cat(addr[8:], addr_low[:8])),
                                      addr_c.eq(addr_low[8])]
-                    with m.If(bit_n[:3] == 7):
+                    with m.If(byte_done):
                         m.d.sync += word.eq(Cat(word[8:], byte))
-                    with m.If(bit_n == 31):
+                    with m.If(crc_step == 32 // CRC_BITS - 1):
                         m.d.sync += [load_valid.eq(1), chunk_end.eq(reader.out.payload.last),
                                      addr_inc.eq(1)]
 
