@@ -13,7 +13,8 @@ from amaranth.lib.wiring import In, Out
 from mmfree.hw.engine import engine_members
 from mmfree.hw.xorshift import Xorshift32
 from mmfree.sim.serial import (ACC_BITS, DOT_LANES, MEM_WORDS, MUL_X_BITS, PROG_BASE,
-                               PROG_WORDS, QBUF_BYTES, SHIFT_STEP, Instr, Op, Src)
+                               PROG_WORDS, QBUF_BYTES, SHIFT_STEP, TRITS_PER_WORD, Instr, Op,
+                               Src)
 
 __all__ = ["SerialEngine"]
 
@@ -21,7 +22,11 @@ _W = ACC_BITS                        # 80: A, S, T and the adder (plus a sign bi
 _MBITS = (MEM_WORDS - 1).bit_length()  # 15
 _PBITS = (PROG_WORDS - 1).bit_length()  # 10
 _JBITS = 16                          # J and C: loop counts up to 65535
-_QROWS = QBUF_BYTES // DOT_LANES     # qbuf rows of 8 bytes
+_QROWS = QBUF_BYTES // DOT_LANES     # qbuf rows of DOT_LANES bytes
+_LANE_BITS = (DOT_LANES - 1).bit_length()
+_PARTS = TRITS_PER_WORD // DOT_LANES  # DOT cycles a weight word
+_PART_BITS = (_PARTS - 1).bit_length()
+assert DOT_LANES == 1 << _LANE_BITS and _PARTS == 1 << _PART_BITS
 _HALT = Instr(Op.HALT).encode()
 
 
@@ -33,7 +38,7 @@ class _S(enum.Enum, shape=4):
     MEM1    = 4    # M or register data of the first read; execute (LD2: read the high word)
     MEM2    = 5    # LD2: the high word
     ITER    = 6    # MUL/MULS/DIVS/ISQRT/BITLEN iterations
-    DOT     = 7    # DOT: 8 products a cycle
+    DOT     = 7    # DOT: DOT_LANES products a cycle
     DOT_ACC = 8    # DOT: the last sum into the accumulator
     DOT_OUT = 9    # DOT: A = the accumulator
     SHIFT   = 10   # a shift of more than SHIFT_STEP bits: SHIFT_STEP bits a cycle first
@@ -106,11 +111,11 @@ class SerialEngine(wiring.Component):
     adder/subtractor that every arithmetic op, every shift (``+ 0``) and the MUL/MULS/DIVS
     iterations go through (1 bit a cycle: MUL/MULS MSB first with Horner's rule, the first bit
     subtracting; DIVS non-restoring, its first bit from ``A >> aux``), one funnel shifter
-    (right arithmetic with a round bit, or left, by 0..15 bits a cycle: longer shifts take
-    15 bits a cycle in ``SHIFT`` first), BITLEN by shifting left a bit a cycle, a 16-step
+    (right arithmetic with a round bit, or left, by 0..7 bits a cycle: longer shifts take
+    7 bits a cycle in ``SHIFT`` first), BITLEN by shifting left a bit a cycle, a 16-step
     square root, the eight 32-bit registers in block RAM (read the cycle after the
-    instruction), the DOT unit (8 int8 x ternary products a cycle: a 64-bit row of the qbuf
-    block RAM and half a weight word, a balanced adder tree) and the xorshift32 PRNG
+    instruction), the DOT unit (4 int8 x ternary products a cycle: a 32-bit row of the qbuf
+    block RAM and a quarter of a weight word, a balanced adder tree) and the xorshift32 PRNG
     (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf (256 x 64) are
     block RAM; ``M`` is one single-port RAM of :data:`MEM_WORDS` x 32 (four SPRAMs with
     ``spram=True``).
@@ -261,11 +266,11 @@ class SerialEngine(wiring.Component):
         P = Signal(_MBITS)
         fresh = Signal(init=1)
         skip = Signal()
-        cnt = Signal(9)                # iterations left (DOT: halves left)
+        cnt = Signal(9)                # iterations left (DOT: parts of words left)
         cycles = Signal(32)
         # DOT
-        phase = Signal()               # DOT: the high half of the weight word
-        whi = Signal(16)
+        phase = Signal(_PART_BITS)     # DOT: the part of the weight word
+        wrest = Signal(2 * DOT_LANES * (_PARTS - 1))   # ... its parts after the first
         qaddr = Signal(range(_QROWS))
         psum = Signal(range(-1024, 1025))
         acc = Signal(range(-(1 << 19), 1 << 19))
@@ -473,7 +478,7 @@ class SerialEngine(wiring.Component):
             prog_wr.data.eq(self.load.payload.data),
             prog_rd.addr.eq(pc),
             prog_rd.en.eq(state == _S.FETCH),
-            q_wr.addr.eq(J[3:]),
+            q_wr.addr.eq(J[_LANE_BITS:]),
             q_wr.data.eq(A[:8].replicate(DOT_LANES)),
             q_rd.addr.eq(Mux(state == _S.DOT, qaddr, 0)),
             m_wdata.eq(Mux(state == _S.IDLE, self.load.payload.data, A[:32])),
@@ -573,13 +578,15 @@ class SerialEngine(wiring.Component):
                             m.d.comb += [misc_sel.eq(_Misc.ISQRT), a_sel.eq(_ASel.MISC),
                                          a_we.eq(1)]
             with m.Case(_S.DOT):
-                m.d.sync += [qaddr.eq(qaddr + 1), phase.eq(~phase), cnt.eq(cnt - 1),
+                m.d.sync += [qaddr.eq(qaddr + 1), phase.eq(phase + 1), cnt.eq(cnt - 1),
                              acc.eq(acc + psum)]
                 with m.If(cnt == 0):
                     m.d.sync += state.eq(_S.DOT_ACC)
-                with m.If(~phase):
-                    m.d.sync += whi.eq(m_rdata[16:])
-                with m.Elif(cnt != 0):
+                with m.If(phase == 0):
+                    m.d.sync += wrest.eq(m_rdata[2 * DOT_LANES:])
+                with m.Else():
+                    m.d.sync += wrest.eq(wrest[2 * DOT_LANES:])
+                with m.If((phase == _PARTS - 1) & (cnt != 0)):
                     m.d.comb += [use_p.eq(1), m_re.eq(1)]
                     m.d.sync += P.eq(P + 1)
             with m.Case(_S.DOT_ACC):
@@ -588,8 +595,8 @@ class SerialEngine(wiring.Component):
                 m.d.comb += [misc_sel.eq(_Misc.DOT), a_sel.eq(_ASel.MISC), a_we.eq(1)]
                 m.d.sync += state.eq(_S.FETCH)
 
-        # DOT: 8 products a cycle, registered.
-        weights = Mux(phase, whi, m_rdata[:16])
+        # DOT: DOT_LANES products a cycle, registered.
+        weights = Mux(phase == 0, m_rdata[:2 * DOT_LANES], wrest[:2 * DOT_LANES])
         terms, negs = [], []
         for lane in range(DOT_LANES):
             q = q_rd.data[8 * lane:8 * lane + 8]
@@ -691,12 +698,13 @@ class SerialEngine(wiring.Component):
                     with m.If(~sum_neg):
                         m.d.sync += S.eq(A)
                 with m.Case(Op.STQ):
-                    m.d.comb += q_wr.en.eq(1 << J[:3])
+                    m.d.comb += q_wr.en.eq(1 << J[:_LANE_BITS])
                 with m.Case(Op.DOT):
                     words = (y[:12] + 15)[4:12]
                     m.d.comb += [use_p.eq(1), m_re.eq(1)]
                     m.d.sync += [P.eq(P + 1), qaddr.eq(1), phase.eq(0), acc.eq(0),
-                                 cnt.eq(Cat(Const(1, 1), words) - 2), state.eq(_S.DOT)]
+                                 cnt.eq(Cat(Const(_PARTS - 1, _PART_BITS), words) - _PARTS),
+                                 state.eq(_S.DOT)]
                 with m.Case(Op.RAND):
                     m.d.comb += [prng.out.ready.eq(1), misc_sel.eq(_Misc.PRNG),
                                  a_sel.eq(_ASel.MISC), a_we.eq(1)]

@@ -21,13 +21,15 @@ from mmfree.sim.protocol import Board, Identity, identity_for
 
 __all__ = ["SoC"]
 
-TX_FIFO_DEPTH = 64
+TX_FIFO_DEPTH = 64      # bytes; none with the serial engine (a UP5K has no logic cells to spare)
 
 
 class SoC(wiring.Component):
     """UART (8N1, ``divisor`` cycles a bit) -> :class:`~mmfree.hw.framing.FrameReceiver`
     -> :class:`~mmfree.hw.link.LinkController` -> the decode engine, and back through
-    :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO and the UART. The engine is
+    :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO (none with the serial
+    engine: the transmitter waits for the UART, and so does the controller) and the UART. The
+    engine is
     :class:`~mmfree.hw.engine.Engine` for an :class:`~mmfree.sim.engine.EngineImage` (its
     memories start with the model), :class:`~mmfree.hw.serial.SerialEngine` for a
     :class:`~mmfree.sim.serial_program.SerialImage` (its memories start empty — the data
@@ -76,7 +78,6 @@ class SoC(wiring.Component):
         m.submodules.uart = uart = UART(divisor=self._divisor)
         m.submodules.rx = rx = FrameReceiver(timeout=self._timeout)
         m.submodules.tx = tx = FrameTransmitter()
-        m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=TX_FIFO_DEPTH)
         m.submodules.ctrl = ctrl = LinkController(identity=self._identity)
         m.submodules.engine = engine = self._engine(platform)
 
@@ -88,16 +89,21 @@ class SoC(wiring.Component):
             # frames in
             rx.free.eq(ctrl.free), rx.free_bank.eq(ctrl.free_bank),
             rx.rd_addr.eq(ctrl.rd_addr), rx.rd_en.eq(ctrl.rd_en), ctrl.rd_data.eq(rx.rd_data),
-            # frames out, through the FIFO
-            tx_fifo.w_data.eq(tx.out.payload), tx_fifo.w_en.eq(tx.out.valid),
-            tx.out.ready.eq(tx_fifo.w_rdy),
-            uart.tx_data.payload.eq(tx_fifo.r_data), uart.tx_data.valid.eq(tx_fifo.r_rdy),
-            tx_fifo.r_en.eq(uart.tx_data.ready),
             # the engine
             ctrl.busy.eq(engine.busy), ctrl.cycles.eq(engine.cycles),
             engine.x0.eq(ctrl.x0), engine.seed.eq(ctrl.seed),
             engine.seed_load.eq(ctrl.seed_load), engine.reset_state.eq(ctrl.reset_state),
         ]
+        if isinstance(self._image, SerialImage):
+            wiring.connect(m, tx.out, uart.tx_data)
+        else:                                  # frames out through the FIFO
+            m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=TX_FIFO_DEPTH)
+            m.d.comb += [
+                tx_fifo.w_data.eq(tx.out.payload), tx_fifo.w_en.eq(tx.out.valid),
+                tx.out.ready.eq(tx_fifo.w_rdy),
+                uart.tx_data.payload.eq(tx_fifo.r_data), uart.tx_data.valid.eq(tx_fifo.r_rdy),
+                tx_fifo.r_en.eq(uart.tx_data.ready),
+            ]
         wiring.connect(m, uart.rx_data, rx.data)
         wiring.connect(m, rx.frame, ctrl.frame)
         wiring.connect(m, ctrl.tx_header, tx.header)

@@ -48,9 +48,9 @@ Cycles
 An executed instruction takes 2 cycles (fetch, execute), plus 1 when it reads ``M``
 (``src = MEM``, ``LDB``, ``LDX``; ``LD2`` 2) or reads ``B`` from a register (``src = REG``:
 the registers are block RAM), plus its op's extra (``MUL``/``MULS`` ``w``, ``DIVS`` ``bits``,
-``ISQRT`` 16, ``BITLEN`` ``80 - bitlen(A)``, ``DOT`` ``2 ceil(n / 16) + 2``), plus
-``(k - 1) // 15`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
-``DIVS`` by ``k = aux``: the shifter moves at most 15 bits a cycle). A skipped instruction
+``ISQRT`` 16, ``BITLEN`` ``80 - bitlen(A)``, ``DOT`` ``4 ceil(n / 16) + 2``), plus
+``(k - 1) // 7`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
+``DIVS`` by ``k = aux``: the shifter moves at most 7 bits a cycle). A skipped instruction
 takes 2. A step takes 3 cycles more than its instructions (the step's start writes ``R6``,
 ``R5``, ``R4``); the token handoff (``TOK``) adds the cycles the consumer holds ``ready`` low
 (none in :class:`Machine`).
@@ -76,7 +76,7 @@ ACC_BITS = 80                # A and S
 MUL_X_BITS = 48              # the multiplicand (A of MUL, S of MULS) fits this signed width
 PROG_BASE = 0x1_0000         # load-port address of program word 0 (M words are at 0..)
 TRITS_PER_WORD = 16          # DOT: 2-bit codes, weight i of a word in bits [2i+1:2i]
-DOT_LANES = 8                # DOT consumes 8 weights a cycle
+DOT_LANES = 4                # DOT consumes 4 weights a cycle
 
 
 class Op(enum.IntEnum):
@@ -191,7 +191,7 @@ _READS_B = {Op.LD, Op.LDU, Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.MIN, Op.AND, Op.NE
             Op.SHR, Op.SHRR, Op.SHL, Op.DOT, Op.FOR, Op.SKIP}
 
 
-SHIFT_STEP = 15               # the most bits the shifter moves in a cycle
+SHIFT_STEP = 7                # the most bits the shifter moves in a cycle
 STEP_START = 3                # cycles a step takes besides its instructions
 
 
@@ -222,7 +222,7 @@ def instr_cycles(ins: Instr, b: int | None = None, a: int | None = None) -> int:
     elif ins.op is Op.BITLEN:
         cycles += ACC_BITS - a.bit_length()
     elif ins.op is Op.DOT:
-        cycles += 2 * -(-b // TRITS_PER_WORD) + 2
+        cycles += TRITS_PER_WORD // DOT_LANES * -(-b // TRITS_PER_WORD) + 2
     return cycles
 
 

@@ -363,7 +363,7 @@ def test_icebreaker_generate():
 def test_image_attributes():
     image = _image(CONFIGS[1])
     d, inter, vocab = 24, 60, 75
-    assert (image.lanes, image.width, image.packing) == (8, 1, "2bit")
+    assert (image.lanes, image.width, image.packing) == (serial.DOT_LANES, 1, "2bit") == (4, 1, "2bit")
     assert image.token_bits == 7 and image.n_max == 60
     assert image.ternary_weights() == 4 * d * d + 2 * inter * d + d * inter + vocab * d
     assert image.regions["H"] + d <= len(image.mem)
