@@ -41,7 +41,7 @@ class _S(enum.Enum, shape=4):
     DOT     = 7    # DOT: DOT_LANES products a cycle
     DOT_ACC = 8    # DOT: the last sum into the accumulator
     DOT_OUT = 9    # DOT: A = the accumulator
-    SHIFT   = 10   # a shift of more than SHIFT_STEP bits: SHIFT_STEP bits a cycle first
+    SHIFT   = 10   # a shift: its amount is in shamt; SHIFT_STEP bits a cycle, then execute
 
 
 class _ASel(enum.Enum, shape=3):
@@ -70,7 +70,6 @@ class _Sh(enum.Enum, shape=2):
     SIGNED    = 0  # SHR/SHRR: right by B, left by -B when B < 0
     LEFT_B    = 1  # SHL
     RIGHT_AUX = 2  # DIVS
-    LEFT_ONE  = 3  # MUL/MULS/DIVS/BITLEN iterations
 
 
 class _Misc(enum.Enum, shape=3):
@@ -292,12 +291,13 @@ class SerialEngine(wiring.Component):
                              Op.NEGIF, Op.SHR, Op.SHRR, Op.SHL, Op.DOT, Op.FOR, Op.SKIP)
         needs_reg = (src == Src.REG) & reads_b
         ready = Signal()               # the operands are there: execute, or shift first
+        first = Signal()               # ... a shift's amount into shamt first
         pre = Signal()                 # ... shift SHIFT_STEP bits first
         go = Signal()                  # the cycle an instruction executes
         m.d.comb += [
             ready.eq(((state == _S.EXEC) & ~skip & ~needs_mem & ~needs_reg) |
                      ((state == _S.MEM1) & (op != Op.LD2)) | (state == _S.SHIFT)),
-            go.eq(ready & ~pre),
+            go.eq(ready & ~first & ~pre),
             rf_rd.addr.eq(imm[:3]),
         ]
 
@@ -372,9 +372,7 @@ class SerialEngine(wiring.Component):
         pos_ok = (y[7:] == 0) & (low < _W)
         neg_ok = (y[7:] == (1 << (_W - 7)) - 1) & (low >= 128 - _W)
         pos_mag = Mux(pos_ok, low, _W)
-        with m.If(state == _S.ITER):
-            m.d.comb += sh_mode.eq(_Sh.LEFT_ONE)
-        with m.Elif(op == Op.SHL):
+        with m.If(op == Op.SHL):
             m.d.comb += sh_mode.eq(_Sh.LEFT_B)
         with m.Elif(op == Op.DIVS):
             m.d.comb += sh_mode.eq(_Sh.RIGHT_AUX)
@@ -386,16 +384,17 @@ class SerialEngine(wiring.Component):
                 m.d.comb += [sh_right.eq(0), mag.eq(pos_mag)]
             with m.Case(_Sh.RIGHT_AUX):
                 m.d.comb += [sh_right.eq(1), mag.eq(aux)]
-            with m.Case(_Sh.LEFT_ONE):
-                m.d.comb += [sh_right.eq(0), mag.eq(1)]
         shamt = Signal(7)              # SHIFT: the bits still to shift, and the direction
         shamt_right = Signal()
         left = Signal(7)
         right = Signal()
-        m.d.comb += [left.eq(Mux(state == _S.SHIFT, shamt, mag)),
-                     right.eq(Mux(state == _S.SHIFT, shamt_right, sh_right)),
-                     pre.eq(op.matches(Op.SHR, Op.SHRR, Op.SHL, Op.DIVS) &
-                            (left > SHIFT_STEP))]
+        in_shift = state == _S.SHIFT
+        # The shifter's amount comes from registers only: a shift's amount (from its operand)
+        # goes into shamt first (the cycle ``first``), the iterations shift left by 1.
+        m.d.comb += [left.eq(Mux(in_shift, shamt, 1)), right.eq(in_shift & shamt_right),
+                     first.eq(ready & op.matches(Op.SHR, Op.SHRR, Op.SHL, Op.DIVS) &
+                              ~in_shift),
+                     pre.eq(in_shift & (shamt > SHIFT_STEP))]
         k = Signal(range(SHIFT_STEP + 1))
         m.d.comb += k.eq(Mux(pre, SHIFT_STEP, left))
         fin = Signal(_W + 1 + SHIFT_STEP)
@@ -612,13 +611,15 @@ class SerialEngine(wiring.Component):
         m.d.sync += psum.eq(Mux(state == _S.DOT, tree(terms) + tree(negs), 0))
 
         # --- execute ----------------------------------------------------------------------
-        with m.If(ready & pre):
-            # SHIFT_STEP bits now, the rest in SHIFT; DIVS keeps its dividend's low bits in Q.
-            m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
-            m.d.sync += [shamt.eq(left - SHIFT_STEP), shamt_right.eq(right),
-                         state.eq(_S.SHIFT)]
-            with m.If((op == Op.DIVS) & (state != _S.SHIFT)):
+        with m.If(first):
+            # The amount into shamt; DIVS keeps its dividend's low bits in Q.
+            m.d.sync += [shamt.eq(mag), shamt_right.eq(sh_right), state.eq(_S.SHIFT)]
+            with m.If(op == Op.DIVS):
                 m.d.sync += Q.eq(A)
+        with m.If(pre):
+            # SHIFT_STEP bits now, the rest later in SHIFT.
+            m.d.comb += [xsel.eq(_XSel.SH), y_off.eq(1), a_sel.eq(_ASel.SUM), a_we.eq(1)]
+            m.d.sync += shamt.eq(shamt - SHIFT_STEP)
         with m.If(go):
             m.d.sync += state.eq(_S.FETCH)
             with m.Switch(op):
@@ -659,8 +660,6 @@ class SerialEngine(wiring.Component):
                     m.d.comb += [xsel.eq(_XSel.SH), inv.eq(1), cin.eq(1),
                                  a_sel.eq(_ASel.SUM), a_we.eq(1)]
                     m.d.sync += [T.eq(~sum_neg), cnt.eq(aux), state.eq(_S.ITER)]
-                    with m.If(state != _S.SHIFT):
-                        m.d.sync += Q.eq(A)
                 with m.Case(Op.ISQRT):
                     m.d.sync += [Q.eq(A), rem.eq(0), root.eq(0), cnt.eq(15),
                                  state.eq(_S.ITER)]

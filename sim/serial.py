@@ -49,8 +49,9 @@ An executed instruction takes 2 cycles (fetch, execute), plus 1 when it reads ``
 (``src = MEM``, ``LDB``, ``LDX``; ``LD2`` 2) or reads ``B`` from a register (``src = REG``:
 the registers are block RAM), plus its op's extra (``MUL``/``MULS`` ``w``, ``DIVS`` ``bits``,
 ``ISQRT`` 16, ``BITLEN`` ``80 - bitlen(A)``, ``DOT`` ``4 ceil(n / 16) + 2``), plus
-``(k - 1) // 7`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
-``DIVS`` by ``k = aux``: the shifter moves at most 7 bits a cycle). A skipped instruction
+``1 + (k - 1) // 7`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
+``DIVS`` by ``k = aux``: the amount goes into a register first, then the shifter moves at most
+7 bits a cycle). A skipped instruction
 takes 2. A step takes 3 cycles more than its instructions (the step's start writes ``R6``,
 ``R5``, ``R4``); the token handoff (``TOK``) adds the cycles the consumer holds ``ready`` low
 (none in :class:`Machine`).
@@ -196,7 +197,7 @@ STEP_START = 3                # cycles a step takes besides its instructions
 
 
 def _shift_extra(k: int) -> int:
-    return max(0, min(k, ACC_BITS) - 1) // SHIFT_STEP
+    return 1 + max(0, min(k, ACC_BITS) - 1) // SHIFT_STEP
 
 
 def instr_cycles(ins: Instr, b: int | None = None, a: int | None = None) -> int:
