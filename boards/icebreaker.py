@@ -1,11 +1,11 @@
-"""iCEBreaker (iCE40UP5K): the 12 MHz oscillator (pin 35) into ``SB_PLL40_PAD`` to the engine
-clock, the UART on the FT2232H's second channel (``uart`` 0: rx pin 6, tx pin 9, not
+"""iCEBreaker (iCE40UP5K): the 12 MHz oscillator (pin 35) as the engine clock (or into
+``SB_PLL40_PAD`` for another clock), the UART on the FT2232H's second channel (``uart`` 0: rx pin 6, tx pin 9, not
 inverted), and the SoC's state on the LEDs: idle on the green LED, error on the red one,
 loading and generating on LEDs 2 and 3 (the snap-off PMOD's first two LEDs)."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Instance, Signal
+from amaranth.hdl import Const, Instance, Signal
 from amaranth_boards.icebreaker import ICEBreakerPlatform as _ICEBreakerPlatform
 
 from .pll import ice40_pll
@@ -29,12 +29,17 @@ class ICEBreakerPlatform(_ICEBreakerPlatform):
 
 
 class ICEBreakerTop(BoardTop):
-    """The SoC on the iCEBreaker; the PLL makes the SoC's ``clock_hz`` from 12 MHz."""
+    """The SoC on the iCEBreaker: 12 MHz straight from the oscillator, or the PLL makes the
+    SoC's ``clock_hz`` from it."""
 
     led_resources = (("led_g", 0), ("led", 2), ("led", 3), ("led_r", 0))
 
     def clock(self, m, platform):
-        pll = ice40_pll(int(platform.default_clk_frequency), self.soc.identity.clock_hz)
+        f_in = int(platform.default_clk_frequency)
+        if self.soc.identity.clock_hz == f_in:     # the oscillator itself
+            clk12 = platform.request("clk12", 0, dir="i")
+            return clk12.i, Const(1, 1)
+        pll = ice40_pll(f_in, self.soc.identity.clock_hz)
         clk12 = platform.request("clk12", 0, dir="-")
         clk = Signal(name="pll_clk")
         locked = Signal(name="pll_locked")

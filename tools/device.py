@@ -32,7 +32,7 @@ class BoardConfig:
     """The SoC a board runs: its decode engine (``"parallel"``, :mod:`mmfree.hw.engine`, with
     its lanes, vector width and weight packing — how the engine stores the ternary weights,
     whatever the model file's; or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
-    DOT unit's 8 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
+    DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
     lanes: int
@@ -55,10 +55,11 @@ BOARD_CONFIGS = {
     # (docs/boards.md).
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=4,
                              clock_hz=42_000_000, baud=3_000_000, packing="1.6bit"),
-    # 12 MHz oscillator -> PLL 24 MHz; FT2232H at 3 Mbaud (8 cycles a bit). The UP5K (5,280
-    # logic cells) runs the serial engine with everything in its four SPRAMs (docs/serial.md).
-    "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=8, vector_width=1,
-                              clock_hz=24_000_000, baud=3_000_000, engine="serial"),
+    # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
+    # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
+    # with everything in its four SPRAMs (docs/serial.md).
+    "icebreaker": BoardConfig("icebreaker", proto.Board.ICEBREAKER, lanes=4, vector_width=1,
+                              clock_hz=12_000_000, baud=3_000_000, engine="serial"),
 }
 
 
