@@ -6,6 +6,7 @@ loading and generating on LEDs 2 and 3 (the snap-off PMOD's first two LEDs)."""
 from __future__ import annotations
 
 from amaranth.hdl import Const, Instance, Signal
+from amaranth.lib import io
 from amaranth_boards.icebreaker import ICEBreakerPlatform as _ICEBreakerPlatform
 
 from .pll import ice40_pll
@@ -37,7 +38,7 @@ class ICEBreakerTop(BoardTop):
     def clock(self, m, platform):
         f_in = int(platform.default_clk_frequency)
         if self.soc.identity.clock_hz == f_in:     # the oscillator itself
-            clk12 = platform.request("clk12", 0, dir="i")
+            m.submodules.clk12 = clk12 = io.Buffer("i", platform.request("clk12", 0, dir="-"))
             return clk12.i, Const(1, 1)
         pll = ice40_pll(f_in, self.soc.identity.clock_hz)
         clk12 = platform.request("clk12", 0, dir="-")

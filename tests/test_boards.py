@@ -17,6 +17,7 @@ from mmfree.boards import build as board_build
 from mmfree.boards.capacity import ram_blocks, soc_blocks
 from mmfree.boards.pll import ecp5_pll, ice40_pll
 from mmfree.sim.model import ModelConfig, random_model
+from mmfree.sim import serial
 from mmfree.tools.device import BOARD_CONFIGS
 from mmfree.sim.modelfile import load_model
 from mmfree.tools import cli
@@ -63,11 +64,11 @@ def test_pll_refuses_what_it_cannot_make():
 # --- top levels: Amaranth's build plan, no tools --------------------------------------------
 
 PINS = {
-    # board: (PLL primitive, the SoC clock's constraint, {port: pin})
+    # board: (PLL primitive or None, the SoC clock's constraint, {port: pin})
     "ulx3s-85f": ("EHXPLLL", 'FREQUENCY NET "pll_clkos" 42000000.0 HZ;',
                   {"clk25_0__io": "G2", "uart_0__rx__io": "M1", "uart_0__tx__io": "L4",
                    "led_0__io": "B2", "led_1__io": "C2", "led_2__io": "C1", "led_3__io": "D2"}),
-    "icebreaker": ("SB_PLL40_PAD", "set_frequency pll_clk 24.0",
+    "icebreaker": (None, "set_frequency clk12.i 12.0",     # the oscillator
                    {"clk12_0__io": "35", "uart_0__rx__io": "6", "uart_0__tx__io": "9",
                     "led_g_0__io": "37", "led_2__io": "26", "led_3__io": "27",
                     "led_r_0__io": "11"}),
@@ -79,12 +80,15 @@ def _text(content):
 
 
 @pytest.mark.parametrize("board", list(PINS))
-def test_top_prepares_with_pll_and_pins(board, tiny_model):
+def test_top_prepares_with_clock_and_pins(board, tiny_model):
     platform, top, config, image = board_build.make_top(board, tiny_model, lanes=8)
     plan = platform.prepare(top, name="top", debug_verilog=False)
     files = {name: _text(content) for name, content in plan.files.items()}
     primitive, constraint, pins = PINS[board]
-    assert f"cell \\{primitive} " in files["top.il"], f"{board}: no {primitive} instance"
+    if primitive is None:                   # the engine runs from the oscillator
+        assert "PLL" not in files["top.il"], f"{board}: a PLL"
+    else:
+        assert f"cell \\{primitive} " in files["top.il"], f"{board}: no {primitive} instance"
     constraints = files["top.lpf"] if board == "ulx3s-85f" else files["top.pcf"]
     for port, pin in pins.items():
         line = f'LOCATE COMP "{port}" SITE "{pin}";' if board == "ulx3s-85f" \
@@ -92,7 +96,9 @@ def test_top_prepares_with_pll_and_pins(board, tiny_model):
         assert line in constraints, f"{board}: {port} not on {pin}:\n{constraints}"
     assert constraint in constraints, constraints
     assert constraints.count("LOCATE COMP" if board == "ulx3s-85f" else "set_io") == len(pins)
-    assert top.soc.identity.clock_hz == config.clock_hz and image.lanes == 8
+    assert top.soc.identity.clock_hz == config.clock_hz
+    # the serial engine's lanes are its DOT unit's, whatever was asked
+    assert image.lanes == (serial.DOT_LANES if config.engine == "serial" else 8)
 
 
 def test_make_top_refuses_bad_lanes(tiny_model):
