@@ -354,7 +354,7 @@ def test_icebreaker_generate():
     for x0 in (0, golden.sampler_x0(TEMPERATURE)):
         m = image.machine()
         _check_run(image, m, [ord(c) for c in "ROMEO:"], 8, x0, f"icebreaker x0 {x0}")
-        assert m.cycles < 1_100_000             # docs/serial.md: about 1,014,000 greedy
+        assert m.cycles < 1_200_000             # docs/serial.md: about 1,115,000 greedy
 
 
 # --------------------------------------------------------------------------------------------
