@@ -35,8 +35,8 @@ layers. Subroutines (one ``CALL`` level, no nested loops):
         the shift ``k + frac - EXP_FRAC``), used by the MLGRU and GLU element loops.
 
 For the shipped iCEBreaker model (d 64, L 4, I 256, V 256) the program is 470 words and ``M``
-28,644 words; a step takes about 984K cycles without a token, 1,014K greedy, 1,042K sampled
-(x0 = -40), 48% of them in ``MUL``/``MULS`` (docs/serial.md).
+28,644 words; a step takes about 1,081K cycles without a token, 1,115K greedy, 1,145K sampled
+(x0 = -40), 44% of them in ``MUL``/``MULS`` (docs/serial.md).
 
 Memory map (word addresses, in this order)
 ------------------------------------------
