@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -290,3 +291,24 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert f"| 8 | routed | {row.fmax_mhz:.2f} |" in text, text
     perf.render_plot([row], tmp_path / "performance.png", meta)
     assert (tmp_path / "performance.png").stat().st_size > 10_000
+
+
+@pytest.mark.synth
+def test_icebreaker_build_meets_timing(tmp_path, record_property):
+    """The shipped iCEBreaker model's SoC (the serial engine) through `mmfree build`: it fits
+    the UP5K and its routed Fmax meets the board's engine clock (docs/serial.md: 4,954 of 5,280
+    logic cells, 12.51 MHz at 12), so a change that breaks the fit or the timing fails here."""
+    out = tmp_path / "ib"
+    model = Path(cli.__file__).resolve().parent / "models" / "icebreaker.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "mmfree.tools.cli", "build", "--board",
+                           "icebreaker", "--model", str(model), "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "build-report.json").read_text())
+    record_property("fmax_mhz", min(report["fmax_mhz"].values()))
+    assert report["board"] == "icebreaker" and report["timing_met"], report
+    assert min(report["fmax_mhz"].values()) >= BOARD_CONFIGS["icebreaker"].clock_hz / 1e6
+    used = report["utilization"]["ICESTORM_LC"]
+    assert used["used"] <= used["available"] == 5280, used
+    assert report["utilization"]["ICESTORM_SPRAM"]["used"] == 4
+    assert (out / "top.bin").stat().st_size > 100_000
