@@ -110,12 +110,13 @@ class SerialEngine(wiring.Component):
     adder/subtractor that every arithmetic op, every shift (``+ 0``) and the MUL/MULS/DIVS
     iterations go through (1 bit a cycle: MUL/MULS MSB first with Horner's rule, the first bit
     subtracting; DIVS non-restoring, its first bit from ``A >> aux``), one funnel shifter
-    (right arithmetic with a round bit, or left, by 0..7 bits a cycle: longer shifts take
-    7 bits a cycle in ``SHIFT`` first), BITLEN by shifting left a bit a cycle, a 16-step
+    (right arithmetic with a round bit, or left, by 0..7 bits a cycle; a shift's amount goes
+    into a register first, so the shifter's amount comes from registers only, and longer
+    shifts take 7 bits a cycle in ``SHIFT``), BITLEN by shifting left a bit a cycle, a 16-step
     square root, the eight 32-bit registers in block RAM (read the cycle after the
     instruction), the DOT unit (4 int8 x ternary products a cycle: a 32-bit row of the qbuf
     block RAM and a quarter of a weight word, a balanced adder tree) and the xorshift32 PRNG
-    (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf (256 x 64) are
+    (:class:`~mmfree.hw.xorshift.Xorshift32`). Program (1024 x 32) and qbuf (512 x 32) are
     block RAM; ``M`` is one single-port RAM of :data:`MEM_WORDS` x 32 (four SPRAMs with
     ``spram=True``).
 
