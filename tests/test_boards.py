@@ -19,7 +19,6 @@ from mmfree.boards.capacity import ram_blocks, soc_blocks
 from mmfree.boards.pll import ecp5_pll, ice40_pll
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim import serial
-from mmfree.tools.device import BOARD_CONFIGS
 from mmfree.sim.modelfile import load_model
 from mmfree.tools import cli
 from mmfree.tools.device import BOARD_CONFIGS, engine_image
