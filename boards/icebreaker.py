@@ -1,7 +1,7 @@
 """iCEBreaker (iCE40UP5K): the 12 MHz oscillator (pin 35) as the engine clock (or into
-``SB_PLL40_PAD`` for another clock), the UART on the FT2232H's second channel (``uart`` 0: rx pin 6, tx pin 9, not
-inverted), and the SoC's state on the LEDs: idle on the green LED, error on the red one,
-loading and generating on LEDs 2 and 3 (the snap-off PMOD's first two LEDs)."""
+``SB_PLL40_PAD`` for another clock), the UART on the FT2232H's second channel (``uart`` 0: rx
+pin 6, tx pin 9, not inverted), and the SoC's state on the LEDs: idle on the green LED, error
+on the red one, loading and generating on LEDs 2 and 3 (the snap-off PMOD's first two LEDs)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ class ICEBreakerTop(BoardTop):
 
     def clock(self, m, platform):
         f_in = int(platform.default_clk_frequency)
-        if self.soc.identity.clock_hz == f_in:     # the oscillator itself
-            m.submodules.clk12 = clk12 = io.Buffer("i", platform.request("clk12", 0, dir="-"))
-            return clk12.i, Const(1, 1)
-        pll = ice40_pll(f_in, self.soc.identity.clock_hz)
         clk12 = platform.request("clk12", 0, dir="-")
+        if self.soc.identity.clock_hz == f_in:     # the oscillator itself
+            m.submodules.clk12 = clk_buf = io.Buffer("i", clk12)
+            return clk_buf.i, Const(1, 1)
+        pll = ice40_pll(f_in, self.soc.identity.clock_hz)
         clk = Signal(name="pll_clk")
         locked = Signal(name="pll_locked")
         m.submodules.pll = Instance(

@@ -28,10 +28,10 @@ class SoC(wiring.Component):
     """UART (8N1, ``divisor`` cycles a bit) -> :class:`~mmfree.hw.framing.FrameReceiver`
     -> :class:`~mmfree.hw.link.LinkController` -> the decode engine, and back through
     :class:`~mmfree.hw.framing.FrameTransmitter`, a 64-byte FIFO (none with the serial
-    engine: the transmitter waits for the UART, and so does the controller) and the UART. The
-    engine is
-    :class:`~mmfree.hw.engine.Engine` for an :class:`~mmfree.sim.engine.EngineImage` (its
-    memories start with the model), :class:`~mmfree.hw.serial.SerialEngine` for a
+    engine: the transmitter waits for the UART, and so does the controller) and the UART.
+    The engine is :class:`~mmfree.hw.engine.Engine` for an
+    :class:`~mmfree.sim.engine.EngineImage` (its memories start with the model),
+    :class:`~mmfree.hw.serial.SerialEngine` for a
     :class:`~mmfree.sim.serial_program.SerialImage` (its memories start empty — the data
     memory is SPRAM on an iCE40, which no bitstream initializes — and the host loads the
     model's program and data).

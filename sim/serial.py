@@ -51,10 +51,9 @@ the registers are block RAM), plus its op's extra (``MUL``/``MULS`` ``w``, ``DIV
 ``ISQRT`` 16, ``BITLEN`` ``80 - bitlen(A)``, ``DOT`` ``4 ceil(n / 16) + 2``), plus
 ``1 + (k - 1) // 7`` for a shift by ``k`` bits (``SHR``/``SHRR``/``SHL`` by ``k = min(|B|, 80)``,
 ``DIVS`` by ``k = aux``: the amount goes into a register first, then the shifter moves at most
-7 bits a cycle). A skipped instruction
-takes 2. A step takes 3 cycles more than its instructions (the step's start writes ``R6``,
-``R5``, ``R4``); the token handoff (``TOK``) adds the cycles the consumer holds ``ready`` low
-(none in :class:`Machine`).
+7 bits a cycle). A skipped instruction takes 2. A step takes 3 cycles more than its
+instructions (the step's start writes ``R6``, ``R5``, ``R4``); the token handoff (``TOK``) adds
+the cycles the consumer holds ``ready`` low (none in :class:`Machine`).
 """
 
 from __future__ import annotations
