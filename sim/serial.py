@@ -256,6 +256,7 @@ class Machine:
         self.fresh = 1
         self.instructions = 0        # executed in the last step
         self.cycles = 0              # of the last step
+        self.profile = None          # a Counter: cycles by Op, added to by each step when set
 
     # Link-side controls -------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class Machine:
         cycles = STEP_START
         count = 0
         M, R = self.M, self.R
+        profile = self.profile
         while True:
             count += 1
             if count > self.max_instructions:
@@ -305,7 +307,10 @@ class Machine:
                     b = _sext(M[self._ea(ins)], 32)
                 else:
                     b = self.A
-            cycles += instr_cycles(ins, b, self.A)
+            spent = instr_cycles(ins, b, self.A)
+            cycles += spent
+            if profile is not None:
+                profile[op] += spent
             A = self.A
             if op is Op.NOP:
                 pass

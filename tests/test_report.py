@@ -5,6 +5,7 @@ A row built by the real tools is rendered in ``tests/test_boards.py``'s place-an
 (``synth``); here the lane counts the block-RAM check refuses, which run no tool."""
 
 import json
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 
@@ -162,3 +163,56 @@ def test_an_ice40_row_counts_logic_cells_once(tmp_path):
     assert "| ICESTORM_LC | FF | ICESTORM_RAM |" in text
     report.render_plot(rows, tmp_path / "p.png", meta)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_serial_engine_has_one_lane_count(tmp_path, capsys):
+    status = cli.main(["report", "--out", str(tmp_path), "--board", "icebreaker",
+                       "--lanes", "icebreaker:64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_USAGE and len(err) == 1, err
+    assert "the icebreaker's serial engine has 4 lanes" in err[0]
+
+
+def test_serial_schedule_counts_the_machine_cycles():
+    """The iCEBreaker row's cycles per token: the mean of greedy steps of the serial engine's
+    reference machine, and where they go adds up to them (DOT at 4 weights a cycle at least
+    ``weights / 4``)."""
+    import mmfree.sim.serial as serial
+    from mmfree.sim.serial_program import SerialImage
+    model = load_model("tools/models/icebreaker.safetensors")
+    cycles, weights, overhead = report._serial_schedule(model)
+    image = SerialImage(golden.prepare(model))
+    machine = image.machine()
+    token, total = 0, 0
+    for _ in range(report.SERIAL_STEPS):
+        token = machine.step(token, True)
+        total += machine.cycles
+    assert cycles == round(total / report.SERIAL_STEPS)
+    assert weights == image.ternary_weights() == 278_528
+    assert abs(sum(overhead.values()) - cycles) <= len(overhead)
+    assert weights // serial.DOT_LANES <= overhead["ternary rows (DOT)"] < cycles / 2
+    assert all(count > 0 for count in overhead.values()), overhead
+
+
+def test_a_serial_row_is_rendered_with_its_cycles(tmp_path):
+    meta = {"command": "mmfree report --board icebreaker", "machine": "test",
+            "date": "2026-11-24",
+            "models": {"icebreaker": {"file": "m.safetensors", "config": "d64 L4 I256 V256"}},
+            "packing": {"icebreaker": "2bit"}, "baud": {"icebreaker": 3_000_000}}
+    overhead = {"ternary rows (DOT)": 84_000, "multiplies (MUL, MULS)": 490_000,
+                "compares, adds, loops, calls, step start": 540_000}
+    rows = [report.Row(board="icebreaker", lanes=4, vector_width=1, status="built", detail="",
+                       cycles=1_114_000, weights=278_528, fmax_mhz=12.51, routed=True,
+                       clock_mhz=12.0, overhead=overhead,
+                       utilization={"ICESTORM_LC": [4954, 5280], "ICESTORM_RAM": [22, 30],
+                                    "ICESTORM_DSP": [0, 8]})]
+    text = report.render_markdown(rows, meta)
+    assert "runs the serial engine" in text
+    assert "| 4 | routed | 12.51 | 4,954 | (in the LCs) | 22 | 0 | 1,114,000 | 6.3% | 11 |" \
+        in text, text
+    assert "| multiplies (MUL, MULS) | 490,000 | 44.0% |" in text
+    unfit = dataclasses_replace(rows[0], status="does not fit", detail="too big", cycles=0,
+                                weights=0, overhead=None)
+    text = report.render_markdown([unfit], meta)
+    assert "| 4 | does not fit: too big | — |" in text and "Where the cycles" not in text
+    report.render_plot([unfit], tmp_path / "p.png", meta)

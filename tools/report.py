@@ -8,7 +8,10 @@ cores nextpnr places the default-model ULX3S SoC in about 15 minutes but does no
 it in hours (docs/boards.md), so the Fmax of such rows is nextpnr's estimate after placement,
 and every row says which. Cycles per token come from the engine's schedule
 (:func:`mmfree.sim.engine.step_cycles`), which tests/test_engine.py checks against the
-hardware's cycle counter step for step; projected tokens/s = Fmax / cycles per token.
+hardware's cycle counter step for step; projected tokens/s = Fmax / cycles per token. A board
+that runs the serial engine (the iCEBreaker, docs/serial.md) has one row: its fixed DOT lane
+count, always routed (about a minute), its cycles counted by the engine's reference machine
+(:class:`mmfree.sim.serial.Machine`) over a few greedy steps.
 
 Writes ``performance.md``, ``performance.png`` (matplotlib) and ``performance.json`` (the rows,
 so that ``--render-only`` redraws without tools) to ``--out`` (``docs/``)::
@@ -112,13 +115,16 @@ class Row:
 
     @property
     def utilization_pct(self) -> float:
-        """Lane utilization: (weights per token / lanes) / cycles per token."""
-        return 100 * self.weights / self.lanes / self.cycles
+        """Lane utilization: (weights per token / lanes) / cycles per token (None without a
+        schedule: a serial-engine model that does not fit)."""
+        return 100 * self.weights / self.lanes / self.cycles if self.cycles else None
 
     @property
     def tokens_per_s(self) -> float | None:
         """Projected: Fmax / cycles per token."""
-        return None if self.fmax_mhz is None else self.fmax_mhz * 1e6 / self.cycles
+        if self.fmax_mhz is None or not self.cycles:
+            return None
+        return self.fmax_mhz * 1e6 / self.cycles
 
     @property
     def weights_per_s(self) -> float | None:
@@ -131,27 +137,67 @@ class Row:
         return int(self.utilization[bel][0])
 
 
-def _schedule(model, board: str, lanes: int, vector_width: int | None):
+#: How the report groups the serial engine's instructions (where a token's cycles go).
+SERIAL_GROUPS = [
+    ("ternary rows (DOT)", {"DOT"}),
+    ("multiplies (MUL, MULS)", {"MUL", "MULS"}),
+    ("shifts and rounding (SHL, SHR, SHRR)", {"SHL", "SHR", "SHRR"}),
+    ("divides, square roots, bit lengths", {"DIVS", "ISQRT", "BITLEN"}),
+    ("loads, stores, tables", {"LD", "LDU", "LD2", "LDB", "LDX", "ST", "STQ", "PUT", "PUTS",
+                               "GETS", "GETJ"}),
+]
+#: Greedy steps the serial engine's cycles per token are averaged over.
+SERIAL_STEPS = 4
+
+
+def _serial_schedule(model):
+    """The serial engine's greedy cycles per token (the mean of :data:`SERIAL_STEPS` greedy
+    steps from token 0 of the reset state, counted by :class:`mmfree.sim.serial.Machine`,
+    which the gateware tests match cycle for cycle), its ternary weights a token and where
+    the cycles go (:data:`SERIAL_GROUPS`; ``other`` is compares, adds, loops and calls)."""
+    import collections
+    from ..sim.serial_program import SerialImage
+    image = SerialImage(golden.prepare(model))
+    machine = image.machine()
+    machine.profile = collections.Counter()
+    token, cycles = 0, 0
+    for _ in range(SERIAL_STEPS):
+        token = machine.step(token, True)
+        cycles += machine.cycles
+    spent = {op.name: count for op, count in machine.profile.items()}
+    groups = {name: sum(spent.pop(op, 0) for op in ops) for name, ops in SERIAL_GROUPS}
+    groups["compares, adds, loops, calls, step start"] = cycles - sum(groups.values())
+    overhead = {name: round(count / SERIAL_STEPS) for name, count in groups.items()}
+    return round(cycles / SERIAL_STEPS), image.ternary_weights(), overhead
+
+
+def _schedule(model, board: str, lanes: int, vector_width: int | None) -> dict:
+    """The engine's figures for ``model`` on ``board``: vector width, greedy cycles per token,
+    ternary weights a token, where the cycles go."""
     from .device import BOARD_CONFIGS
     config = BOARD_CONFIGS[board]
+    if config.engine == "serial":
+        cycles, weights, overhead = _serial_schedule(model)
+        return dict(vector_width=config.vector_width, cycles=cycles, weights=weights,
+                    overhead=overhead)
     width = vector_width or config.vector_width
     image = EngineImage(golden.prepare(model), lanes, width, config.packing)
-    return image, width
+    return dict(vector_width=width, cycles=step_cycles(image), weights=image.ternary_weights(),
+                overhead=breakdown(image))
 
 
 def row_from_report(model, report: dict) -> Row:
     """The row of a finished build, from its ``build-report.json`` contents."""
-    image, width = _schedule(model, report["board"], report["lanes"], report["vector_width"])
+    schedule = _schedule(model, report["board"], report["lanes"], report["vector_width"])
     fmax = report.get("fmax_mhz") or {}
-    return Row(board=report["board"], lanes=report["lanes"], vector_width=width,
-               status="built", detail="", cycles=step_cycles(image),
-               weights=image.ternary_weights(),
+    return Row(board=report["board"], lanes=report["lanes"], status="built", detail="",
+               **schedule,
                fmax_mhz=min(fmax.values()) if fmax else None,
                routed=report.get("routed", True), clock_mhz=report["clock_hz"] / 1e6,
                utilization={bel: [u["used"], u["available"]]
                             for bel, u in report.get("utilization", {}).items()},
                command=" ".join(report.get("command") or []), tools=report.get("tools"),
-               seconds=report.get("seconds"), overhead=breakdown(image))
+               seconds=report.get("seconds"))
 
 
 def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
@@ -161,15 +207,16 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
     ``work/BOARD-lLANES`` (with ``reuse``, an earlier build there of the same model, lanes and
     routing is read back instead)."""
     from .device import BOARD_CONFIGS, DeviceSetupError, engine_image
-    image, width = _schedule(model, board, lanes, None)
-    base = dict(board=board, lanes=lanes, vector_width=width, cycles=step_cycles(image),
-                weights=image.ternary_weights(), overhead=breakdown(image))
     config = dataclasses.replace(BOARD_CONFIGS[board], lanes=lanes)
     try:
-        engine_image(model, config)
+        image = engine_image(model, config)
     except DeviceSetupError as error:
         detail = str(error)
-        return Row(status="does not fit", detail=detail.split(": ", 1)[-1], **base)
+        schedule = _schedule(model, board, lanes, None) if config.engine == "parallel" else \
+            dict(vector_width=config.vector_width, cycles=0, weights=0, overhead=None)
+        return Row(board=board, lanes=lanes, status="does not fit",
+                   detail=detail.split(": ", 1)[-1], **schedule)
+    base = dict(board=board, lanes=lanes, **_schedule(model, board, lanes, None))
     out = work / f"{board}-l{lanes}"
     key = {"hash": f"{model_hash(image.load_words()):016x}", "lanes": lanes, "routed": route}
     if reuse:
@@ -190,7 +237,8 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
     try:
         result = build(board, model, lanes=lanes, out_dir=out, allow_timing_fail=True,
                        seed=seed, force=True, model_path=model_path, command=command,
-                       place_only=not route, router="router2" if route else "router1")
+                       place_only=not route,
+                       router="router2" if route and config.engine == "parallel" else "router1")
     except BuildError as error:
         status = "does not fit" if "does not fit" in str(error) else "failed"
         # Kept for --reuse: a build that does not fit fails the same way next time.
@@ -253,6 +301,10 @@ def _fmt(value, spec: str = ",") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}%"
+
+
 def _short(detail: str) -> str:
     """A failure's detail without what the status column says and the log's path."""
     detail = re.sub(r"^the (design|model) does not fit the [\w-]+: ", "", detail)
@@ -288,6 +340,8 @@ def _lut_slope(rows: list[Row], device: Device) -> str:
 def render_markdown(rows: list[Row], meta: dict) -> str:
     """``docs/performance.md`` from the rows and the run's metadata (command, machine, date,
     model, baud, packing)."""
+    from .device import BOARD_CONFIGS
+
     lines = ["# Performance report", "",
              f"Command: `{meta['command']}`", "",
              f"Machine: {meta['machine']}", "",
@@ -323,7 +377,7 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
             if device.cells_are_lut_and_ff:
                 cells[1] = "(in the LCs)" if row.status == "built" else "—"
             lines.append(f"| {row.lanes} | {status} | {fmax} | {' | '.join(cells)} | "
-                         f"{row.cycles:,} | {row.utilization_pct:.1f}% | "
+                         f"{_fmt(row.cycles or None)} | {_pct(row.utilization_pct)} | "
                          f"{_fmt(row.tokens_per_s, ',.0f')} | {_si(row.weights_per_s)} |")
         built = [row for row in board_rows if row.status == "built"]
         commands = sorted({row.command for row in built if row.command})
@@ -334,11 +388,21 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
             lines += ["", "Tools: " + ", ".join(f"{name} {version}"
                                                for name, version in versions.items()) + "."]
         weights = board_rows[0].weights
-        lim = limits(board, weights, meta["packing"][board], meta["baud"][board])
         # The overhead at 1024 lanes (the issue's target), or at the largest row below it.
         largest = max((row for row in board_rows if row.lanes <= 1024),
                       key=lambda row: row.lanes, default=board_rows[-1])
-        overhead = largest.overhead or {}
+        overhead = (largest.overhead or {}) if largest.cycles else {}
+        if BOARD_CONFIGS[board].engine == "serial":
+            lines += ["", f"The {board} runs the serial engine (docs/serial.md): an "
+                      "accumulator machine whose DOT instruction takes "
+                      f"{largest.lanes} ternary weights a cycle, so its lane count is fixed; "
+                      "its cycles per token are the mean of "
+                      f"{SERIAL_STEPS} greedy steps counted by `mmfree.sim.serial.Machine` "
+                      "(the gateware matches it cycle for cycle, tests/test_serial.py)."]
+        if not weights:     # no schedule: a serial-engine model that does not fit
+            lines.append("")
+            continue
+        lim = limits(board, weights, meta["packing"][board], meta["baud"][board])
         lines += ["", "Physical limits of the device for this model "
                   f"({weights:,} ternary weights a token):", "",
                   f"- LUTs: {device.luts:,} LUT4 / {LUTS_PER_LANE} per lane = about "
@@ -351,10 +415,12 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                   f"- UART at {meta['baud'][board]:,} baud: {lim['uart_bytes_per_s']:,.0f} "
                   f"payload bytes/s; the weights load in {lim['uart_load_s']:.1f} s; TOKEN "
                   f"frames (15 bytes) cap generation at "
-                  f"**{lim['uart_tokens_per_s']:,.0f} tokens/s**.", "",
-                  f"Where the cycles of a token go at {largest.lanes} lanes "
-                  f"({largest.cycles:,} cycles, utilization {largest.utilization_pct:.1f}%):", "",
-                  "| part | cycles | share |", "|---|---:|---:|"]
+                  f"**{lim['uart_tokens_per_s']:,.0f} tokens/s**.", ""]
+        if overhead:
+            lines += [f"Where the cycles of a token go at {largest.lanes} lanes "
+                      f"({largest.cycles:,} cycles, utilization "
+                      f"{_pct(largest.utilization_pct)}):", "",
+                      "| part | cycles | share |", "|---|---:|---:|"]
         for name, cycles in overhead.items():
             lines.append(f"| {name} | {cycles:,} | {100 * cycles / largest.cycles:.1f}% |")
         lines.append("")
@@ -405,7 +471,10 @@ def render_plot(rows: list[Row], path: Path, meta: dict) -> None:
     (res, fmax), (cycles, tokens) = axes
     for board in dict.fromkeys(row.board for row in rows):
         device = DEVICES[board]
-        board_rows = sorted((row for row in rows if row.board == board), key=lambda r: r.lanes)
+        board_rows = sorted((row for row in rows if row.board == board and row.cycles),
+                            key=lambda r: r.lanes)
+        if not board_rows:
+            continue
         built = [row for row in board_rows if row.status == "built"]
         lanes = [row.lanes for row in built]
         resources = [(device.lut, device.luts, "LUT"), (device.ff, device.ffs, "FF"),
@@ -504,7 +573,17 @@ def run(args) -> int:
             count = 0
         if count <= 0 or count & (count - 1):
             raise ReportError(f"lanes must be positive powers of two, not {item}")
-        jobs |= {(b, count) for b in ([board] if board else boards)}
+        for b in [board] if board else boards:
+            fixed = BOARD_CONFIGS[b].lanes if BOARD_CONFIGS[b].engine == "serial" else None
+            if fixed is None:
+                jobs.add((b, count))
+            elif board and count != fixed:
+                raise ReportError(f"--lanes {item}: the {b}'s serial engine has {fixed} "
+                                  "lanes (docs/serial.md)")
+    # A serial engine has one lane count: its row is always there, and always routed (the
+    # iCEBreaker routes in about a minute).
+    jobs |= {(board, BOARD_CONFIGS[board].lanes) for board in boards
+             if BOARD_CONFIGS[board].engine == "serial"}
     model_paths = {board: args.model or default_model_path().with_name(f"{board}.safetensors")
                    for board in boards}
     models = {board: load_any(path) for board, path in model_paths.items()}
@@ -514,7 +593,8 @@ def run(args) -> int:
     jobs = sorted(jobs, key=lambda job: (-job[1], job[0]))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda job: measure(
-            models[job[0]], job[0], job[1], work=work, route=args.route, reuse=args.reuse,
+            models[job[0]], job[0], job[1], work=work,
+            route=args.route or BOARD_CONFIGS[job[0]].engine == "serial", reuse=args.reuse,
             seed=args.seed, model_path=str(model_paths[job[0]]), command=command), jobs))
     rows.sort(key=lambda row: (boards.index(row.board), row.lanes))
     meta = {
