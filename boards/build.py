@@ -39,8 +39,14 @@ __all__ = ["BOARD_FAMILIES", "BuildError", "TimingError", "BuildResult", "make_t
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "build-report.json"
-# nextpnr's routers (--router); router1 is its default.
+# nextpnr's routers (--router) and placers (--placer).
 ROUTERS = ("router1", "router2")
+PLACERS = ("heap", "static")
+# Each board's placer and router unless told otherwise. The default-model ULX3S SoC does not
+# route when HeAP packs it into part of the device (router2 stays at about 25,000 overused
+# wires); the static placer spreads it over the whole device and router2 then converges
+# (docs/boards.md).
+DEFAULT_PNR = {"ulx3s-85f": ("static", "router2"), "icebreaker": ("heap", "router1")}
 # Written to the report even when unused: LUT sites, flip-flops, block RAM, multipliers.
 _MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
               "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
@@ -234,7 +240,8 @@ def _over_capacity(log: Path) -> str:
 def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
           program: bool = False, allow_timing_fail: bool = False, seed: int = 1,
-          router: str = "router1", force: bool = False, model_path: str | None = None,
+          router: str | None = None, placer: str | None = None, force: bool = False,
+          model_path: str | None = None,
           command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -242,15 +249,20 @@ def build(board_name: str, model, *, lanes: int | None = None,
     tool runs), :class:`ToolchainError` (a tool is missing), :class:`BuildError` (a tool
     failed, or ``out_dir`` is not ours to write) and :class:`TimingError` (Fmax below the
     engine clock and not ``allow_timing_fail``; the bitstream and report are written first).
-    With ``program``, the bitstream is then loaded with :func:`program`. ``router`` is
-    nextpnr's router: ``router1`` (its default) or ``router2``, the one for the congested
-    default-model ULX3S SoC, where router1 stalls (docs/boards.md). ``place_only``: stop after
+    With ``program``, the bitstream is then loaded with :func:`program`. ``placer`` and
+    ``router`` are nextpnr's (``heap`` or ``static``, ``router1`` or ``router2``); by default
+    the board's (:data:`DEFAULT_PNR`: the static placer and router2 for the congested
+    default-model ULX3S SoC, docs/boards.md). ``place_only``: stop after
     placement (see the module's docstring); no :class:`TimingError` then, the estimate is
     reported as it is.
     """
     _check_board(board_name)
+    placer = DEFAULT_PNR[board_name][0] if placer is None else placer
+    router = DEFAULT_PNR[board_name][1] if router is None else router
     if router not in ROUTERS:
         raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
+    if placer not in PLACERS:
+        raise BuildError(f"unknown placer {placer!r}; choose from {', '.join(PLACERS)}")
     if place_only and program:
         raise BuildError("a placement-only build makes no bitstream to program", 2)
     out_dir = Path(out_dir).resolve()
@@ -264,7 +276,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
     (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed),
-                    "--router", router] + (["--no-route"] if place_only else [])
+                    "--placer", placer, "--router", router] + \
+        (["--no-route"] if place_only else [])
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
@@ -315,7 +328,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
-        "router": router, "routed": not place_only,
+        "placer": placer, "router": router, "routed": not place_only,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),

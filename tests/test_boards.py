@@ -222,7 +222,7 @@ def test_build_help_shows_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
                      "nextpnr placement seed (default: 1)", "--allow-timing-fail",
-                     "--router {router1,router2}",
+                     "--router {router1,router2}", "--placer {heap,static}",
                      "128 on the ULX3S-85F, 64 on the iCEBreaker", "tools/models/BOARD"]:
         assert expected in text, f"{expected!r} not in --help"
     with pytest.raises(SystemExit):

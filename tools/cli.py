@@ -373,8 +373,9 @@ def cmd_build(args) -> int:
     logger.info("building for the %s in %s (takes minutes)", args.board, out)
     try:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
-                       program=args.program, allow_timing_fail=args.allow_timing_fail, seed=args.seed,
-                       router=args.router, force=args.force, model_path=model_path,
+                       program=args.program, allow_timing_fail=args.allow_timing_fail,
+                       seed=args.seed, router=args.router, placer=args.placer,
+                       force=args.force, model_path=model_path,
                        command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
@@ -539,9 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    p.add_argument("--router", choices=("router1", "router2"), default="router1",
-                   help="nextpnr's router; router2 is the one for the congested default-model "
-                        "ULX3S SoC, where router1 stalls (docs/boards.md)")
+    p.add_argument("--placer", choices=("heap", "static"), default=None,
+                   help="nextpnr's placer (default: the board's, static on the ULX3S-85F, "
+                        "whose default-model SoC does not route when HeAP places it; heap on "
+                        "the iCEBreaker)")
+    p.add_argument("--router", choices=("router1", "router2"), default=None,
+                   help="nextpnr's router (default: the board's, router2 on the ULX3S-85F, "
+                        "router1 on the iCEBreaker)")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",

@@ -238,7 +238,7 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
         result = build(board, model, lanes=lanes, out_dir=out, allow_timing_fail=True,
                        seed=seed, force=True, model_path=model_path, command=command,
                        place_only=not route,
-                       router="router2" if route and config.engine == "parallel" else "router1")
+                       router=None if route else "router1")
     except BuildError as error:
         status = "does not fit" if "does not fit" in str(error) else "failed"
         # Kept for --reuse: a build that does not fit fails the same way next time.
