@@ -30,7 +30,7 @@ class BoardTop(Elaboratable):
     The ``sync`` domain runs from the PLL's output; its reset is asserted asynchronously while
     the PLL is unlocked, released synchronously (:class:`~amaranth.lib.cdc.ResetSynchronizer`)
     and then held :data:`RESET_HOLD_CYCLES` more cycles by a counter in the ``por`` domain
-    (and a register after it, :meth:`reset_buffer`).
+    (and a register after it).
     """
 
     #: ``(resource name, number)`` for the bits of :class:`~mmfree.hw.link.LED`, in order.
@@ -49,11 +49,6 @@ class BoardTop(Elaboratable):
         """Instantiate the PLL; return ``(clock, locked)``."""
         raise NotImplementedError
 
-    def reset_buffer(self, m: Module, reset: Signal) -> Signal:
-        """The ``sync`` domain's reset as its flip-flops see it: ``reset`` itself, or (where
-        the board overrides this) ``reset`` through a global buffer."""
-        return reset
-
     def elaborate(self, platform):
         m = Module()
         clk, locked = self.clock(m, platform)
@@ -69,7 +64,7 @@ class BoardTop(Elaboratable):
         # ULX3S), so it starts from a flip-flop, not from the counter's compare.
         holding = Signal(init=1)
         m.d.por += holding.eq(hold != RESET_HOLD_CYCLES)
-        m.d.comb += cd_sync.rst.eq(self.reset_buffer(m, holding))
+        m.d.comb += cd_sync.rst.eq(holding)
         platform.add_clock_constraint(clk, self._soc.identity.clock_hz)
 
         m.submodules.soc = soc = self._soc

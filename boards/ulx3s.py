@@ -46,11 +46,3 @@ class ULX3STop(BoardTop):
             o_CLKOP=clkop, o_CLKOS=clkos, o_LOCK=locked,
         )
         return clkos, locked
-
-    def reset_buffer(self, m, reset):
-        """The reset through a ``DCCA`` onto one of the ECP5's global networks: it drives
-        the reset of about 19,000 flip-flops, which in the fabric was the most congested net
-        of the default-model SoC (docs/boards.md)."""
-        rst = Signal(name="sync_rst")
-        m.submodules.rst_buffer = Instance("DCCA", i_CLKI=reset, i_CE=1, o_CLKO=rst)
-        return rst

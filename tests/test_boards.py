@@ -65,7 +65,7 @@ def test_pll_refuses_what_it_cannot_make():
 
 PINS = {
     # board: (PLL primitive or None, the SoC clock's constraint, {port: pin})
-    "ulx3s-85f": ("EHXPLLL", 'FREQUENCY NET "pll_clkos" 42000000.0 HZ;',
+    "ulx3s-85f": ("EHXPLLL", 'FREQUENCY NET "pll_clkos" 36000000.0 HZ;',
                   {"clk25_0__io": "G2", "uart_0__rx__io": "M1", "uart_0__tx__io": "L4",
                    "led_0__io": "B2", "led_1__io": "C2", "led_2__io": "C1", "led_3__io": "D2"}),
     "icebreaker": (None, "set_frequency clk12.i 12.0",     # the oscillator
