@@ -12,6 +12,7 @@ from mmfree.hw.normquant import NormQuant
 from mmfree.hw.requantizer import Requantizer
 from mmfree.hw.sampler import Sampler
 from mmfree.hw.sigmoid import Sigmoid
+from mmfree.hw.skid import SkidBuffer
 from mmfree.hw.ternary import TernaryAccumulate
 from mmfree.hw.vector_reader import VectorReader
 from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION, REGION_SHIFT, EngineImage,
@@ -321,6 +322,13 @@ class Engine(wiring.Component):
                         m.d.sync += [rows_left.eq(rows_left - per),
                                      t_rows.eq(Mux(rows_left >= per, per - 1, rows_left - 1))]
 
+        # The requantizer's output goes through a skid buffer: the consumers' ready (joins,
+        # FIFO, sampler) stops there instead of running back through the requantizer and the
+        # ternary unit to their stall enables.
+        m.submodules.rq_skid = rq_skid = SkidBuffer(requant.out.payload.shape())
+        wiring.connect(m, requant.out, rq_skid.inp)
+        rq_out = rq_skid.out
+
         row_out = Signal(16)          # rows out of the ternary unit
         with m.If(state == _State.TERN):
             m.d.sync += row_out.eq(0)
@@ -335,12 +343,12 @@ class Engine(wiring.Component):
             requant.inp.payload.k.eq(instr.k),
             requant.inp.payload.first.eq(row_out == 0),
             requant.inp.payload.last.eq(row_out == instr.n_out - 1),
-            residual.a.payload.eq(requant.out.payload.data),
+            residual.a.payload.eq(rq_out.payload.data),
             residual.b.payload.eq(r1.out.payload.data),
-            sampler.logits.payload.data.eq(saturate(m, requant.out.payload.data, LOGIT_BITS,
+            sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
                                                     "logit")),
-            sampler.logits.payload.first.eq(requant.out.payload.first),
-            sampler.logits.payload.last.eq(requant.out.payload.last),
+            sampler.logits.payload.first.eq(rq_out.payload.first),
+            sampler.logits.payload.last.eq(rq_out.payload.last),
         ]
         # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
         # that holds them while their gate is in the activation's pipeline.
@@ -348,23 +356,23 @@ class Engine(wiring.Component):
         parity = Signal()             # the next row out of the requantizer is an up row
         with m.If(state == _State.TERN):
             m.d.sync += parity.eq(0)
-        with m.Elif(requant.out.valid & requant.out.ready):
+        with m.Elif(rq_out.valid & rq_out.ready):
             m.d.sync += parity.eq(~parity)
-        m.d.comb += up_fifo.w_data.eq(requant.out.payload.data)
+        m.d.comb += up_fifo.w_data.eq(rq_out.payload.data)
         with m.If(op == Op.HEAD):
-            m.d.comb += [sampler.logits.valid.eq(requant.out.valid),
-                         requant.out.ready.eq(sampler.logits.ready)]
+            m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
+                         rq_out.ready.eq(sampler.logits.ready)]
         with m.Elif((op == Op.BITLINEAR) & instr.glu):
             with m.If(parity):
-                m.d.comb += [up_fifo.w_en.eq(requant.out.valid),
-                             requant.out.ready.eq(up_fifo.w_rdy)]
+                m.d.comb += [up_fifo.w_en.eq(rq_out.valid),
+                             rq_out.ready.eq(up_fifo.w_rdy)]
             with m.Else():
-                m.d.comb += [act.inp.valid.eq(requant.out.valid),
-                             requant.out.ready.eq(act.inp.ready)]
+                m.d.comb += [act.inp.valid.eq(rq_out.valid),
+                             rq_out.ready.eq(act.inp.ready)]
 
         with m.Elif((op == Op.BITLINEAR) & instr.add):
-            m.d.comb += [residual.a.valid.eq(requant.out.valid),
-                         requant.out.ready.eq(residual.a.ready),
+            m.d.comb += [residual.a.valid.eq(rq_out.valid),
+                         rq_out.ready.eq(residual.a.ready),
                          residual.b.valid.eq(r1.out.valid), r1.out.ready.eq(residual.b.ready)]
 
         # --- sampler --------------------------------------------------------------------
@@ -424,8 +432,8 @@ class Engine(wiring.Component):
             if act is silu:
                 m.d.comb += silu.frac.eq(instr.frac_a)
             m.d.comb += [
-                act.inp.payload.data.eq(requant.out.payload.data),
-                act.inp.payload.first.eq(requant.out.payload.first),
+                act.inp.payload.data.eq(rq_out.payload.data),
+                act.inp.payload.first.eq(rq_out.payload.first),
                 product.a.payload.eq(act.out.payload.data),
                 product.a.valid.eq(act.out.valid), act.out.ready.eq(product.a.ready),
                 product.b.payload.eq(up_fifo.r_data),
@@ -456,8 +464,8 @@ class Engine(wiring.Component):
                     m.d.comb += [result.eq(residual.out.payload),
                                  result_valid.eq(residual.out.valid), residual.out.ready.eq(1)]
                 with m.Else():
-                    m.d.comb += [result.eq(requant.out.payload.data),
-                                 result_valid.eq(requant.out.valid), requant.out.ready.eq(1)]
+                    m.d.comb += [result.eq(rq_out.payload.data),
+                                 result_valid.eq(rq_out.valid), rq_out.ready.eq(1)]
         load_region = self.load.payload.addr[REGION_SHIFT:]
         load_index = self.load.payload.addr[:REGION_SHIFT]
         v_addr = instr.dst + count

@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.hw.arith import carried, split_mul
 from mmfree.hw.divider import PipelinedDivider
+from mmfree.hw.skid import SkidBuffer
 from mmfree.sim import golden
 from mmfree.sim.golden import ACT_BITS, EXP_BITS, EXP_FRAC, EXP_N, EXP_ONE, F_GATE
 
@@ -253,8 +254,11 @@ class Sigmoid(wiring.Component):
     cycle t + latency: 1 (input register) + 10 (exp) + 21 (divider) = **32** for
     ``"sigmoid"``, + 3 (product) = **35** for ``"silu"`` and ``"gelu"``.
 
-    Throughput: one element per cycle while ``out.ready`` is high. Each stage (input register,
-    exp, divider, product) stalls as a whole when its output is held.
+    Throughput: one element per cycle while ``out.ready`` is high. Each part (input register,
+    exp, divider, product) stalls as a whole when its output is held; skid buffers
+    (:class:`~mmfree.hw.skid.SkidBuffer`) after the exp core, the divider and the product cut
+    the ready path between them, so ``out.ready`` reaches only the last part's enable within a
+    cycle (and ``inp.ready`` follows the exp core's skid register, not ``out.ready``).
 
     Members
     -------
@@ -327,33 +331,43 @@ class Sigmoid(wiring.Component):
         with m.If(self.inp.valid & self.inp.ready & self.inp.payload.first):
             m.d.sync += frac_held.eq(self.frac)
 
+        # Skid buffers between the parts cut the ready path (the stall enable of each part
+        # comes from the next one's register, not from the consumer through every part).
+        m.submodules.exp_skid = exp_skid = SkidBuffer(exp.out.payload.shape())
+        m.submodules.div_skid = div_skid = SkidBuffer(div.out.payload.shape())
+        wiring.connect(m, exp.out, exp_skid.inp)
+        wiring.connect(m, div.out, div_skid.inp)
+        exp_out, div_out = exp_skid.out, div_skid.out
+
         # The division ((x >= 0 ? EXP_ONE : E) << 20) // (EXP_ONE + E).
-        e, x_e = exp.out.payload.e, exp.out.payload.tag.x
+        e, x_e = exp_out.payload.e, exp_out.payload.tag.x
         m.d.comb += [
-            div.inp.valid.eq(exp.out.valid),
-            exp.out.ready.eq(div.inp.ready),
+            div.inp.valid.eq(exp_out.valid),
+            exp_out.ready.eq(div.inp.ready),
             div.inp.payload.num.eq(Mux(x_e < 0, e, EXP_ONE) << F_GATE),
             div.inp.payload.den.eq(e + EXP_ONE),
-            div.inp.payload.tag.eq(exp.out.payload.tag),
+            div.inp.payload.tag.eq(exp_out.payload.tag),
         ]
 
         if self._mode == "sigmoid":
             m.d.comb += [
-                self.out.valid.eq(div.out.valid),
-                div.out.ready.eq(self.out.ready),
-                self.out.payload.data.eq(div.out.payload.quotient),
-                self.out.payload.first.eq(div.out.payload.tag.first),
-                self.out.payload.last.eq(div.out.payload.tag.last),
+                self.out.valid.eq(div_out.valid),
+                div_out.ready.eq(self.out.ready),
+                self.out.payload.data.eq(div_out.payload.quotient),
+                self.out.payload.first.eq(div_out.payload.tag.first),
+                self.out.payload.last.eq(div_out.payload.tag.last),
             ]
         else:
             m.submodules.product = product = _GateProduct()
             m.d.comb += [
-                product.inp.valid.eq(div.out.valid),
-                div.out.ready.eq(product.inp.ready),
-                product.inp.payload.x.eq(div.out.payload.tag.x),
-                product.inp.payload.sig.eq(div.out.payload.quotient),
-                product.inp.payload.first.eq(div.out.payload.tag.first),
-                product.inp.payload.last.eq(div.out.payload.tag.last),
+                product.inp.valid.eq(div_out.valid),
+                div_out.ready.eq(product.inp.ready),
+                product.inp.payload.x.eq(div_out.payload.tag.x),
+                product.inp.payload.sig.eq(div_out.payload.quotient),
+                product.inp.payload.first.eq(div_out.payload.tag.first),
+                product.inp.payload.last.eq(div_out.payload.tag.last),
             ]
-            wiring.connect(m, product.out, wiring.flipped(self.out))
+            m.submodules.out_skid = out_skid = SkidBuffer(product.out.payload.shape())
+            wiring.connect(m, product.out, out_skid.inp)
+            wiring.connect(m, out_skid.out, wiring.flipped(self.out))
         return m
