@@ -136,6 +136,36 @@ def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_route_names_rows(tmp_path, monkeypatch):
+    """``--route`` alone routes every row, ``--route N`` only the rows named; the serial
+    engine's row is always routed."""
+    monkeypatch.setattr(report, "tool_versions", lambda family: {"yosys": "not run"})
+    calls = {}
+
+    def measure(model, board, lanes, *, route, **kwargs):
+        calls[board, lanes] = route
+        return report.Row(board=board, lanes=lanes, status="does not fit", detail="test",
+                          vector_width=4, cycles=1, weights=1, overhead=None)
+    monkeypatch.setattr(report, "measure", measure)
+    base = ["report", "--out", str(tmp_path), "--board", "ulx3s-85f", "--board", "icebreaker",
+            "--lanes", "ulx3s-85f:64", "ulx3s-85f:128"]
+    for route, expected in [([], {64: False, 128: False}),
+                            (["--route"], {64: True, 128: True}),
+                            (["--route", "ulx3s-85f:128"], {64: False, 128: True}),
+                            (["--route", "64"], {64: True, 128: False})]:
+        calls.clear()
+        assert cli.main([*base, *route]) == cli.EXIT_OK
+        assert calls == {**{("ulx3s-85f", n): r for n, r in expected.items()},
+                         ("icebreaker", 4): True}, route
+
+
+def test_route_of_a_row_not_in_the_report(tmp_path, capsys):
+    status = cli.main(["report", "--out", str(tmp_path), "--lanes", "64", "--route", "128"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_USAGE and len(err) == 1, err
+    assert "--route 128: not a row of this report" in err[0]
+
+
 def test_lanes_for_one_board(tmp_path, capsys):
     status = cli.main(["report", "--out", str(tmp_path), "--lanes", "icebreaker:64"])
     err = capsys.readouterr().err.strip().splitlines()

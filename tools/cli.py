@@ -586,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs", help="where the report is written")
     p.add_argument("--work", default=str(Path("build") / "report"),
                    help="build directories, one per board and lane count")
-    p.add_argument("--route", action="store_true",
-                   help="route (router2) instead of stopping after placement; hours for the "
+    p.add_argument("--route", nargs="*", default=None, metavar="[BOARD:]N",
+                   help="route instead of stopping after placement: every row, or the rows "
+                        "named (lane counts as in --lanes); about 20 minutes a row for the "
                         "default-model ULX3S SoC on two cores")
     p.add_argument("--reuse", action="store_true",
                    help="read back an earlier build of the same model, lanes and routing "

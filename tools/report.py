@@ -16,7 +16,7 @@ count, always routed (about a minute), its cycles counted by the engine's refere
 Writes ``performance.md``, ``performance.png`` (matplotlib) and ``performance.json`` (the rows,
 so that ``--render-only`` redraws without tools) to ``--out`` (``docs/``)::
 
-    mmfree report [--board ulx3s-85f] [--lanes 64 128 ...] [--model M] [--route] [--reuse]
+    mmfree report [--board ulx3s-85f] [--lanes 64 128 ...] [--model M] [--route [N ...]] [--reuse]
 """
 
 from __future__ import annotations
@@ -584,6 +584,18 @@ def run(args) -> int:
     # iCEBreaker routes in about a minute).
     jobs |= {(board, BOARD_CONFIGS[board].lanes) for board in boards
              if BOARD_CONFIGS[board].engine == "serial"}
+    # --route alone routes every row; --route [BOARD:]N ... the rows named.
+    routed = set()
+    for item in args.route or []:
+        board, _, count = item.rpartition(":")
+        named = {job for job in jobs if (not board or job[0] == board) and str(job[1]) == count}
+        if not named:
+            raise ReportError(f"--route {item}: not a row of this report (--board, --lanes)")
+        routed |= named
+
+    def route(job):
+        return (args.route is not None and (not args.route or job in routed)) or \
+            BOARD_CONFIGS[job[0]].engine == "serial"
     model_paths = {board: args.model or default_model_path().with_name(f"{board}.safetensors")
                    for board in boards}
     models = {board: load_any(path) for board, path in model_paths.items()}
@@ -594,7 +606,7 @@ def run(args) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda job: measure(
             models[job[0]], job[0], job[1], work=work,
-            route=args.route or BOARD_CONFIGS[job[0]].engine == "serial", reuse=args.reuse,
+            route=route(job), reuse=args.reuse,
             seed=args.seed, model_path=str(model_paths[job[0]]), command=command), jobs))
     rows.sort(key=lambda row: (boards.index(row.board), row.lanes))
     meta = {
