@@ -553,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a bitstream whose Fmax is below the engine clock")
     p.add_argument("--place-only", action="store_true",
                    help="stop after placement and report nextpnr's placement estimate of "
-                        "Fmax and the utilization; no bitstream (minutes instead of hours "
-                        "for the congested default-model ULX3S SoC)")
+                        "Fmax and the utilization; no bitstream (about half the time of a "
+                        "routed build of the default-model ULX3S SoC)")
     p.add_argument("--force", action="store_true", help="replace an earlier build in --out")
     p.set_defaults(func=cmd_build)
 

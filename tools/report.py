@@ -3,10 +3,11 @@ device's physical limits and to published ternary-LLM accelerators.
 
 For every board and lane count the model is first checked against the board's block RAM
 (:func:`mmfree.tools.device.engine_image`, no tool runs for a model that does not fit); the
-others are built (:func:`mmfree.boards.build.build`), placement-only unless ``--route``: on two
-cores nextpnr places the default-model ULX3S SoC in about 15 minutes but does not finish routing
-it in hours (docs/boards.md), so the Fmax of such rows is nextpnr's estimate after placement,
-and every row says which. Cycles per token come from the engine's schedule
+others are built (:func:`mmfree.boards.build.build`), placement-only unless ``--route`` names
+them (every row, or ``--route [BOARD:]N ...``): on two cores nextpnr places and routes the
+default-model ULX3S SoC at 128 lanes in about a quarter of an hour with the board's static
+placer and router2 (docs/boards.md), larger lane counts take longer, and a placement-only row's
+Fmax is nextpnr's estimate after placement; every row says which. Cycles per token come from the engine's schedule
 (:func:`mmfree.sim.engine.step_cycles`), which tests/test_engine.py checks against the
 hardware's cycle counter step for step; projected tokens/s = Fmax / cycles per token. A board
 that runs the serial engine (the iCEBreaker, docs/serial.md) has one row: its fixed DOT lane
@@ -349,8 +350,8 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
              "Models: " + "; ".join(f"{board}: `{m['file']}` ({m['config']})"
                                     for board, m in meta["models"].items()), "",
              "Fmax is nextpnr's: **routed** where the row says so, otherwise its estimate "
-             "after placement (`mmfree build --place-only`; on two cores nextpnr does not "
-             "finish routing the default-model ULX3S SoC in hours, docs/boards.md). Cycles "
+             "after placement (`mmfree build --place-only`, nextpnr's placer's own figure, "
+             "which on the ULX3S-85F's static placer runs below the routed one). Cycles "
              "per token are the engine's schedule (docs/engine.md), which "
              "tests/test_engine.py checks against the hardware's cycle counter for every "
              "step; projected tokens/s = Fmax / cycles per token (greedy). Lane utilization = "
