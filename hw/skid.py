@@ -17,11 +17,11 @@ class SkidBuffer(wiring.Component):
     its one register, and ``inp.ready`` is that register's "empty" flag, so nothing of
     ``out.ready`` reaches ``inp.ready`` within a cycle.
 
-    Timing on ``out`` is that of a direct connection from an upstream unit that stalls as a
-    whole: a word waits in the register exactly while the direct connection would have held
-    it in the unit's last stage, and leaves on the same cycle. Upstream stalls one cycle
-    later than it would, and for the cycle the register empties. One word a cycle at full
-    rate.
+    Behind a unit that stalls as a whole and has a word every cycle, words leave on the same
+    cycles as through a direct connection: a word waits in the register exactly while the
+    direct connection would have held it in the unit's last stage (tests/test_skid.py). With
+    bubbles in the unit a word can leave earlier, never later: the unit stalls one cycle later
+    than it would, and for the cycle the register empties. One word a cycle at full rate.
 
     Parameters
     ----------

@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build directories, one per board and lane count")
     p.add_argument("--route", nargs="*", default=None, metavar="[BOARD:]N",
                    help="route instead of stopping after placement: every row, or the rows "
-                        "named (lane counts as in --lanes); about 20 minutes a row for the "
+                        "named (lane counts as in --lanes); 15 to 30 minutes a row for the "
                         "default-model ULX3S SoC on two cores")
     p.add_argument("--reuse", action="store_true",
                    help="read back an earlier build of the same model, lanes and routing "
