@@ -122,6 +122,13 @@ def make_top(board_name: str, model, *, lanes: int | None = None,
 
     _check_board(board_name)
     config = BOARD_CONFIGS[board_name]
+    if config.engine == "serial":
+        # The serial engine's DOT unit has its 4 lanes and no vector path: nothing to size.
+        for flag, value, fixed in (("--lanes", lanes, config.lanes),
+                                   ("--vector-width", vector_width, config.vector_width)):
+            if value is not None and value != fixed:
+                raise BuildError(f"the {board_name} runs the serial engine, whose {flag} is "
+                                 f"{fixed}; {value} cannot be built", 2)
     if lanes is not None:
         if not isinstance(lanes, int) or lanes <= 0 or lanes & (lanes - 1):
             raise ValueError(f"lanes must be a positive power of two, not {lanes!r}")

@@ -81,7 +81,8 @@ def _text(content):
 
 @pytest.mark.parametrize("board", list(PINS))
 def test_top_prepares_with_clock_and_pins(board, tiny_model):
-    platform, top, config, image = board_build.make_top(board, tiny_model, lanes=8)
+    lanes = None if BOARD_CONFIGS[board].engine == "serial" else 8
+    platform, top, config, image = board_build.make_top(board, tiny_model, lanes=lanes)
     plan = platform.prepare(top, name="top", debug_verilog=False)
     files = {name: _text(content) for name, content in plan.files.items()}
     primitive, constraint, pins = PINS[board]
@@ -97,13 +98,30 @@ def test_top_prepares_with_clock_and_pins(board, tiny_model):
     assert constraint in constraints, constraints
     assert constraints.count("LOCATE COMP" if board == "ulx3s-85f" else "set_io") == len(pins)
     assert top.soc.identity.clock_hz == config.clock_hz
-    # the serial engine's lanes are its DOT unit's, whatever was asked
     assert image.lanes == (serial.DOT_LANES if config.engine == "serial" else 8)
 
 
 def test_make_top_refuses_bad_lanes(tiny_model):
     with pytest.raises(ValueError, match="power of two, not 12"):
         board_build.make_top("ulx3s-85f", tiny_model, lanes=12)
+
+
+def test_serial_engine_board_refuses_other_sizes(tiny_model, capsys, tmp_path):
+    """The iCEBreaker's serial engine has its DOT unit's 4 lanes and no vector path: asking
+    for other sizes is one line and exit 2 (not a build whose report names sizes it lacks);
+    its own sizes are accepted."""
+    with pytest.raises(board_build.BuildError, match="serial engine, whose --lanes is 4; 64"):
+        board_build.make_top("icebreaker", tiny_model, lanes=64)
+    with pytest.raises(board_build.BuildError, match="--vector-width is 1; 8 cannot"):
+        board_build.make_top("icebreaker", tiny_model, vector_width=8)
+    _, _, config, image = board_build.make_top("icebreaker", tiny_model, lanes=4, vector_width=1)
+    assert (config.lanes, image.lanes) == (4, serial.DOT_LANES)
+    out_dir = tmp_path / "ice"
+    assert cli.main(["build", "--board", "icebreaker", "--lanes", "64",
+                     "--out", str(out_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "serial engine, whose --lanes is 4" in err, err
+    assert not out_dir.exists()
 
 
 # --- the CLI, no tools ----------------------------------------------------------------------
@@ -223,7 +241,7 @@ def test_build_help_shows_defaults(capsys):
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
                      "nextpnr placement seed (default: 1)", "--allow-timing-fail",
                      "--router {router1,router2}", "--placer {heap,static}",
-                     "128 on the ULX3S-85F, 64 on the iCEBreaker", "tools/models/BOARD"]:
+                     "128 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:
         assert expected in text, f"{expected!r} not in --help"
     with pytest.raises(SystemExit):
         cli.main(["program", "--help"])

@@ -532,11 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the board, tools/models/BOARD.safetensors)")
     p.add_argument("--lanes", type=int, default=None,
                    help="ternary lanes, a power of two (default: the board's, 128 on the "
-                        "ULX3S-85F, 64 on the iCEBreaker)")
+                        "ULX3S-85F; the iCEBreaker's serial engine has 4, fixed)")
     p.add_argument("--vector-width", type=int, default=None,
                    help="elements per cycle of the normalize/quantize path, a power of two "
-                        "(default: the board's, 4 on the ULX3S-85F, 8 on the iCEBreaker; each "
-                        "element costs about 18 MULT18X18D)")
+                        "(default: the board's, 4 on the ULX3S-85F, each element costing about 18 "
+                        "MULT18X18D; the iCEBreaker's serial engine has none: 1, fixed)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
