@@ -7,7 +7,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from mmfree.hw.mixer import EmbedUnit, GateUnit, ProductUnit, ResidualAdd
+from mmfree.hw.mixer import EmbedUnit, GateUnit, ProductUnit, ResidualAdd, saturate
 from mmfree.hw.normquant import NormQuant
 from mmfree.hw.requantizer import Requantizer
 from mmfree.hw.sampler import Sampler
@@ -167,8 +167,7 @@ class Engine(wiring.Component):
         m.submodules.product = product = ProductUnit()
         m.submodules.residual = residual = ResidualAdd()
         m.submodules.embed = embed = EmbedUnit()
-        m.submodules.sampler = sampler = Sampler(vocab=cfg.vocab_size, logit_width=LOGIT_BITS,
-                                                     in_width=ACT_BITS)
+        m.submodules.sampler = sampler = Sampler(vocab=cfg.vocab_size, logit_width=LOGIT_BITS)
 
         # --- sequencer state ------------------------------------------------------------
         state = Signal(_State)
@@ -346,8 +345,8 @@ class Engine(wiring.Component):
             requant.inp.payload.last.eq(row_out == instr.n_out - 1),
             residual.a.payload.eq(rq_out.payload.data),
             residual.b.payload.eq(r1.out.payload.data),
-            # clamped to LOGIT_BITS inside the sampler, off its comparison's path
-            sampler.logits.payload.data.eq(rq_out.payload.data),
+            sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
+                                                    "logit")),
             sampler.logits.payload.first.eq(rq_out.payload.first),
             sampler.logits.payload.last.eq(rq_out.payload.last),
         ]

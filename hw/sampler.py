@@ -29,13 +29,6 @@ class Sampler(wiring.Component):
       ``x0 <= -4`` (as ``sampler_x0`` guarantees; then ``total > 0``) and a PRNG loaded with
       ``load`` since reset (sampling waits for the draw otherwise).
 
-    With ``in_width > logit_width``, the logits arrive wider and are clamped to the signed
-    ``logit_width`` range first (the saturation that ends the golden model's lm_head): the
-    stored best logit and the Shiftmax input are clamped, while the greedy comparison uses
-    the unclamped value, ``x > best`` unless ``best`` is already the largest logit (the same
-    order: ``clamp(x) > best`` exactly then), so that the clamp is not on the comparison's
-    path to the token register.
-
     ``x0`` is sampled with the first logit of each vector (the element after a ``last``, or
     the first after reset); the ``first`` field is not needed. A vector has ``vocab`` logits
     (only its ``last`` flag ends it).
@@ -57,9 +50,6 @@ class Sampler(wiring.Component):
         Logits per vector (at least 2).
     logit_width : int
         Width of the signed logits, 2..32 (the model's: 24).
-    in_width : int
-        Width of the incoming logits, ``logit_width``..64 (default: ``logit_width``); wider
-        values are clamped to the ``logit_width`` range.
 
     Members
     -------
@@ -69,32 +59,28 @@ class Sampler(wiring.Component):
         PRNG seed, sampled while ``load`` is high (see :class:`~mmfree.hw.xorshift.Xorshift32`).
     load : In(1)
         Strobe: (re)seed the PRNG. Do not pulse it while a sampled vector is in flight.
-    logits : In(stream.Signature(StructLayout({"data": signed(in_width), "first": 1,
+    logits : In(stream.Signature(StructLayout({"data": signed(logit_width), "first": 1,
         "last": 1})))
     token : Out(stream.Signature(unsigned(ceil(log2(vocab)))))
         One token per vector.
     """
 
-    def __init__(self, *, vocab, logit_width=24, in_width=None):
+    def __init__(self, *, vocab, logit_width=24):
         _check_int("vocab", vocab, 2)
         _check_int("logit_width", logit_width, 2, 32)
-        in_width = logit_width if in_width is None else in_width
-        _check_int("in_width", in_width, logit_width, 64)
         self._vocab = vocab
         self._logit_width = logit_width
-        self._in_width = in_width
         super().__init__({
             "x0":     In(x0_shape(SAMPLER_N)),
             "seed":   In(32),
             "load":   In(1),
             "logits": In(stream.Signature(data.StructLayout({
-                "data": signed(in_width), "first": 1, "last": 1}))),
+                "data": signed(logit_width), "first": 1, "last": 1}))),
             "token":  Out(stream.Signature(unsigned((vocab - 1).bit_length()))),
         })
 
     vocab = property(lambda self: self._vocab)
     logit_width = property(lambda self: self._logit_width)
-    in_width = property(lambda self: self._in_width)
 
     def elaborate(self, platform):
         m = Module()
@@ -105,24 +91,16 @@ class Sampler(wiring.Component):
         m.submodules.probs = probs = Memory(shape=unsigned(SAMPLER_BITS), depth=vocab, init=[])
         wr = probs.write_port()
         rd = probs.read_port()
-        # The logit clamped to the logit_width range; at_top: the clamp's upper end.
-        lo, hi = -(1 << (self._logit_width - 1)), (1 << (self._logit_width - 1)) - 1
-        raw = self.logits.payload.data
-        logit = Signal(signed(self._logit_width))
-        m.d.comb += logit.eq(Mux(raw > hi, hi, Mux(raw < lo, lo, raw)))
         m.d.comb += [
             prng.seed.eq(self.seed),
             prng.load.eq(self.load),
             softmax.x0.eq(self.x0),
-            softmax.inp.payload.data.eq(logit),
-            softmax.inp.payload.first.eq(self.logits.payload.first),
-            softmax.inp.payload.last.eq(self.logits.payload.last),
+            softmax.inp.payload.eq(self.logits.payload),
         ]
 
         index = Signal(range(vocab + 1))       # logit / probability / scan index
         greedy = Signal()
         best = Signal(signed(self._logit_width))
-        best_top = Signal()                    # best == hi: no later logit is larger
         total = Signal(SAMPLER_BITS + vocab.bit_length())
         draw = Signal(32)                      # the PRNG word of a sampled token
         left = Signal(len(total))              # r minus the probabilities scanned so far
@@ -141,10 +119,10 @@ class Sampler(wiring.Component):
                         self.logits.ready.eq(softmax.inp.ready),
                     ]
                 with m.If(self.logits.valid & self.logits.ready):
+                    x = self.logits.payload.data
                     m.d.sync += [greedy.eq(is_greedy), index.eq(index + 1)]
-                    with m.If((index == 0) | ((raw > best) & ~best_top)):
-                        m.d.sync += [best.eq(logit), best_top.eq(raw >= hi),
-                                     self.token.payload.eq(index)]
+                    with m.If((index == 0) | (x > best)):
+                        m.d.sync += [best.eq(x), self.token.payload.eq(index)]
                     with m.If(self.logits.payload.last):
                         m.d.sync += [index.eq(0), total.eq(0)]
                         with m.If(is_greedy):

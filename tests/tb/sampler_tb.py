@@ -3,7 +3,7 @@
 :func:`mmfree.sim.decoding.generate` does.
 
 Run from tests/test_sampler.py through :func:`mmfree.sim.toolchain.run_cocotb`. Environment:
-``SAMPLER_CONFIG`` (``vocab,logit_width[,in_width]``), ``SAMPLER_VECTORS`` (random logit vectors per seed
+``SAMPLER_CONFIG`` (``vocab,logit_width``), ``SAMPLER_VECTORS`` (random logit vectors per seed
 and traffic pattern), ``SAMPLER_SEEDS`` (comma-separated PRNG seeds, decimal or 0x-hex).
 """
 
@@ -20,32 +20,16 @@ from streams import StreamSink, StreamSource, pack, reset, start_clock
 from mmfree.sim import golden
 
 
-def random_vectors(rng, count, vocab, logit_width, in_width=None):
+def random_vectors(rng, count, vocab, logit_width):
     """Random logit vectors with their x0 (0 = greedy in a third of them): full-range logits,
-    logits spread over a few units of |x0| (where sampling is really random), and ties. With
-    an ``in_width`` wider than ``logit_width``, every other vector has logits beyond the
-    logit range as well (ties at the clamp's ends, a largest logit inside the range with
-    others beyond its lower end)."""
+    logits spread over a few units of |x0| (where sampling is really random), and ties."""
     lo, hi = -(1 << (logit_width - 1)), (1 << (logit_width - 1)) - 1
-    wide = in_width is not None and in_width > logit_width
     out = []
     for index in range(count):
         x0 = 0 if index % 3 == 0 else golden.sampler_x0(
             rng.choice([2.0**-6, 0.5, 1.0, 2.0, 64.0, rng.uniform(2.0**-6, 8.0)]))
         kind = index % 4
-        if wide and index % 2:
-            w_lo, w_hi = -(1 << (in_width - 1)), (1 << (in_width - 1)) - 1
-            logits = [rng.randint(lo, hi) for _ in range(vocab)]
-            choice = rng.randrange(3)
-            if choice == 0:                      # the whole wide range: mostly clamped
-                logits = [rng.randint(w_lo, w_hi) for _ in range(vocab)]
-            elif choice == 1:                    # a few beyond the top, a few at it
-                for i in rng.sample(range(vocab), 3):
-                    logits[i] = rng.choice([hi, hi + 1, rng.randint(hi, w_hi), w_hi])
-            else:                                # beyond the bottom, the rest below 0
-                logits = [rng.choice([rng.randint(w_lo, lo), lo, rng.randint(lo, -1)])
-                          for _ in range(vocab)]
-        elif kind == 0:
+        if kind == 0:
             logits = [rng.randint(lo, hi) for _ in range(vocab)]
         elif kind == 3:                          # ties at the maximum
             logits = [rng.randint(lo, hi) // 2 for _ in range(vocab)]
@@ -60,14 +44,10 @@ def random_vectors(rng, count, vocab, logit_width, in_width=None):
     return out
 
 
-def golden_tokens(vectors, seed, logit_width=24):
-    """The golden tokens of ``vectors`` (their logits saturated to ``logit_width`` bits first,
-    as the golden model's lm_head ends) for a PRNG seeded with ``seed``."""
-    lo, hi = -(1 << (logit_width - 1)), (1 << (logit_width - 1)) - 1
+def golden_tokens(vectors, seed):
     prng = golden.xorshift32_seed(seed)
     tokens = []
     for logits, x0 in vectors:
-        logits = [min(max(x, lo), hi) for x in logits]
         if x0 == 0:
             tokens.append(golden.argmax(np.array(logits)))
         else:
@@ -99,11 +79,10 @@ async def _monitor(dut, last_in, token_valid):
 async def tokens_match_golden(dut, traffic):
     """For each seed: load the PRNG, then a run of random vectors (greedy and sampled mixed);
     the tokens equal the golden sequence. At full rate, the latency is the documented one."""
-    vocab, logit_width, *in_width = (int(v) for v in os.environ["SAMPLER_CONFIG"].split(","))
-    in_width = in_width[0] if in_width else logit_width
+    vocab, logit_width = (int(v) for v in os.environ["SAMPLER_CONFIG"].split(","))
     count = int(os.environ["SAMPLER_VECTORS"])
     seeds = [int(s, 0) for s in os.environ["SAMPLER_SEEDS"].split(",")]
-    layout = data.StructLayout({"data": signed(in_width), "first": 1, "last": 1})
+    layout = data.StructLayout({"data": signed(logit_width), "first": 1, "last": 1})
     assert layout.size == len(dut.logits__payload) and layout["last"].offset == layout.size - 1
 
     start_clock(dut)
@@ -119,10 +98,9 @@ async def tokens_match_golden(dut, traffic):
     checked = 0
     all_vectors = []
     for seed in seeds:
-        config = (f"vocab={vocab} logit_width={logit_width} in_width={in_width} "
-                  f"seed={seed:#x} traffic={traffic}")
+        config = f"vocab={vocab} logit_width={logit_width} seed={seed:#x} traffic={traffic}"
         rng = random.Random(f"{seed}-{traffic}")
-        vectors = random_vectors(rng, count, vocab, logit_width, in_width)
+        vectors = random_vectors(rng, count, vocab, logit_width)
         all_vectors += vectors
         dut.seed.value = seed
         dut.load.value = 1
@@ -137,7 +115,7 @@ async def tokens_match_golden(dut, traffic):
 
         cocotb.start_soon(drive())
         got = await sink.recv(len(vectors))
-        expected = golden_tokens(vectors, seed, logit_width)
+        expected = golden_tokens(vectors, seed)
         for index, (g, e) in enumerate(zip(got, expected)):
             assert g == e, (f"{config} vector {index} (x0={vectors[index][1]}): token {g}, "
                             f"expected {e}; logits {vectors[index][0]}")
