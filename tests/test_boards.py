@@ -114,8 +114,10 @@ def test_serial_engine_board_refuses_other_sizes(tiny_model, capsys, tmp_path):
         board_build.make_top("icebreaker", tiny_model, lanes=64)
     with pytest.raises(board_build.BuildError, match="--vector-width is 1; 8 cannot"):
         board_build.make_top("icebreaker", tiny_model, vector_width=8)
-    _, _, config, image = board_build.make_top("icebreaker", tiny_model, lanes=4, vector_width=1)
+    platform, top, config, image = board_build.make_top("icebreaker", tiny_model, lanes=4,
+                                                        vector_width=1)
     assert (config.lanes, image.lanes) == (4, serial.DOT_LANES)
+    platform.prepare(top, name="top", debug_verilog=False)     # elaborated: used
     out_dir = tmp_path / "ice"
     assert cli.main(["build", "--board", "icebreaker", "--lanes", "64",
                      "--out", str(out_dir)]) == 2
