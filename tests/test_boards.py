@@ -179,16 +179,20 @@ def test_build_refuses_too_many_block_rams(tmp_path, monkeypatch, capsys):
     status = cli.main(["build", "--board", "ulx3s-85f", "--vector-width", "8", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == cli.EXIT_DATA, err
-    assert err == ["mmfree: error: the model does not fit the ulx3s-85f: 264 of 208 block "
-                   "RAMs: tmem 174, cmem 24, vmem 24, ..."], err
+    assert err == ["mmfree: error: the model does not fit the ulx3s-85f: 261 of 208 block "
+                   "RAMs: tmem 171, cmem 24, vmem 24, ..."], err
     assert not out.exists()
 
 
 def test_block_ram_estimate_is_what_yosys_maps():
-    """capacity.soc_blocks for the ULX3S SoC with its shipped model, memory by memory, equals
-    the DP16KD cells Yosys 0.70 (synth_ecp5) made of each (docs/boards.md), and the shapes
-    behind it: a whole-row memory, write granules in columns of their own, distributed RAM."""
-    image = engine_image(load_model(cli.default_model_path()), BOARD_CONFIGS["ulx3s-85f"])
+    """capacity.soc_blocks for the ULX3S SoC with its shipped model, memory by memory at 128
+    lanes and in all at the board's 512, equals the DP16KD cells Yosys 0.70 (synth_ecp5) made
+    (docs/boards.md), and the shapes behind it: a whole-row memory, write granules in columns
+    of their own, distributed RAM."""
+    model = load_model(cli.default_model_path())
+    assert BOARD_CONFIGS["ulx3s-85f"].lanes == 512
+    assert sum(soc_blocks(engine_image(model, BOARD_CONFIGS["ulx3s-85f"])).values()) == 208
+    image = engine_image(model, dataclasses.replace(BOARD_CONFIGS["ulx3s-85f"], lanes=128))
     assert soc_blocks(image) == {
         "tmem": 132, "cmem": 20, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,
         "exp tables": 4, "sampler.probs": 1, "sampler.softmax.buf": 1, "up_fifo": 1,
@@ -243,7 +247,7 @@ def test_build_help_shows_defaults(capsys):
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
                      "nextpnr placement seed (default: 1)", "--allow-timing-fail",
                      "--router {router1,router2}", "--placer {heap,static}",
-                     "128 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:
+                     "512 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:
         assert expected in text, f"{expected!r} not in --help"
     with pytest.raises(SystemExit):
         cli.main(["program", "--help"])

@@ -158,8 +158,9 @@ COCOTB = [
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
-    ("ulx3s-85f-l128", str(MODELS / "ulx3s-85f.safetensors"), 128, 32, None,
-     (pytest.mark.slow,)),
+    # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit.
+    ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
+     (pytest.mark.slow,), 4, "1.6bit"),
 ]
 
 

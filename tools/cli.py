@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file or checkpoint directory (default: the shipped model "
                         "for the board, tools/models/BOARD.safetensors)")
     p.add_argument("--lanes", type=int, default=None,
-                   help="ternary lanes, a power of two (default: the board's, 128 on the "
+                   help="ternary lanes, a power of two (default: the board's, 512 on the "
                         "ULX3S-85F; the iCEBreaker's serial engine has 4, fixed)")
     p.add_argument("--vector-width", type=int, default=None,
                    help="elements per cycle of the normalize/quantize path, a power of two "

@@ -48,12 +48,13 @@ class BoardConfig:
 
 
 BOARD_CONFIGS = {
-    # 25 MHz oscillator -> PLL 36 MHz; FT231X at 3 Mbaud (12 cycles a bit). Vector width 4
-    # (the normalize/quantize path's multipliers: 121 MULT18X18D of 156) and 1.6-bit weight
-    # rows (the default model's weights and buffers in 202 of 208 DP16KD); the routed SoC
-    # makes 40.01 MHz (static placer, router2; docs/boards.md), so 36 MHz, the next clock
-    # down with a whole number of cycles a bit.
-    "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=128, vector_width=4,
+    # 25 MHz oscillator -> PLL 36 MHz; FT231X at 3 Mbaud (12 cycles a bit). 512 lanes, vector
+    # width 4 (the normalize/quantize path's multipliers) and 1.6-bit weight rows (the default
+    # model's weights and buffers in 208 of 208 DP16KD). 512 lanes is the default model's only
+    # size that routes here: 47.91 MHz (seed 1, static placer, router2; docs/boards.md), where
+    # 128 lanes congest and 256 lanes do not fit. 36 MHz is the clock that routed build ran
+    # under; 512 lanes also take fewer cycles a token than 128 (docs/performance.md).
+    "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
                              clock_hz=36_000_000, baud=3_000_000, packing="1.6bit"),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
