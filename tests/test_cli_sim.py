@@ -3,6 +3,7 @@ Verilator behind a TCP byte stream prints exactly what the golden integer model 
 a model that does not fit the chosen board is refused before anything starts."""
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -61,14 +62,19 @@ def test_sim_is_the_default_backend(model_file, capsys):
 
 
 def _simulated_boards():
-    """Running simulated-board processes (their executables are named soc-<board>)."""
+    """Simulated-board processes (their executables are named soc-<board>) that this process
+    started and that still exist, reaped or not. Only this process's children: other pytest
+    workers run simulated boards of their own at the same time."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+            status = (proc / "status").read_text()
         except OSError:
             continue
-        if Path(argv0.decode(errors="replace")).name.startswith("soc-ulx3s-85f"):
+        ppid = int(re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE).group(1))
+        if ppid == os.getpid() and \
+                Path(argv0.decode(errors="replace")).name.startswith("soc-ulx3s-85f"):
             found.append(int(proc.name))
     return found
 
