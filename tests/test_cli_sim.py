@@ -62,9 +62,9 @@ def test_sim_is_the_default_backend(model_file, capsys):
 
 
 def _simulated_boards():
-    """Simulated-board processes (their executables are named soc-<board>) that this process
-    started and that still exist, reaped or not. Only this process's children: other pytest
-    workers run simulated boards of their own at the same time."""
+    """Running simulated-board processes (their executables are named soc-<board>) that this
+    process started. Only this process's children: other pytest workers run simulated boards
+    of their own at the same time."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
