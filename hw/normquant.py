@@ -85,18 +85,31 @@ class NormQuant(wiring.Component):
     context and 4 wide that took the block from 36.4 MHz (``3 B + 72``) to the figure in
     docs/blocks.md.
 
+    With ``sum_in`` the sum of squares comes from outside (the engine accumulates it as it
+    writes the vector, :class:`~mmfree.hw.engine.Engine`) and pass 1 is left out: ``ss`` is
+    taken, without a beat, when the first beat and ``ss_valid`` are both there, and pass 2
+    takes the beats of ``inp`` together with those of ``w``; a vector then takes
+    ``2 B + LATENCY_SUM_IN`` cycles (``2 B + 84``; ``2 B + 60`` with ``quantize = 0``) from
+    its first input transfer (``inp.valid`` with ``ss_valid``) to the cycle after its last
+    output transfer.
+
     Parameters
     ----------
     width : int
         Elements per beat, a power of two from 1 to 64.
     n_max : int
         Longest vector, a positive multiple of ``width``.
+    sum_in : bool
+        Take ``sum(x*x)`` on ``ss`` instead of computing it in a pass of its own.
 
     Members
     -------
     inp : In(stream.Signature(StructLayout({"data": ArrayLayout(signed(32), width), "last": 1})))
     eps : In(unsigned(61)), out_shift : In(unsigned(6))
         As :class:`~mmfree.hw.rmsnorm.RMSNorm`; sampled with the first beat of a vector.
+    ss : In(unsigned(acc_width - 1)), ss_valid : In(1)
+        With ``sum_in``: the vector's ``sum(x*x)``, sampled with ``eps`` when ``ss_valid``
+        is high with the first beat.
     quantize : In(1, init=1)
         Sampled with the first beat: 1 (the default) computes ``q`` (and its reciprocal
         ``Q``); 0 leaves the reciprocal out (``LATENCY - QRECIP_CYCLES`` fixed cycles) and
@@ -107,7 +120,7 @@ class NormQuant(wiring.Component):
         "y": ArrayLayout(signed(32), width), "ymax": unsigned(32), "first": 1, "last": 1})))
     """
 
-    def __init__(self, *, width, n_max):
+    def __init__(self, *, width, n_max, sum_in=False):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1 or \
                 width & (width - 1) or width > 64:
             raise ValueError(f"width must be a power of two from 1 to 64, not {width!r}")
@@ -116,9 +129,12 @@ class NormQuant(wiring.Component):
                              f"not {n_max!r}")
         self._width = width
         self._n_max = n_max
+        self._sum_in = bool(sum_in)
+        members = {"ss": In(unsigned(self.acc_width - 1)), "ss_valid": In(1)} if sum_in else {}
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(32), width), "last": 1}))),
+            **members,
             "eps": In(unsigned(61)),
             "out_shift": In(unsigned(6)),
             "quantize": In(1, init=1),
@@ -131,11 +147,14 @@ class NormQuant(wiring.Component):
 
     #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats.
     LATENCY = 87
+    #: Fixed cycles of a vector with ``sum_in``, beyond its two passes of ``n / width`` beats.
+    LATENCY_SUM_IN = 84
     #: Of which the quantizer's reciprocal ``Q`` (left out with ``quantize = 0``).
     QRECIP_CYCLES = QRECIP_BITS + 1
 
     width = property(lambda self: self._width)
     n_max = property(lambda self: self._n_max)
+    sum_in = property(lambda self: self._sum_in)
 
     @property
     def acc_width(self):
@@ -169,32 +188,40 @@ class NormQuant(wiring.Component):
         squares = []
         sq_v, sum_v = Signal(), Signal()
         beat_sum = Signal(62 + W.bit_length())
-        m.d.comb += [
-            self.inp.ready.eq(state == _State.LOAD),
-            wr.addr.eq(index), wr.data.eq(self.inp.payload.data), wr.en.eq(take),
-        ]
         # stages: 1 the beat registered, 2-3 squares, 4 sum of the beat, then the accumulator
+        # (none of it with sum_in, whose x_v .. sum_v stay 0)
         x_v, pp_v = Signal(), Signal()
-        x_r = [Signal(signed(32), name=f"x{j}") for j in range(W)]
-        m.d.sync += [x_v.eq(take), pp_v.eq(x_v)]
-        for j in range(W):
-            square, partial, final = split_mul(x_r[j], x_r[j], f"sqp{j}")
-            m.d.sync += [x_r[j].eq(self.inp.payload.data[j]), *partial, *final]
-            squares.append(square)
-        leaves = [Signal(len(beat_sum), name=f"sqw{j}") for j in range(W)]
-        for leaf, square in zip(leaves, squares):
-            m.d.comb += leaf.eq(square)
-        total = _tree(m, leaves, lambda l, r: l + r, "sqsum")
-        m.d.sync += [sq_v.eq(pp_v), sum_v.eq(sq_v), beat_sum.eq(total)]
-        with m.If(sum_v):
-            m.d.sync += acc.eq(acc + beat_sum)
-        with m.If(take):
-            m.d.sync += index.eq(index + 1)
-            with m.If(index == 0):
-                m.d.sync += [acc.eq(self.eps), shift_next.eq(self.out_shift),
-                             quant.eq(self.quantize)]
-            with m.If(self.inp.payload.last):
-                m.d.sync += [count.eq(index + 1), index.eq(0), state.eq(_State.SQRT)]
+        if not self._sum_in:
+            m.d.comb += [
+                self.inp.ready.eq(state == _State.LOAD),
+                wr.addr.eq(index), wr.data.eq(self.inp.payload.data), wr.en.eq(take),
+            ]
+            x_r = [Signal(signed(32), name=f"x{j}") for j in range(W)]
+            m.d.sync += [x_v.eq(take), pp_v.eq(x_v)]
+            for j in range(W):
+                square, partial, final = split_mul(x_r[j], x_r[j], f"sqp{j}")
+                m.d.sync += [x_r[j].eq(self.inp.payload.data[j]), *partial, *final]
+                squares.append(square)
+            leaves = [Signal(len(beat_sum), name=f"sqw{j}") for j in range(W)]
+            for leaf, square in zip(leaves, squares):
+                m.d.comb += leaf.eq(square)
+            total = _tree(m, leaves, lambda l, r: l + r, "sqsum")
+            m.d.sync += [sq_v.eq(pp_v), sum_v.eq(sq_v), beat_sum.eq(total)]
+            with m.If(sum_v):
+                m.d.sync += acc.eq(acc + beat_sum)
+        if self._sum_in:
+            # The sum comes in whole: no pass, the first beat waits for pass 2.
+            with m.If((state == _State.LOAD) & self.inp.valid & self.ss_valid):
+                m.d.sync += [acc.eq(self.eps + self.ss), shift_next.eq(self.out_shift),
+                             quant.eq(self.quantize), index.eq(0), state.eq(_State.SQRT)]
+        else:
+            with m.If(take):
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == 0):
+                    m.d.sync += [acc.eq(self.eps), shift_next.eq(self.out_shift),
+                                 quant.eq(self.quantize)]
+                with m.If(self.inp.payload.last):
+                    m.d.sync += [count.eq(index + 1), index.eq(0), state.eq(_State.SQRT)]
 
         # ---- normalization (as RMSNorm) ----
         # sh (from the bit length of the sum) is registered; s2 is taken a cycle after the sum
@@ -236,8 +263,27 @@ class NormQuant(wiring.Component):
         # stages: 1 buffer read (and w); 2 x registered; 3 p = x R; 4-5 t; 6-7 t w; 8-9 y
         # unsaturated; 10 y saturated (written back); 11 |y|; 12 max of the beat; 13 ymax; 14
         # ymax's bit length (for Q and pass 3)
-        issue2 = (state == _State.NORM) & (index != count) & self.w.valid
-        m.d.comb += self.w.ready.eq((state == _State.NORM) & (index != count))
+        if self._sum_in:
+            # The vector's beats come with the weights' (x from inp, not the buffer); its
+            # length is known at its last beat.
+            seen_last = Signal()
+            more = (state == _State.NORM) & ~seen_last
+            issue2 = more & self.w.valid & self.inp.valid
+            m.d.comb += [self.w.ready.eq(more & self.inp.valid),
+                         self.inp.ready.eq(more & self.w.valid)]
+            with m.If(state == _State.SQRT):
+                m.d.sync += seen_last.eq(0)
+            with m.If(issue2 & self.inp.payload.last):
+                m.d.sync += [seen_last.eq(1), count.eq(index + 1)]
+            x1 = Signal(32 * W)
+            m.d.sync += x1.eq(self.inp.payload.data)
+            x_beat = x1
+            pass2_left = ~seen_last
+        else:
+            issue2 = (state == _State.NORM) & (index != count) & self.w.valid
+            m.d.comb += self.w.ready.eq((state == _State.NORM) & (index != count))
+            x_beat = rd.data
+            pass2_left = index != count
         v = [Signal(name=f"n{k}") for k in range(1, 14)]
         a = [Signal(range(beats), name=f"na{k}") for k in range(1, 11)]
         ws = [Signal(data.ArrayLayout(signed(24), W), name=f"nw{k}") for k in range(1, 6)]
@@ -262,7 +308,7 @@ class NormQuant(wiring.Component):
         for j in range(W):
             q7, partial, final = split_mul(t5[j], ws[4][j], f"q7_{j}")
             m.d.sync += [
-                x2[j].eq(rd.data.word_select(j, 32).as_signed()),
+                x2[j].eq(x_beat.word_select(j, 32).as_signed()),
                 p3[j].eq(x2[j] * recip),
                 r4[j].eq((p3[j] << (T_LEFT + 1)) >> half),
                 t5[j].eq(((r4[j] + 1) >> 1)[:32]),
@@ -280,7 +326,7 @@ class NormQuant(wiring.Component):
             m.d.sync += ymax.eq(top)
         with m.If(v[9]):
             m.d.comb += [wr.addr.eq(a[9]), wr.data.eq(Cat(*y10)), wr.en.eq(1)]
-        pass2_done = (state == _State.NORM) & (index == count) & ~Cat(*v).any()
+        pass2_done = (state == _State.NORM) & ~pass2_left & ~Cat(*v).any()
 
         # ---- Q = (127 << (nb + 15)) // ymax ----
         # nb and pass 3's rounding constant and shift, registered (ymax is final a cycle

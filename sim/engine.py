@@ -281,6 +281,50 @@ class EngineImage:
                 lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else \
                     (0, (1 << width) - 1)
                 self._check(f"instruction field {name}", value, lo, hi)
+        self._check_sums()
+
+    @property
+    def norm_sources(self) -> list[int]:
+        """The vmem addresses that a NORM, BITLINEAR or HEAD normalizes: the engine keeps the
+        sum of squares of the last vector written at each (its writer computes it), so its
+        NormQuant reads such a vector once, not twice."""
+        return sorted({instr["src"] for instr in self.program
+                       if instr["op"] in (Op.NORM, Op.BITLINEAR, Op.HEAD)})
+
+    @staticmethod
+    def _written(instr: dict) -> int:
+        """The elements ``instr`` writes at ``dst`` (0: none); a NORM writes whole beats,
+        zeros past the vector's end."""
+        op = instr["op"]
+        if op in (Op.EMBED, Op.NORM, Op.MLGRU_H, Op.MLGRU_O):
+            return instr["n_in"]
+        if op == Op.BITLINEAR:
+            return instr["n_out"] // 2 if instr["glu"] else instr["n_out"]
+        return 0
+
+    def _check_sums(self):
+        """Every vector normalized in a step (with and without the emitting instructions)
+        was written whole at its address by an earlier instruction of the step, and not
+        overwritten since in part: the sum of squares the engine keeps per address (see
+        :attr:`norm_sources`) is then that of the vector read."""
+        sources = set(self.norm_sources)
+        for emit in (True, False):
+            held = {}                             # address -> elements of its sum
+            for instr in self.program:
+                if instr["emit_only"] and not emit:
+                    continue
+                if instr["op"] in (Op.NORM, Op.BITLINEAR, Op.HEAD) and \
+                        held.get(instr["src"]) != instr["n_in"]:
+                    raise AssertionError(f"{Op(instr['op']).name} reads vmem {instr['src']} "
+                                         f"with no sum of squares of its {instr['n_in']} "
+                                         f"elements")
+                n, dst = self._written(instr), instr["dst"]
+                if n:
+                    for base, length in list(held.items()):
+                        if base < dst + self._align(n) and dst < base + self._align(length):
+                            del held[base]
+                    if dst in sources:
+                        held[dst] = n
 
     # -- contents -------------------------------------------------------------------------
 
@@ -380,10 +424,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 10``;
-    - NORM: ``3 B + 68`` (:class:`~mmfree.hw.normquant.NormQuant` without the quantizer's
-      reciprocal: ``3 B + 63``, plus the
-      beat readers and the sequencer);
-    - BITLINEAR: ``3 B + rows * chunks + 102 + tree_latency(lanes) + 2 add`` (``add``: 1 with
+    - NORM: ``2 B + 65`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in``, without
+      the quantizer's reciprocal: ``2 B + 60``, plus the beat readers and the sequencer);
+    - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes) + 2 add`` (``add``: 1 with
       the residual add);
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
@@ -398,9 +441,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op == Op.EMBED:
         return n + 10
     if op == Op.NORM:
-        return 3 * beats + 68
+        return 2 * beats + 65
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 3 * beats + instr["n_out"] * instr["chunks"] + 102 + tree_latency(lanes) + \
+        cycles = 2 * beats + instr["n_out"] * instr["chunks"] + 99 + tree_latency(lanes) + \
             2 * instr["add"]
         if instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)

@@ -128,3 +128,81 @@ def test_normquant_parameters():
         NormQuant(width=128, n_max=128)
     with pytest.raises(ValueError, match="n_max must be a positive multiple of width 8, not 20"):
         NormQuant(width=8, n_max=20)
+
+
+def _run_sum_in(dut, vectors, rng, gaps, quantize=True):
+    """As :func:`_run` for ``sum_in``: ``ss`` with the first beat, then the beats of ``inp``
+    and ``w`` side by side in pass 2."""
+    W = dut.width
+    results = []
+
+    async def bench(ctx):
+        for x, w, eps, shift, *_ in vectors:
+            n, beats = len(x), len(x) // W
+            ctx.set(dut.eps, eps)
+            ctx.set(dut.out_shift, shift)
+            ctx.set(dut.quantize, int(quantize))
+            ctx.set(dut.ss, golden.sum_of_squares(np.asarray(x, dtype=np.int64)))
+            xb = wb = cycles = 0
+            started = False
+            q, y, ymaxes = [], [], set()
+            while len(q) < n:
+                ss_valid = not gaps or rng.random() < 0.5
+                x_valid = xb < beats and (not gaps or rng.random() < 0.7)
+                w_valid = wb < beats and (not gaps or rng.random() < 0.7)
+                if xb < beats:
+                    ctx.set(dut.inp.payload, {"data": [int(v) for v in x[xb * W:(xb + 1) * W]],
+                                              "last": int(xb == beats - 1)})
+                if wb < beats:
+                    ctx.set(dut.w.payload, [int(v) for v in w[wb * W:(wb + 1) * W]])
+                ctx.set(dut.ss_valid, int(ss_valid))
+                ctx.set(dut.inp.valid, int(x_valid))
+                ctx.set(dut.w.valid, int(w_valid))
+                ready = not gaps or rng.random() < 0.6
+                ctx.set(dut.out.ready, int(ready))
+                x_take = x_valid and ctx.get(dut.inp.ready)
+                w_take = w_valid and ctx.get(dut.w.ready)
+                assert x_take == w_take          # pass 2 takes a beat of each together
+                out_valid = ctx.get(dut.out.valid)
+                payload = ctx.get(dut.out.payload)
+                await ctx.tick()
+                started = started or (x_valid and ss_valid)
+                cycles += int(started)
+                xb += int(x_take)
+                wb += int(w_take)
+                if out_valid and ready:
+                    q += list(payload.q)
+                    y += list(payload.y)
+                    ymaxes.add(payload.ymax)
+                    assert payload.first == (len(q) == W)
+                    assert payload.last == (len(q) == n)
+            ctx.set(dut.inp.valid, 0)
+            ctx.set(dut.w.valid, 0)
+            ctx.set(dut.ss_valid, 0)
+            results.append((np.array(q), np.array(y), ymaxes, cycles))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+@pytest.mark.parametrize("width, n", [(1, 7), (4, 16), (8, 200)], ids=["w1-n7", "w4-n16", "w8-n200"])
+@pytest.mark.parametrize("quantize", [True, False], ids=["quantize", "norm"])
+@pytest.mark.parametrize("gaps", [False, True], ids=["full-rate", "gaps"])
+def test_normquant_sum_in(width, n, quantize, gaps):
+    """``sum_in`` (the engine's NormQuant): the sum of squares given on ``ss``, no pass 1;
+    ``y``, ``q`` and ``max |y|`` as the golden model's, ``2 B`` passes plus the fixed latency."""
+    rng = np.random.default_rng(width * 1000 + n + 2)
+    dut = NormQuant(width=width, n_max=n, sum_in=True)
+    vectors = _vectors(rng, n, 10)
+    for (x, w, eps, shift, y, q, ymax), (hq, hy, hmax, cycles) in zip(
+            vectors, _run_sum_in(dut, vectors, rng, gaps, quantize)):
+        np.testing.assert_array_equal(hy, y)
+        if quantize:
+            np.testing.assert_array_equal(hq, q)
+        assert hmax == {ymax}
+        if not gaps:
+            fixed = NormQuant.LATENCY_SUM_IN - (0 if quantize else NormQuant.QRECIP_CYCLES)
+            assert cycles == 2 * (n // width) + fixed, cycles
