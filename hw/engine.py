@@ -478,8 +478,8 @@ class Engine(wiring.Component):
         load_region = self.load.payload.addr[REGION_SHIFT:]
         load_index = self.load.payload.addr[:REGION_SHIFT]
         v_addr = instr.dst + count
-        with m.If((op == Op.NORM) & nq.out.valid):        # a whole beat of y
-            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(nq.out.payload.y),
+        with m.If((op == Op.NORM) & nq.y_out.valid):      # a whole beat of y
+            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(nq.y_out.y),
                          v_wr.en.eq((1 << W) - 1)]
             m.d.sync += count.eq(count + W)
         with m.Elif(result_valid):                          # one element
@@ -495,7 +495,7 @@ class Engine(wiring.Component):
         # 0), 1-2 the squares, 3 the beat's sum, then the address's sum.
         sums = image.norm_sources
         sum_bits = len(nq.ss)
-        beat_write = (op == Op.NORM) & nq.out.valid
+        beat_write = (op == Op.NORM) & nq.y_out.valid
         elem_write = ~beat_write & result_valid
         hits = Cat(*[instr.dst == base for base in sums])
         sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
@@ -511,7 +511,7 @@ class Engine(wiring.Component):
         ]
         squares = []
         for j in range(W):
-            word = nq.out.payload.y[j]
+            word = nq.y_out.y[j]
             m.d.sync += sq_x[j].eq(Mux(beat_write, word, result if j == 0 else 0))
             square, partial, final = split_mul(sq_x[j], sq_x[j], f"sq{j}")
             m.d.sync += [*partial, *final]

@@ -89,9 +89,11 @@ class NormQuant(wiring.Component):
     writes the vector, :class:`~mmfree.hw.engine.Engine`) and pass 1 is left out: ``ss`` is
     taken, without a beat, when the first beat and ``ss_valid`` are both there, and pass 2
     takes the beats of ``inp`` together with those of ``w``; a vector then takes
-    ``2 B + LATENCY_SUM_IN`` cycles (``2 B + 84``; ``2 B + 60`` with ``quantize = 0``) from
-    its first input transfer (``inp.valid`` with ``ss_valid``) to the cycle after its last
-    output transfer.
+    ``2 B + LATENCY_SUM_IN`` (``2 B + 84``) cycles from its first input transfer (``inp.valid``
+    with ``ss_valid``) to the cycle after its last output transfer. With ``quantize = 0`` as
+    well (an RMSNorm alone), ``y`` leaves on ``y_out`` as pass 2 makes it, a beat a cycle
+    that cannot wait (no ``ready``), and nothing on ``out``: ``B + LATENCY_Y_OUT`` cycles to
+    the cycle after the last ``y`` beat; the next vector is taken once pass 2 has drained.
 
     Parameters
     ----------
@@ -110,6 +112,9 @@ class NormQuant(wiring.Component):
     ss : In(unsigned(acc_width - 1)), ss_valid : In(1)
         With ``sum_in``: the vector's ``sum(x*x)``, sampled with ``eps`` when ``ss_valid``
         is high with the first beat.
+    y_out : Out(StructLayout({"valid": 1, "y": ArrayLayout(signed(32), width), "first": 1,
+        "last": 1}))
+        With ``sum_in`` and ``quantize = 0``: the ``y`` beats, as pass 2 makes them.
     quantize : In(1, init=1)
         Sampled with the first beat: 1 (the default) computes ``q`` (and its reciprocal
         ``Q``); 0 leaves the reciprocal out (``LATENCY - QRECIP_CYCLES`` fixed cycles) and
@@ -130,7 +135,11 @@ class NormQuant(wiring.Component):
         self._width = width
         self._n_max = n_max
         self._sum_in = bool(sum_in)
-        members = {"ss": In(unsigned(self.acc_width - 1)), "ss_valid": In(1)} if sum_in else {}
+        members = {
+            "ss": In(unsigned(self.acc_width - 1)), "ss_valid": In(1),
+            "y_out": Out(data.StructLayout({"valid": 1, "y": data.ArrayLayout(signed(32), width),
+                                            "first": 1, "last": 1})),
+        } if sum_in else {}
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(32), width), "last": 1}))),
@@ -149,6 +158,8 @@ class NormQuant(wiring.Component):
     LATENCY = 87
     #: Fixed cycles of a vector with ``sum_in``, beyond its two passes of ``n / width`` beats.
     LATENCY_SUM_IN = 84
+    #: Fixed cycles of a vector with ``sum_in`` and ``quantize = 0``, beyond its one pass.
+    LATENCY_Y_OUT = 48
     #: Of which the quantizer's reciprocal ``Q`` (left out with ``quantize = 0``).
     QRECIP_CYCLES = QRECIP_BITS + 1
 
@@ -326,6 +337,14 @@ class NormQuant(wiring.Component):
             m.d.sync += ymax.eq(top)
         with m.If(v[9]):
             m.d.comb += [wr.addr.eq(a[9]), wr.data.eq(Cat(*y10)), wr.en.eq(1)]
+        if self._sum_in:
+            # An RMSNorm alone (quantize = 0) sends y as pass 2 makes it: no pass 3.
+            m.d.comb += [
+                self.y_out.valid.eq(v[9] & ~quant),
+                self.y_out.y.eq(Cat(*y10)),
+                self.y_out.first.eq(a[9] == 0),
+                self.y_out.last.eq(a[9] == count - 1),
+            ]
         pass2_done = (state == _State.NORM) & ~pass2_left & ~Cat(*v).any()
 
         # ---- Q = (127 << (nb + 15)) // ymax ----
@@ -349,7 +368,8 @@ class NormQuant(wiring.Component):
             m.d.sync += [qrecip.eq(qdiv.out.payload.quotient), q_sent.eq(0), index.eq(0),
                          state.eq(_State.OUTPUT)]
         with m.If(pass2_done & ~quant):                # y alone: no reciprocal
-            m.d.sync += [index.eq(0), state.eq(_State.OUTPUT)]
+            m.d.sync += [index.eq(0),
+                         state.eq(_State.LOAD if self._sum_in else _State.OUTPUT)]
 
         # ---- pass 3: q out (a pipeline that stalls as a whole) ----
         advance = ~self.out.valid | self.out.ready

@@ -424,8 +424,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 10``;
-    - NORM: ``2 B + 65`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in``, without
-      the quantizer's reciprocal: ``2 B + 60``, plus the beat readers and the sequencer);
+    - NORM: ``B + 53`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
+      without the quantizer, ``y`` written as pass 2 makes it: ``B + 48``, plus the beat
+      readers and the sequencer);
     - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes) + 2 add`` (``add``: 1 with
       the residual add);
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
@@ -441,7 +442,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op == Op.EMBED:
         return n + 10
     if op == Op.NORM:
-        return 2 * beats + 65
+        return beats + 53
     if op in (Op.BITLINEAR, Op.HEAD):
         cycles = 2 * beats + instr["n_out"] * instr["chunks"] + 99 + tree_latency(lanes) + \
             2 * instr["add"]
