@@ -160,7 +160,8 @@ class Engine(wiring.Component):
         crow_bits = max(1, (len(image.cmem) // W).bit_length())
         m.submodules.rcw = rcw = VectorReader(shape=unsigned(32 * W), addr_width=crow_bits)
 
-        m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max, sum_in=True)
+        m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
+                                                  sum_in=image.fused_sums)
         groups = image.groups
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
                                                      packing=image.packing, groups=groups)
@@ -478,8 +479,11 @@ class Engine(wiring.Component):
         load_region = self.load.payload.addr[REGION_SHIFT:]
         load_index = self.load.payload.addr[:REGION_SHIFT]
         v_addr = instr.dst + count
-        with m.If((op == Op.NORM) & nq.y_out.valid):      # a whole beat of y
-            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(nq.y_out.y),
+        # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
+        y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
+            (nq.out.valid, nq.out.payload.y)
+        with m.If((op == Op.NORM) & y_valid):              # a whole beat of y
+            m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(y_beat),
                          v_wr.en.eq((1 << W) - 1)]
             m.d.sync += count.eq(count + W)
         with m.Elif(result_valid):                          # one element
@@ -487,46 +491,47 @@ class Engine(wiring.Component):
                          v_wr.en.eq(Const(1, W) << v_addr[:wbits] if W > 1 else 1)]
             m.d.sync += count.eq(count + 1)
 
-        # --- sums of squares of the written vectors --------------------------------------
+        # --- sums of squares of the written vectors (fused_sums) -------------------------
         # Every vector that a NORM, BITLINEAR or HEAD normalizes (its `src`) was written whole
         # by an earlier instruction of the step (EngineImage checks it): the writer squares
         # what it writes to those addresses and keeps one sum per address, so NormQuant needs
         # no pass of its own over the vector. Stages: 0 the written words (an element in word
         # 0), 1-2 the squares, 3 the beat's sum, then the address's sum.
-        sums = image.norm_sources
-        sum_bits = len(nq.ss)
-        beat_write = (op == Op.NORM) & nq.y_out.valid
-        elem_write = ~beat_write & result_valid
-        hits = Cat(*[instr.dst == base for base in sums])
-        sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
-        sq_v = [Signal(name=f"sq_v{k}") for k in range(5)]
-        sq_hit = [Signal(len(sums), name=f"sq_hit{k}") for k in range(4)]
-        sq_first = [Signal(name=f"sq_first{k}") for k in range(4)]
-        m.d.sync += [
-            sq_v[0].eq((beat_write | elem_write) & hits.any()),
-            sq_hit[0].eq(hits), sq_first[0].eq(count == 0),
-            *(sq_v[k].eq(sq_v[k - 1]) for k in range(1, len(sq_v))),
-            *(sq_hit[k].eq(sq_hit[k - 1]) for k in range(1, len(sq_hit))),
-            *(sq_first[k].eq(sq_first[k - 1]) for k in range(1, len(sq_first))),
-        ]
-        squares = []
-        for j in range(W):
-            word = nq.y_out.y[j]
-            m.d.sync += sq_x[j].eq(Mux(beat_write, word, result if j == 0 else 0))
-            square, partial, final = split_mul(sq_x[j], sq_x[j], f"sq{j}")
-            m.d.sync += [*partial, *final]
-            squares.append(square)
-        while len(squares) > 1:                 # a balanced adder tree
-            squares = [a + b for a, b in zip(squares[0::2], squares[1::2])]
-        beat_sq = Signal(sum_bits)
-        m.d.sync += beat_sq.eq(squares[0])
-        ss_regs = [Signal(sum_bits, name=f"ss{k}") for k in range(len(sums))]
-        for k, reg in enumerate(ss_regs):
-            with m.If(sq_v[3] & sq_hit[3][k]):
-                m.d.sync += reg.eq(Mux(sq_first[3], 0, reg) + beat_sq)
-        ss_src = Signal(sum_bits)
-        m.d.sync += ss_src.eq(_select(instr.src, sums, ss_regs))
-        m.d.comb += [nq.ss.eq(ss_src), nq.ss_valid.eq(~Cat(*sq_v).any())]
+        if image.fused_sums:
+            sums = image.norm_sources
+            sum_bits = len(nq.ss)
+            beat_write = (op == Op.NORM) & nq.y_out.valid
+            elem_write = ~beat_write & result_valid
+            hits = Cat(*[instr.dst == base for base in sums])
+            sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
+            sq_v = [Signal(name=f"sq_v{k}") for k in range(5)]
+            sq_hit = [Signal(len(sums), name=f"sq_hit{k}") for k in range(4)]
+            sq_first = [Signal(name=f"sq_first{k}") for k in range(4)]
+            m.d.sync += [
+                sq_v[0].eq((beat_write | elem_write) & hits.any()),
+                sq_hit[0].eq(hits), sq_first[0].eq(count == 0),
+                *(sq_v[k].eq(sq_v[k - 1]) for k in range(1, len(sq_v))),
+                *(sq_hit[k].eq(sq_hit[k - 1]) for k in range(1, len(sq_hit))),
+                *(sq_first[k].eq(sq_first[k - 1]) for k in range(1, len(sq_first))),
+            ]
+            squares = []
+            for j in range(W):
+                word = nq.y_out.y[j]
+                m.d.sync += sq_x[j].eq(Mux(beat_write, word, result if j == 0 else 0))
+                square, partial, final = split_mul(sq_x[j], sq_x[j], f"sq{j}")
+                m.d.sync += [*partial, *final]
+                squares.append(square)
+            while len(squares) > 1:                 # a balanced adder tree
+                squares = [a + b for a, b in zip(squares[0::2], squares[1::2])]
+            beat_sq = Signal(sum_bits)
+            m.d.sync += beat_sq.eq(squares[0])
+            ss_regs = [Signal(sum_bits, name=f"ss{k}") for k in range(len(sums))]
+            for k, reg in enumerate(ss_regs):
+                with m.If(sq_v[3] & sq_hit[3][k]):
+                    m.d.sync += reg.eq(Mux(sq_first[3], 0, reg) + beat_sq)
+            ss_src = Signal(sum_bits)
+            m.d.sync += ss_src.eq(_select(instr.src, sums, ss_regs))
+            m.d.comb += [nq.ss.eq(ss_src), nq.ss_valid.eq(~Cat(*sq_v).any())]
 
         # --- the load port --------------------------------------------------------------
         m.d.comb += self.load.ready.eq(state == _State.IDLE)

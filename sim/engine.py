@@ -104,11 +104,15 @@ class EngineImage:
     ``packing``: how the engine stores the ternary weights (``"2bit"`` or ``"1.6bit"``,
     :mod:`mmfree.sim.packing`); empty: the model's. The weights are the same either way; a
     board whose block RAM is short stores 1.6-bit rows (20% fewer bits).
+    ``fused_sums``: the writer keeps the sum of squares of every vector a norm reads, so
+    NormQuant makes one pass for a NORM and two for a BITLINEAR (docs/engine.md); without it
+    NormQuant makes its own sum in a first pass (three passes; the layout some boards route).
     """
     im: golden.IntModel
     lanes: int
     vector_width: int = 8
     packing: str = ""
+    fused_sums: bool = True
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -281,7 +285,8 @@ class EngineImage:
                 lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else \
                     (0, (1 << width) - 1)
                 self._check(f"instruction field {name}", value, lo, hi)
-        self._check_sums()
+        if self.fused_sums:
+            self._check_sums()
 
     @property
     def norm_sources(self) -> list[int]:
@@ -416,8 +421,8 @@ def tree_latency(lanes: int) -> int:
     return ((lanes.bit_length() - 1) + 1) // 2 + 3
 
 
-def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token: int = 0,
-              sampled: bool = False) -> int:
+def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True, vocab: int = 0,
+              token: int = 0, sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
@@ -426,9 +431,10 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     - EMBED: ``n + 10``;
     - NORM: ``B + 53`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
       without the quantizer, ``y`` written as pass 2 makes it: ``B + 48``, plus the beat
-      readers and the sequencer);
+      readers and the sequencer); ``3 B + 68`` without ``fused`` (the image's ``fused_sums``:
+      NormQuant's own sum of squares in pass 1, ``y`` out in pass 3);
     - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes) + 2 add`` (``add``: 1 with
-      the residual add);
+      the residual add); ``3 B + rows * chunks + 102 + ...`` without ``fused``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
@@ -442,9 +448,10 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, vocab: int = 0, token:
     if op == Op.EMBED:
         return n + 10
     if op == Op.NORM:
-        return beats + 53
+        return beats + 53 if fused else 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
-        cycles = 2 * beats + instr["n_out"] * instr["chunks"] + 99 + tree_latency(lanes) + \
+        front = 2 * beats + 99 if fused else 3 * beats + 102
+        cycles = front + instr["n_out"] * instr["chunks"] + tree_latency(lanes) + \
             2 * instr["add"]
         if instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)
@@ -469,6 +476,7 @@ def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
         if instr["emit_only"] and not emit:
             total += SKIP_CYCLES
         else:
-            total += op_cycles(instr, image.lanes, image.width, vocab=image.im.config.vocab_size,
+            total += op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
+                               vocab=image.im.config.vocab_size,
                                token=token, sampled=sampled)
     return total

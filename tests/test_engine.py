@@ -85,8 +85,8 @@ def test_image_memories_are_the_engines(lanes, width, packing):
     Fragment.get(m, None)
 
 
-def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):
-    image = EngineImage(im, lanes)
+def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True):
+    image = EngineImage(im, lanes, fused_sums=fused)
     dut = Engine(image)
     x0 = golden.sampler_x0(temperature) if temperature else 0
     steps = golden_run(im, prompt, count, x0, seed)
@@ -131,18 +131,22 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0):
         assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
 
 
-@pytest.mark.parametrize("act, lanes, temperature", [
-    ("silu", 4, 0.0), ("gelu", 8, 0.8), ("silu", 64, 0.8),
-], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled"])
-def test_engine_amaranth(act, lanes, temperature):
+@pytest.mark.parametrize("act, lanes, temperature, fused", [
+    ("silu", 4, 0.0, True), ("gelu", 8, 0.8, True), ("silu", 64, 0.8, True),
+    ("silu", 8, 0.8, False),
+], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
+        "silu-l8-sampled-unfused"])
+def test_engine_amaranth(act, lanes, temperature, fused):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
-    grouped: four rows of d a chunk, two of I (down_proj)."""
+    grouped: four rows of d a chunk, two of I (down_proj). ``unfused``: NormQuant makes its
+    own sums of squares (``fused_sums=False``, three passes)."""
     if lanes == 64:
         image = EngineImage(_tiny(act), lanes)
         assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
                 (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
-    _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7)
+    _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7,
+                  fused=fused)
 
 
 # Verilator runs: (id, model spec, lanes, new tokens per run, load-port seed, marks).
@@ -151,30 +155,34 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port).
-    ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit"),
+    # written whole by the load port), NormQuant's own sums of squares (fused_sums off).
+    ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
+     False),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
     # 75 rows end in a chunk of three.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
-    # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit.
+    # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
+    # fused_sums off.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit"),
+     (pytest.mark.slow,), 4, "1.6bit", False),
 ]
 
 
-@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing", [
-    pytest.param(*c[1:5], *(c[6:] or (8, "")), id=c[0], marks=c[5]) for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing):
+@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused", [
+    pytest.param(*c[1:5], *(c[6:] + (8, "", True)[len(c[6:]):]), id=c[0], marks=c[5])
+    for c in COCOTB])
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
-    dut = Engine(EngineImage(im, lanes, width, packing))
+    dut = Engine(EngineImage(im, lanes, width, packing, fused_sums=fused))
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
-           "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing}
+           "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
+           "ENGINE_FUSED": str(int(fused))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

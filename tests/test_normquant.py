@@ -195,7 +195,8 @@ def _run_sum_in(dut, vectors, rng, gaps, quantize=True):
     return results
 
 
-@pytest.mark.parametrize("width, n", [(1, 7), (4, 16), (8, 200)], ids=["w1-n7", "w4-n16", "w8-n200"])
+@pytest.mark.parametrize("width, n", [(1, 7), (4, 16), (8, 200)],
+                         ids=["w1-n7", "w4-n16", "w8-n200"])
 @pytest.mark.parametrize("quantize", [True, False], ids=["quantize", "norm"])
 @pytest.mark.parametrize("gaps", [False, True], ids=["full-rate", "gaps"])
 def test_normquant_sum_in(width, n, quantize, gaps):

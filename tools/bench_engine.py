@@ -32,7 +32,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
     BitLinear and the lm_head) and the rest of each instruction."""
     out = collections.Counter()
     for instr in image.program:
-        cycles = op_cycles(instr, image.lanes, image.width)
+        cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
             rows = instr["n_out"] * instr["chunks"]
             out["ternary rows"] += rows

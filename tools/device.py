@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 class BoardConfig:
     """The SoC a board runs: its decode engine (``"parallel"``, :mod:`mmfree.hw.engine`, with
     its lanes, vector width and weight packing — how the engine stores the ternary weights,
-    whatever the model file's; or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
+    whatever the model file's, and whether its writer keeps the norms' sums of squares
+    (``fused_sums``, docs/engine.md); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
     DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
@@ -41,6 +42,7 @@ class BoardConfig:
     baud: int
     packing: str = "2bit"
     engine: str = "parallel"
+    fused_sums: bool = True
 
     @property
     def divisor(self) -> int:
@@ -54,8 +56,12 @@ BOARD_CONFIGS = {
     # size that routes here: 47.91 MHz (seed 1, static placer, router2; docs/boards.md), where
     # 128 lanes congest and 256 lanes do not fit. 36 MHz is the clock that routed build ran
     # under; 512 lanes also take fewer cycles a token than 128 (docs/performance.md).
+    # fused_sums off: with the writer's sums of squares (18,313 cycles a token, not 21,142)
+    # router2 did not converge at seeds 1-3 and the placer did not finish at seed 4
+    # (docs/boards.md), so the board keeps the layout that routes.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
-                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit"),
+                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
+                             fused_sums=False),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).
@@ -90,7 +96,7 @@ def engine_image(model, board: BoardConfig):
     if ok:
         try:
             image = EngineImage(golden.prepare(model), board.lanes, board.vector_width,
-                                board.packing)
+                                board.packing, fused_sums=board.fused_sums)
         except ValueError as error:
             raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
         ok, detail = fits_image(image, BOARDS[board.name])

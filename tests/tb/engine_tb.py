@@ -152,7 +152,8 @@ class Harness:
 
 def _image(im, lanes):
     return EngineImage(im, lanes, int(os.environ.get("ENGINE_WIDTH", "8")),
-                       os.environ.get("ENGINE_PACKING", ""))
+                       os.environ.get("ENGINE_PACKING", ""),
+                       fused_sums=os.environ.get("ENGINE_FUSED", "1") == "1")
 
 
 def _setup(dut):
