@@ -289,12 +289,12 @@ class NormQuant(wiring.Component):
             x1 = Signal(32 * W)
             m.d.sync += x1.eq(self.inp.payload.data)
             x_beat = x1
-            pass2_left = ~seen_last
+            pass2_end = seen_last
         else:
             issue2 = (state == _State.NORM) & (index != count) & self.w.valid
             m.d.comb += self.w.ready.eq((state == _State.NORM) & (index != count))
             x_beat = rd.data
-            pass2_left = index != count
+            pass2_end = index == count
         v = [Signal(name=f"n{k}") for k in range(1, 14)]
         a = [Signal(range(beats), name=f"na{k}") for k in range(1, 11)]
         ws = [Signal(data.ArrayLayout(signed(24), W), name=f"nw{k}") for k in range(1, 6)]
@@ -345,7 +345,7 @@ class NormQuant(wiring.Component):
                 self.y_out.first.eq(a[9] == 0),
                 self.y_out.last.eq(a[9] == count - 1),
             ]
-        pass2_done = (state == _State.NORM) & ~pass2_left & ~Cat(*v).any()
+        pass2_done = (state == _State.NORM) & pass2_end & ~Cat(*v).any()
 
         # ---- Q = (127 << (nb + 15)) // ymax ----
         # nb and pass 3's rounding constant and shift, registered (ymax is final a cycle
