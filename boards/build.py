@@ -34,7 +34,7 @@ from pathlib import Path
 from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
 
 __all__ = ["BOARD_FAMILIES", "BuildError", "TimingError", "BuildResult", "make_top", "build",
-           "program", "ProgramError", "REPORT_NAME", "last_build_file"]
+           "program", "ProgramError", "REPORT_NAME", "last_build_file", "gateware_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
                              "num_layers": cfg.num_layers,
                              "intermediate_size": cfg.intermediate_size,
                              "hidden_act": cfg.hidden_act, "packing": cfg.packing}},
+        "gateware": gateware_fingerprint(config),
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
@@ -396,6 +397,27 @@ def critical_paths(report: dict) -> list[dict]:
 def _model_hash(image) -> int:
     from mmfree.sim.protocol import model_hash
     return model_hash(image.load_words())
+
+
+#: The packages whose source makes the gateware: the units, the top levels and the engine's
+#: program and memory layout.
+_GATEWARE_PACKAGES = ("hw", "boards", "sim")
+
+
+def gateware_fingerprint(config) -> str:
+    """A digest of what makes a board's gateware besides the model: the source of
+    :data:`_GATEWARE_PACKAGES` and the board's configuration (``config``, a
+    :class:`~mmfree.tools.device.BoardConfig`). The performance report's ``--reuse`` takes an
+    earlier build only with the same digest, so that it never reports the numbers of older
+    gateware as today's."""
+    import hashlib
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(repr(dataclasses.asdict(config)).encode())
+    for package in _GATEWARE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def program(board_name: str, bitstream: str | os.PathLike) -> None:

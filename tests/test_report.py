@@ -135,6 +135,25 @@ def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
                                      intermediate_size=16), seed=2)
     report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True)   # another model
     assert len(calls) == 3
+    assert report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True).status == \
+        "does not fit" and len(calls) == 3
+    # Other gateware (a changed source file or board configuration): built again.
+    monkeypatch.setattr(report, "gateware_fingerprint", lambda config: "0123456789abcdef")
+    report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True)
+    assert len(calls) == 4
+
+
+def test_gateware_fingerprint():
+    """The digest follows the board's configuration (and the gateware's source, which a test
+    cannot change here); it is stable between calls."""
+    import dataclasses
+    from mmfree.tools.device import BOARD_CONFIGS
+    config = BOARD_CONFIGS["ulx3s-85f"]
+    first = board_build.gateware_fingerprint(config)
+    assert first == board_build.gateware_fingerprint(config) and len(first) == 16
+    for change in ({"lanes": 1024}, {"fused_sums": not config.fused_sums},
+                   {"clock_hz": 48_000_000}):
+        assert board_build.gateware_fingerprint(dataclasses.replace(config, **change)) != first
 
 
 def test_route_names_rows(tmp_path, monkeypatch):
