@@ -29,21 +29,19 @@ def split_mul(a, b, name):
     k = len(a) // 2
     a_lo = a[:k]
     a_hi = a[k:].as_signed() if a.shape().signed else a[k:]
-    lo = Signal((a_lo * b).shape(), name=f"{name}_lo", reset_less=True)
-    hi = Signal((a_hi * b).shape(), name=f"{name}_hi", reset_less=True)
-    product = Signal((a * b).shape(), name=name, reset_less=True)
+    lo = Signal((a_lo * b).shape(), name=f"{name}_lo")
+    hi = Signal((a_hi * b).shape(), name=f"{name}_hi")
+    product = Signal((a * b).shape(), name=name)
     return product, [lo.eq(a_lo * b), hi.eq(a_hi * b)], [product.eq((hi << k) + lo)]
 
 
-def carried(m, value, stages, name, *, reset_less=False):
+def carried(m, value, stages, name):
     """``value`` delayed by each of ``stages`` register stages: a list, one signal a stage
     (``[-1]`` is the last). The registers go into ``m.d.sync`` where the caller stands, so
-    under its stall condition, if any. ``reset_less=True`` for data that a valid flag
-    qualifies: such registers need no reset, and leaving them off the reset net spares the
-    router a net of tens of thousands of pins."""
+    under its stall condition, if any."""
     out = []
     for i in range(stages):
-        delayed = Signal.like(value, name=f"{name}{i}", reset_less=reset_less)
+        delayed = Signal.like(value, name=f"{name}{i}")
         m.d.sync += delayed.eq(out[-1] if out else value)
         out.append(delayed)
     return out

@@ -250,9 +250,9 @@ class PipelinedDivider(wiring.Component):
             shifted = Cat(Const(0, i), den)
             take = rem >= shifted
             n_valid = Signal(name=f"s{i}_valid")
-            n_rem = Signal(min(nw, dw + i), name=f"s{i}_rem", reset_less=True)
-            n_den = Signal(dw, name=f"s{i}_den", reset_less=True)
-            n_quo = Signal(qw - i, name=f"s{i}_quo", reset_less=True)
+            n_rem = Signal(min(nw, dw + i), name=f"s{i}_rem")
+            n_den = Signal(dw, name=f"s{i}_den")
+            n_quo = Signal(qw - i, name=f"s{i}_quo")
             with m.If(advance):
                 m.d.sync += [
                     n_valid.eq(valid),
@@ -261,7 +261,7 @@ class PipelinedDivider(wiring.Component):
                     n_quo.eq(Cat(take, quo)),
                 ]
             if tag is not None:
-                n_tag = Signal(self._tag_shape, name=f"s{i}_tag", reset_less=True)
+                n_tag = Signal(self._tag_shape, name=f"s{i}_tag")
                 with m.If(advance):
                     m.d.sync += n_tag.eq(tag)
                 tag = n_tag

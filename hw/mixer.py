@@ -91,22 +91,17 @@ class GateUnit(_Joined):
 
     def _datapath(self, m, advance, p):
         # Signals are named after the stage whose register holds them.
-        # Data registers (the valid flags qualify them) are reset-less.
-        sig1 = Signal(unsigned(F_GATE + 2), reset_less=True)
+        sig1 = Signal(unsigned(F_GATE + 2))
         # 1 - lb and 1 - f as the golden model has them: signed, exact for every input.
-        lb1 = Signal(unsigned(F_GATE + 1), reset_less=True)
-        omlb2 = Signal(signed(F_GATE + 2), reset_less=True)
-        silu1, h1 = Signal(signed(ACT_BITS), reset_less=True), Signal(signed(ACT_BITS),
-                                                                    reset_less=True)
-        f5 = Signal(unsigned(F_GATE + 1), reset_less=True)
-        omf5 = Signal(signed(F_GATE + 2), reset_less=True)
-        c8 = Signal(signed(ACT_BITS + 1), reset_less=True)
-        fh8 = Signal(signed(ACT_BITS + 1), reset_less=True)
+        lb1, omlb2 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
+        silu1, h1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
+        f5, omf5 = Signal(unsigned(F_GATE + 1)), Signal(signed(F_GATE + 2))
+        c8, fh8 = Signal(signed(ACT_BITS + 1)), Signal(signed(ACT_BITS + 1))
         with m.If(advance):
-            sig = carried(m, sig1, 3, "sig_d", reset_less=True)     # sig at stages 2, 3, 4
-            lb = carried(m, lb1, 3, "lb_d", reset_less=True)        # lb at stages 2, 3, 4
-            silu = carried(m, silu1, 4, "silu_d", reset_less=True)  # silu_i at stages 2 .. 5
-            h = carried(m, h1, 4, "h_d", reset_less=True)           # h at stages 2 .. 5
+            sig = carried(m, sig1, 3, "sig_d")               # sig at stages 2, 3, 4
+            lb = carried(m, lb1, 3, "lb_d")                  # lb at stages 2, 3, 4
+            silu = carried(m, silu1, 4, "silu_d")            # silu_i at stages 2 .. 5
+            h = carried(m, h1, 4, "h_d")                     # h at stages 2 .. 5
         lifted4, lifted_a, lifted_b = split_mul(omlb2, sig[0], "lifted")      # stages 3, 4
         f_value = Signal(unsigned(F_GATE + 1))
         m.d.comb += f_value.eq(Mux(self.has_lb,
@@ -139,14 +134,13 @@ class ProductUnit(_Joined):
                          {"shift": In(unsigned(6))})
 
     def _datapath(self, m, advance, p):
-        a1 = Signal(signed(ACT_BITS), reset_less=True)
-        b1 = Signal(signed(ACT_BITS), reset_less=True)
+        a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
         product3, mul_a, mul_b = split_mul(a1, b1, "product")
         # The rounding constant follows shift (held for the vector) a cycle late.
         half = Signal(unsigned(64))
         m.d.sync += half.eq(Const(1, unsigned(64)) << (self.shift - 1).as_unsigned()[:6])
-        sum4 = Signal(signed(2 * ACT_BITS + 1), reset_less=True)
-        shifted5 = Signal(signed(2 * ACT_BITS + 1), reset_less=True)
+        sum4 = Signal(signed(2 * ACT_BITS + 1))
+        shifted5 = Signal(signed(2 * ACT_BITS + 1))
         with m.If(advance):
             m.d.sync += [
                 a1.eq(p["a"]), b1.eq(p["b"]),

@@ -198,7 +198,7 @@ class NormQuant(wiring.Component):
         take = self.inp.valid & self.inp.ready
         squares = []
         sq_v, sum_v = Signal(), Signal()
-        beat_sum = Signal(62 + W.bit_length(), reset_less=True)
+        beat_sum = Signal(62 + W.bit_length())
         # stages: 1 the beat registered, 2-3 squares, 4 sum of the beat, then the accumulator
         # (none of it with sum_in, whose x_v .. sum_v stay 0)
         x_v, pp_v = Signal(), Signal()
@@ -207,7 +207,7 @@ class NormQuant(wiring.Component):
                 self.inp.ready.eq(state == _State.LOAD),
                 wr.addr.eq(index), wr.data.eq(self.inp.payload.data), wr.en.eq(take),
             ]
-            x_r = [Signal(signed(32), name=f"x{j}", reset_less=True) for j in range(W)]
+            x_r = [Signal(signed(32), name=f"x{j}") for j in range(W)]
             m.d.sync += [x_v.eq(take), pp_v.eq(x_v)]
             for j in range(W):
                 square, partial, final = split_mul(x_r[j], x_r[j], f"sqp{j}")
@@ -286,7 +286,7 @@ class NormQuant(wiring.Component):
                 m.d.sync += seen_last.eq(0)
             with m.If(issue2 & self.inp.payload.last):
                 m.d.sync += [seen_last.eq(1), count.eq(index + 1)]
-            x1 = Signal(32 * W, reset_less=True)
+            x1 = Signal(32 * W)
             m.d.sync += x1.eq(self.inp.payload.data)
             x_beat = x1
             pass2_end = seen_last
@@ -296,18 +296,16 @@ class NormQuant(wiring.Component):
             x_beat = rd.data
             pass2_end = index == count
         v = [Signal(name=f"n{k}") for k in range(1, 14)]
-        a = [Signal(range(beats), name=f"na{k}", reset_less=True) for k in range(1, 11)]
-        ws = [Signal(data.ArrayLayout(signed(24), W), name=f"nw{k}", reset_less=True)
-              for k in range(1, 6)]
-        x2 = [Signal(signed(32), name=f"x2_{j}", reset_less=True) for j in range(W)]
-        p3 = [Signal(signed(32 + 18), name=f"p3_{j}", reset_less=True) for j in range(W)]
-        r4 = [Signal(signed(32 + 18 + T_LEFT + 1), name=f"r4_{j}", reset_less=True)
-              for j in range(W)]
-        t5 = [Signal(signed(32), name=f"t5_{j}", reset_less=True) for j in range(W)]
-        r8 = [Signal(signed(32 + 24 + 1), name=f"r8_{j}", reset_less=True) for j in range(W)]
-        y9 = [Signal(signed(32 + 24 + 1), name=f"y9_{j}", reset_less=True) for j in range(W)]
-        y10 = [Signal(signed(32), name=f"y10_{j}", reset_less=True) for j in range(W)]
-        mags = [Signal(32, name=f"mag{j}", reset_less=True) for j in range(W)]
+        a = [Signal(range(beats), name=f"na{k}") for k in range(1, 11)]
+        ws = [Signal(data.ArrayLayout(signed(24), W), name=f"nw{k}") for k in range(1, 6)]
+        x2 = [Signal(signed(32), name=f"x2_{j}") for j in range(W)]
+        p3 = [Signal(signed(32 + 18), name=f"p3_{j}") for j in range(W)]
+        r4 = [Signal(signed(32 + 18 + T_LEFT + 1), name=f"r4_{j}") for j in range(W)]
+        t5 = [Signal(signed(32), name=f"t5_{j}") for j in range(W)]
+        r8 = [Signal(signed(32 + 24 + 1), name=f"r8_{j}") for j in range(W)]
+        y9 = [Signal(signed(32 + 24 + 1), name=f"y9_{j}") for j in range(W)]
+        y10 = [Signal(signed(32), name=f"y10_{j}") for j in range(W)]
+        mags = [Signal(32, name=f"mag{j}") for j in range(W)]
         ymax = Signal(32)
         m.d.sync += [v[0].eq(issue2), a[0].eq(index), ws[0].eq(self.w.payload)]
         for k in range(1, len(v)):
@@ -331,7 +329,7 @@ class NormQuant(wiring.Component):
                 y10[j].eq(Mux(y9[j] > Y_MAX, Y_MAX, Mux(y9[j] < Y_MIN, Y_MIN, y9[j][:32]))),
                 mags[j].eq(abs(y10[j])),
             ]
-        top = Signal(32, reset_less=True)
+        top = Signal(32)
         m.d.sync += top.eq(_tree(m, mags, lambda l, r: Mux(l > r, l, r), "ymax"))
         with m.If(state == _State.SQRT):
             m.d.sync += ymax.eq(0)
@@ -379,16 +377,14 @@ class NormQuant(wiring.Component):
         # stages: 1 buffer read; 2 y, |y|; 3-4 |y| Q; 5-6 e (a rounding shift, as in pass 2);
         # 7 both sides of the correction; out q
         sv = [Signal(name=f"s{k}_v") for k in range(1, 8)]
-        sfl = [Signal(2, name=f"s{k}_fl", reset_less=True) for k in range(1, 8)]
-        ys = [[Signal(signed(32), name=f"qy{k}_{j}", reset_less=True) for j in range(W)]
-              for k in range(2, 8)]
-        mag = [[Signal(32, name=f"qm{k}_{j}", reset_less=True) for j in range(W)]
-               for k in range(2, 7)]
-        r5 = [Signal(32 + 23 - 14, name=f"qr5_{j}", reset_less=True) for j in range(W)]
-        e6 = [Signal(8, name=f"qe6_{j}", reset_less=True) for j in range(W)]
-        e7 = [Signal(8, name=f"qe7_{j}", reset_less=True) for j in range(W)]
-        lhs7 = [Signal(32 + 8, name=f"ql7_{j}", reset_less=True) for j in range(W)]
-        rhs7 = [Signal(32 + 9, name=f"qr7_{j}", reset_less=True) for j in range(W)]
+        sfl = [Signal(2, name=f"s{k}_fl") for k in range(1, 8)]
+        ys = [[Signal(signed(32), name=f"qy{k}_{j}") for j in range(W)] for k in range(2, 8)]
+        mag = [[Signal(32, name=f"qm{k}_{j}") for j in range(W)] for k in range(2, 7)]
+        r5 = [Signal(32 + 23 - 14, name=f"qr5_{j}") for j in range(W)]
+        e6 = [Signal(8, name=f"qe6_{j}") for j in range(W)]
+        e7 = [Signal(8, name=f"qe7_{j}") for j in range(W)]
+        lhs7 = [Signal(32 + 8, name=f"ql7_{j}") for j in range(W)]
+        rhs7 = [Signal(32 + 9, name=f"qr7_{j}") for j in range(W)]
         with m.If(state != _State.NORM):
             m.d.comb += [rd.addr.eq(index), rd.en.eq(advance)]
         with m.Else():

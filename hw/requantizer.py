@@ -85,21 +85,18 @@ class Requantizer(wiring.Component):
         # Stage 5: + the rounding constant. Stage 6: the shift. Stage 7: saturation.
         length = bit_length(m, p.ymax, "ymax_len")
         lo, hi = -(1 << (ob - 1)), (1 << (ob - 1)) - 1
-        # Data registers (the valid flags qualify them) are reset-less.
-        s1 = Signal(range(10), reset_less=True)
-        ymax1, k1 = Signal(32, reset_less=True), Signal(6, reset_less=True)
-        acc = [Signal(signed(aw), name=f"acc{i}", reset_less=True) for i in range(1, 4)]
-        m_ = [Signal(15, name=f"m{i}", reset_less=True) for i in range(1, 3)]
-        sh = [Signal(6, name=f"sh{i}", reset_less=True) for i in range(2, 6)]
-        ys2 = Signal(33, reset_less=True)
-        t3 = Signal(39, reset_less=True)
-        prod4 = Signal(signed(aw + 40), reset_less=True)
+        s1, ymax1, k1 = Signal(range(10)), Signal(32), Signal(6)
+        acc = [Signal(signed(aw), name=f"acc{i}") for i in range(1, 4)]
+        m_ = [Signal(15, name=f"m{i}") for i in range(1, 3)]
+        sh = [Signal(6, name=f"sh{i}") for i in range(2, 6)]
+        ys2 = Signal(33)
+        t3 = Signal(39)
+        prod4 = Signal(signed(aw + 40))
         half = Const(1, 1) << sh[2] >> 1
-        # exact: the constant reaches 2**62
-        sum5 = Signal((prod4 + half).shape(), reset_less=True)
-        r6 = Signal.like(sum5, reset_less=True)
-        flags = [(Signal(name=f"v{i}"), Signal(name=f"f{i}", reset_less=True),
-                  Signal(name=f"l{i}", reset_less=True)) for i in range(1, 7)]
+        sum5 = Signal((prod4 + half).shape())      # exact: the constant reaches 2**62
+        r6 = Signal.like(sum5)
+        flags = [(Signal(name=f"v{i}"), Signal(name=f"f{i}"), Signal(name=f"l{i}"))
+                 for i in range(1, 7)]
         with m.If(advance):
             m.d.sync += [
                 s1.eq(Mux(length > 23, length - 23, 0)), ymax1.eq(p.ymax), k1.eq(p.k),

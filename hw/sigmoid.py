@@ -134,22 +134,21 @@ class ExpCore(wiring.Component):
         shift_max = self._k + (1 << FRAC_WIDTH) - 1 - EXP_FRAC
 
         # 1: |x| registered; the rounding shift s = k + frac - 16 (>= 1) and s - 1.
-        mag1 = Signal(_MAG_WIDTH, reset_less=True)
-        s1 = Signal(range(shift_max + 1), reset_less=True)
-        sm1 = Signal(range(shift_max), reset_less=True)
+        mag1 = Signal(_MAG_WIDTH)
+        s1 = Signal(range(shift_max + 1))
+        sm1 = Signal(range(shift_max))
         # 2-3: mag * m, in two halves (split_mul).
         prod3, prod_partial, prod_final = split_mul(mag1, Const(self._m, _MANT_WIDTH), "prod")
         # 4: add the rounding half, 2**(s - 1).
-        sum4 = Signal(_MAG_WIDTH + _MANT_WIDTH + 1, reset_less=True)
+        sum4 = Signal(_MAG_WIDTH + _MANT_WIDTH + 1)
         # 5: p = min(sum >> s, 20 << 16).
-        p5 = Signal(range(_P_MAX + 1), reset_less=True)
+        p5 = Signal(range(_P_MAX + 1))
         # 6: table reads (in the memories' read registers); q = p >> 16 alongside.
         # 7: the table outputs registered. 8-9: EXP_HI * EXP_LO, in two halves.
-        hi7 = Signal(_TABLE_WIDTH, reset_less=True)
-        lo7 = Signal(_TABLE_WIDTH, reset_less=True)
+        hi7, lo7 = Signal(_TABLE_WIDTH), Signal(_TABLE_WIDTH)
         prod8, tab_partial, tab_final = split_mul(hi7, lo7, "tab")
         # 10: t = shift_round(prod, 20); e = (t << 20) >> q.
-        e9 = Signal(_E_WIDTH, reset_less=True)
+        e9 = Signal(_E_WIDTH)
 
         t = Signal(_TABLE_WIDTH)
         m.d.comb += [
@@ -158,9 +157,9 @@ class ExpCore(wiring.Component):
             lo_rd.addr.eq(p5[:8]),
         ]
         with m.If(en):
-            sh = carried(m, s1, 3, "sh", reset_less=True)          # s at stages 2, 3, 4
-            shm = carried(m, sm1, 2, "shm", reset_less=True)       # s - 1 at stages 2, 3
-            q = carried(m, p5[EXP_FRAC:], 4, "q", reset_less=True)  # q at stages 6, 7, 8, 9
+            sh = carried(m, s1, 3, "sh")          # s at stages 2, 3, 4
+            shm = carried(m, sm1, 2, "shm")       # s - 1 at stages 2, 3
+            q = carried(m, p5[EXP_FRAC:], 4, "q")  # q at stages 6, 7, 8, 9
             p_full = sum4 >> sh[2]
             m.d.sync += [
                 valid[0].eq(self.inp.valid),
@@ -182,7 +181,7 @@ class ExpCore(wiring.Component):
 
         if self._tag_shape is not None:
             with m.If(en):
-                tags = carried(m, inp.tag, self.LATENCY, "tag", reset_less=True)
+                tags = carried(m, inp.tag, self.LATENCY, "tag")
             m.d.comb += self.out.payload.tag.eq(tags[-1])
         return m
 
@@ -209,9 +208,8 @@ class _GateProduct(wiring.Component):
             self.inp.ready.eq(en),
         ]
         lo, hi = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
-        valid1, valid2 = Signal(), Signal()
-        first1, last1, first2, last2 = (Signal(name=n, reset_less=True)
-                                        for n in ("first1", "last1", "first2", "last2"))
+        valid1, first1, last1 = Signal(), Signal(), Signal()
+        valid2, first2, last2 = Signal(), Signal(), Signal()
         prod2, partial, final = split_mul(self.inp.payload.x, self.inp.payload.sig, "prod")
         rounded = Signal(signed(ACT_BITS + 3))
         m.d.comb += rounded.eq((prod2 + (1 << (F_GATE - 1))) >> F_GATE)
@@ -312,10 +310,8 @@ class Sigmoid(wiring.Component):
         # and the vector's frac into the exp core. The register stalls with the exp core.
         x_in = self.inp.payload.data
         frac_held = Signal(FRAC_WIDTH)
-        in_valid = Signal()
-        in_first, in_last = Signal(reset_less=True), Signal(reset_less=True)
-        x = Signal(signed(ACT_BITS), reset_less=True)
-        in_frac = Signal(FRAC_WIDTH, reset_less=True)
+        in_valid, in_first, in_last = Signal(), Signal(), Signal()
+        x, in_frac = Signal(signed(ACT_BITS)), Signal(FRAC_WIDTH)
         in_en = Signal()
         m.d.comb += [in_en.eq(~in_valid | exp.inp.ready), self.inp.ready.eq(in_en)]
         with m.If(in_en):

@@ -43,7 +43,7 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        held = Signal(self._shape, reset_less=True)
+        held = Signal(self._shape)
         full = Signal()
         m.d.comb += [
             self.inp.ready.eq(~full),

@@ -188,7 +188,7 @@ class TernaryAccumulate(wiring.Component):
         m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - deliver)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine).
-        chunk = Signal.like(self.inp.payload, name="chunk", reset_less=True)
+        chunk = Signal.like(self.inp.payload, name="chunk")
         chunk_valid = Signal(name="chunk_valid")
         m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
         # What travels with a chunk down the tree: its last flag, group and rows.
@@ -205,18 +205,18 @@ class TernaryAccumulate(wiring.Component):
         for j in range(self.lanes):
             q = chunk.q[j]
             if j % seg_min == seg_min - 1:
-                term = Signal(signed(9), name=f"term{j}", reset_less=True)
+                term = Signal(signed(9), name=f"term{j}")
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
                 carry = None
             else:
-                term = Signal(signed(8), name=f"term{j}", reset_less=True)
+                term = Signal(signed(8), name=f"term{j}")
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], ~q, 0)))
-                carry = Signal(name=f"neg{j}", reset_less=True)
+                carry = Signal(name=f"neg{j}")
                 m.d.sync += carry.eq(decoder.neg[j])
             values.append(term)
             carries.append(carry)
         valid = Signal(name="valid0")
-        ctrl = Signal(ctrl_layout, name="ctrl0", reset_less=True)
+        ctrl = Signal(ctrl_layout, name="ctrl0")
         m.d.sync += [valid.eq(chunk_valid), ctrl.last.eq(chunk.last)]
         if self._groups:
             m.d.sync += [ctrl.group.eq(chunk.group), ctrl.rows.eq(chunk.rows)]
@@ -233,13 +233,13 @@ class TernaryAccumulate(wiring.Component):
             domain = m.d.sync if registered else m.d.comb
             sums, passed = [], []
             for k in range(len(values) // 2):
-                s = Signal(signed(width), name=f"sum{level}_{k}", reset_less=True)
+                s = Signal(signed(width), name=f"sum{level}_{k}")
                 carry = carries[2 * k]
                 domain += s.eq(values[2 * k] + values[2 * k + 1] + (0 if carry is None else carry))
                 sums.append(s)
                 carry = carries[2 * k + 1]
                 if carry is not None and registered:
-                    carry_next = Signal(name=f"neg{level}_{k}", reset_less=True)
+                    carry_next = Signal(name=f"neg{level}_{k}")
                     m.d.sync += carry_next.eq(carry)
                     carry = carry_next
                 passed.append(carry)
@@ -247,19 +247,19 @@ class TernaryAccumulate(wiring.Component):
             if registered:
                 stage += 1
                 valid_next = Signal(name=f"valid{level}")
-                ctrl_next = Signal(ctrl_layout, name=f"ctrl{level}", reset_less=True)
+                ctrl_next = Signal(ctrl_layout, name=f"ctrl{level}")
                 m.d.sync += [valid_next.eq(valid), ctrl_next.eq(ctrl)]
                 valid, ctrl = valid_next, ctrl_next
             if levels - level in self._groups:
                 taps[levels - level] = (values, stage)
         final = stage
         for g, (sums, stage) in taps.items():
-            taps[g] = [carried(m, s, final - stage, f"tap{g}_{k}_", reset_less=True)[-1]
+            taps[g] = [carried(m, s, final - stage, f"tap{g}_{k}_")[-1]
                        if final > stage else s for k, s in enumerate(sums)]
 
         # Row accumulator; the total of a row goes into the result FIFO with its last chunk.
         first = Signal(init=1)
-        acc = Signal(signed(self.acc_bits), reset_less=True)
+        acc = Signal(signed(self.acc_bits))
         total = Signal(signed(self.acc_bits))
         m.d.comb += total.eq(Mux(first, 0, acc) + values[0])
         done = ctrl.last | (ctrl.group != 0)
