@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 from ..sim import golden
-from ..sim.engine import tmem_slices
 from ..sim.model import ModelConfig
 from ..sim.packing import packed_row_bytes
 
@@ -170,10 +169,6 @@ def soc_blocks(image, family: str = "ecp5") -> dict[str, int]:
     for name, (width, depth, ports, grain) in soc_memories(image).items():
         if name == "exp tables":
             blocks[name] = (depth // 256) * ram_blocks(width, 256, family=family)
-        elif name == "tmem":
-            # one memory per slice of the row (hw/engine.py, sim/engine.py: tmem_slices)
-            blocks[name] = sum(ram_blocks(high - low, depth, family=family)
-                               for low, high in tmem_slices(width))
         else:
             blocks[name] = ram_blocks(width, depth, granularity=grain, copies=ports,
                                       family=family)

@@ -17,7 +17,7 @@ from mmfree.hw.skid import SkidBuffer
 from mmfree.hw.ternary import TernaryAccumulate
 from mmfree.hw.vector_reader import VectorReader
 from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION, REGION_SHIFT, EngineImage,
-                               Op, tmem_slices)
+                               Op)
 from mmfree.sim.golden import ACT_BITS, LOGIT_BITS, NORM_W_BITS, SAMPLER_N
 from mmfree.hw.shiftmax import x0_shape
 
@@ -138,13 +138,8 @@ class Engine(wiring.Component):
                                           init=image.cmem_rows())
         m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
                                         init=image.emb)
-        # tmem in slices of whole block-RAM columns, a memory each (sim/engine.py, tmem_slices)
-        tmems = []
-        for k, (low, high) in enumerate(tmem_slices(image.chunk_bits)):
-            mask = (1 << (high - low)) - 1
-            tmems.append(Memory(shape=unsigned(high - low), depth=len(image.tmem),
-                                init=[(row >> low) & mask for row in image.tmem]))
-            m.submodules[f"tmem{k}"] = tmems[-1]
+        m.submodules.tmem = tmem = Memory(shape=unsigned(image.chunk_bits), depth=len(image.tmem),
+                                          init=image.tmem)
         m.submodules.vmem = vmem = Memory(shape=unsigned(32 * W), depth=image.vmem_depth // W,
                                           init=[])
         q_depth = -(-image.n_max // lanes)
@@ -303,7 +298,7 @@ class Engine(wiring.Component):
         rows_total = Signal(32)
         issue = Signal(32)            # chunks issued
         chunk = Signal(16)
-        t_rds = [tmem.read_port() for tmem in tmems]
+        t_rd = tmem.read_port()
         q_rd = qbuf.read_port()
         t_valid = Signal()
         t_last = Signal()
@@ -312,11 +307,10 @@ class Engine(wiring.Component):
         t_rows = Signal(range(tern.max_rows))
         advance = ~t_valid | tern.inp.ready
         m.d.comb += [
-            *(t_rd.addr.eq(t_addr) for t_rd in t_rds),
-            *(t_rd.en.eq(advance) for t_rd in t_rds),
+            t_rd.addr.eq(t_addr), t_rd.en.eq(advance),
             q_rd.addr.eq(chunk), q_rd.en.eq(advance),
             tern.inp.valid.eq(t_valid),
-            tern.inp.payload.w.eq(Cat(*(t_rd.data for t_rd in t_rds))[:tern.w_bits]),
+            tern.inp.payload.w.eq(t_rd.data[:tern.w_bits]),
             tern.inp.payload.q.eq(q_rd.data),
             tern.inp.payload.last.eq(t_last),
         ]
@@ -570,14 +564,12 @@ class Engine(wiring.Component):
         for k in range(t_words - 1):
             with m.If(t_hit & (t_sub == k)):
                 m.d.sync += t_stage.word_select(k, 32).eq(self.load.payload.data)
-        t_row = Cat(t_stage[:32 * (t_words - 1)], self.load.payload.data)
-        for tmem, (low, high) in zip(tmems, tmem_slices(image.chunk_bits)):
-            t_wr = tmem.write_port()
-            m.d.comb += [
-                t_wr.addr.eq(load_index >> t_sub_bits),
-                t_wr.data.eq(t_row[low:high]),
-                t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
-            ]
+        t_wr = tmem.write_port()
+        m.d.comb += [
+            t_wr.addr.eq(load_index >> t_sub_bits),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], self.load.payload.data)),
+            t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
+        ]
 
         if self._debug:
             peek = vmem.read_port()

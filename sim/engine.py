@@ -35,20 +35,7 @@ from mmfree.sim import golden
 from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
 __all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
-           "step_cycles", "TMEM_SLICE_BITS", "tmem_slices"]
-
-#: The weight memory is built as slices of this many bits of a row (whole 36-bit columns of
-#: ECP5 block RAM), each a memory of its own: each slice's read multiplexer over its rows of
-#: blocks has its own registered select, next to its blocks, instead of one select net driving
-#: every column's multiplexer across the device (two such nets of 1,648 loads each were the
-#: most congested nets of the 512-lane ULX3S-85F SoC, docs/boards.md).
-TMEM_SLICE_BITS = 144
-
-
-def tmem_slices(chunk_bits: int) -> list[tuple[int, int]]:
-    """The ``(low, high)`` bit ranges of a ``chunk_bits`` tmem row's slices."""
-    return [(low, min(low + TMEM_SLICE_BITS, chunk_bits))
-            for low in range(0, chunk_bits, TMEM_SLICE_BITS)]
+           "step_cycles"]
 
 
 class Op(enum.IntEnum):
