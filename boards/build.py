@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -410,7 +411,6 @@ def gateware_fingerprint(config) -> str:
     :class:`~mmfree.tools.device.BoardConfig`). The performance report's ``--reuse`` takes an
     earlier build only with the same digest, so that it never reports the numbers of older
     gateware as today's."""
-    import hashlib
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256(repr(dataclasses.asdict(config)).encode())
     for package in _GATEWARE_PACKAGES:
