@@ -66,7 +66,10 @@ class BoardTop(Elaboratable):
         holding = Signal(init=1)
         m.d.por += holding.eq(hold != RESET_HOLD_CYCLES)
         m.d.comb += cd_sync.rst.eq(holding)
-        platform.add_clock_constraint(clk, self._soc.identity.clock_hz)
+        # No constraint on `clk` itself: synthesis merges it into the domain's clock net, so
+        # nextpnr found no net of that name and ignored it. It constrains the clock anyway:
+        # from the PLL (its input pin's frequency and dividers) or, with no PLL, from the
+        # oscillator's pin, which the board's platform constrains.
 
         m.submodules.soc = soc = self._soc
         uart = platform.request("uart", 0, dir="-")

@@ -64,11 +64,12 @@ def test_pll_refuses_what_it_cannot_make():
 # --- top levels: Amaranth's build plan, no tools --------------------------------------------
 
 PINS = {
-    # board: (PLL primitive or None, the SoC clock's constraint, {port: pin})
-    "ulx3s-85f": ("EHXPLLL", 'FREQUENCY NET "pll_clkos" 36000000.0 HZ;',
+    # board: (PLL primitive or None, the oscillator's constraint, {port: pin}). The engine
+    # clock has none of its own: nextpnr derives it from the PLL (or it is the oscillator).
+    "ulx3s-85f": ("EHXPLLL", 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ;',
                   {"clk25_0__io": "G2", "uart_0__rx__io": "M1", "uart_0__tx__io": "L4",
                    "led_0__io": "B2", "led_1__io": "C2", "led_2__io": "C1", "led_3__io": "D2"}),
-    "icebreaker": (None, "set_frequency clk12.i 12.0",     # the oscillator
+    "icebreaker": (None, "set_frequency clk12_0__io 12.0",     # the oscillator
                    {"clk12_0__io": "35", "uart_0__rx__io": "6", "uart_0__tx__io": "9",
                     "led_g_0__io": "37", "led_2__io": "26", "led_3__io": "27",
                     "led_r_0__io": "11"}),
@@ -96,6 +97,10 @@ def test_top_prepares_with_clock_and_pins(board, tiny_model):
             else f"set_io {port} {pin}"
         assert line in constraints, f"{board}: {port} not on {pin}:\n{constraints}"
     assert constraint in constraints, constraints
+    # One clock constraint, the oscillator's: one on the engine clock named a net that
+    # synthesis merged away, and nextpnr ignored it with a warning.
+    frequency = "FREQUENCY " if board == "ulx3s-85f" else "set_frequency "
+    assert constraints.count(frequency) == 1, constraints
     assert constraints.count("LOCATE COMP" if board == "ulx3s-85f" else "set_io") == len(pins)
     assert top.soc.identity.clock_hz == config.clock_hz
     assert image.lanes == (serial.DOT_LANES if config.engine == "serial" else 8)
@@ -296,6 +301,11 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert worst["start"] and worst["end"] and worst["logic_cells"] > 0, worst
     assert 1000 / worst["delay_ns"] < 1.25 * result.min_fmax_mhz, (worst, result.min_fmax_mhz)
     assert "Yosys" in report["tools"]["yosys"], report["tools"]
+    # nextpnr timed the engine clock at the board's frequency: derived from the PLL, and no
+    # constraint of ours named a net it could not find.
+    log = (result.report.parent / "top.tim").read_text()
+    assert "ignoring clock constraint" not in log, log[:2000]
+    assert f"Derived frequency constraint of {clock_mhz:.1f} MHz for net" in log, log[:4000]
 
     # The performance report's row of this build: the schedule's cycles against the Fmax.
     from mmfree.sim import golden
@@ -337,3 +347,8 @@ def test_icebreaker_build_meets_timing(tmp_path, record_property):
     assert used["used"] <= used["available"] == 5280, used
     assert report["utilization"]["ICESTORM_SPRAM"]["used"] == 4
     assert (out / "top.bin").stat().st_size > 100_000
+    # The engine runs on the 12 MHz oscillator: nextpnr timed it at that, and no constraint
+    # of ours named a net it could not find.
+    log = (out / "top.tim").read_text()
+    assert "ignoring clock constraint" not in log, log[:2000]
+    assert "constraining clock net 'clk12_0__io' to 12.00 MHz" in log, log[:2000]
