@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
 
@@ -47,7 +48,18 @@ PLACERS = ("heap", "static")
 # route when HeAP packs it into part of the device (router2 stays at about 25,000 overused
 # wires); the static placer spreads it over the whole device and router2 then converges
 # (docs/boards.md).
-DEFAULT_PNR = {"ulx3s-85f": ("static", "router2"), "icebreaker": ("heap", "router1")}
+# ``timing_driven``: nextpnr's timing-driven placement and routing (``--no-tmdriv`` turns both
+# off: wirelength alone then decides, which can route a congested netlist that timing-driven
+# routing stalls on).
+class PnrDefaults(NamedTuple):
+    placer: str
+    router: str
+    seed: int = 1
+    timing_driven: bool = True
+
+
+DEFAULT_PNR = {"ulx3s-85f": PnrDefaults("static", "router2"),
+               "icebreaker": PnrDefaults("heap", "router1")}
 # Written to the report even when unused: LUT sites, flip-flops, block RAM, multipliers.
 _MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
               "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
@@ -247,8 +259,9 @@ def _over_capacity(log: Path) -> str:
 
 def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
-          program: bool = False, allow_timing_fail: bool = False, seed: int = 1,
-          router: str | None = None, placer: str | None = None, force: bool = False,
+          program: bool = False, allow_timing_fail: bool = False, seed: int | None = None,
+          router: str | None = None, placer: str | None = None,
+          timing_driven: bool | None = None, force: bool = False,
           model_path: str | None = None,
           command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
@@ -258,15 +271,19 @@ def build(board_name: str, model, *, lanes: int | None = None,
     failed, or ``out_dir`` is not ours to write) and :class:`TimingError` (Fmax below the
     engine clock and not ``allow_timing_fail``; the bitstream and report are written first).
     With ``program``, the bitstream is then loaded with :func:`program`. ``placer`` and
-    ``router`` are nextpnr's (``heap`` or ``static``, ``router1`` or ``router2``); by default
-    the board's (:data:`DEFAULT_PNR`: the static placer and router2 for the congested
+    ``router`` are nextpnr's (``heap`` or ``static``, ``router1`` or ``router2``), ``seed`` its
+    placement seed and ``timing_driven`` whether it places and routes for timing; each by
+    default the board's (:data:`DEFAULT_PNR`: the static placer and router2 for the congested
     default-model ULX3S SoC, docs/boards.md). ``place_only``: stop after
     placement (see the module's docstring); no :class:`TimingError` then, the estimate is
     reported as it is.
     """
     _check_board(board_name)
-    placer = DEFAULT_PNR[board_name][0] if placer is None else placer
-    router = DEFAULT_PNR[board_name][1] if router is None else router
+    defaults = DEFAULT_PNR[board_name]
+    placer = defaults.placer if placer is None else placer
+    router = defaults.router if router is None else router
+    seed = defaults.seed if seed is None else seed
+    timing_driven = defaults.timing_driven if timing_driven is None else timing_driven
     if router not in ROUTERS:
         raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
     if placer not in PLACERS:
@@ -285,7 +302,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
 
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed),
                     "--placer", placer, "--router", router] + \
-        (["--no-route"] if place_only else [])
+        ([] if timing_driven else ["--no-tmdriv"]) + (["--no-route"] if place_only else [])
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
@@ -337,7 +354,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
-        "placer": placer, "router": router, "routed": not place_only,
+        "placer": placer, "router": router, "timing_driven": timing_driven,
+        "routed": not place_only,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),

@@ -245,12 +245,45 @@ def test_tools_are_stopped_when_the_design_is_over_the_device(tmp_path):
     assert (result.returncode, result.stdout) == (3, "done\n")
 
 
+@pytest.mark.parametrize("board, options, expected", [
+    ("ulx3s-85f", {}, None),
+    ("ulx3s-85f", {"seed": 7, "timing_driven": False, "placer": "heap"},
+     "--seed 7 --placer heap --router router2 --no-tmdriv"),
+    ("ulx3s-85f", {"timing_driven": True, "router": "router1"}, "--router router1 --log"),
+    ("icebreaker", {}, "--seed 1 --placer heap --router router1 --log"),
+])
+def test_build_passes_nextpnr_options(board, options, expected, tmp_path, tiny_model,
+                                      monkeypatch):
+    """The placer, router, seed and timing-driven switch reach nextpnr's command line in the
+    build script, each the board's (DEFAULT_PNR) unless given. The tools are not run: the
+    script is read and a failed run reported."""
+    defaults = board_build.DEFAULT_PNR[board]
+    if expected is None:
+        expected = (f"--seed {defaults.seed} --placer {defaults.placer} --router "
+                    f"{defaults.router}{'' if defaults.timing_driven else ' --no-tmdriv'} --log")
+    scripts = []
+
+    def run_tools(cmd, cwd, env, log, **kwargs):
+        scripts.append((Path(cwd) / f"build_{board_build.TOP_NAME}.sh").read_text())
+        return subprocess.CompletedProcess(cmd, 1, "", "nextpnr: stopped here\n")
+
+    monkeypatch.setattr(board_build, "_run_tools", run_tools)
+    lanes, width = (8, 1) if board == "ulx3s-85f" else (None, None)
+    with pytest.raises(board_build.BuildError, match="stopped here"):
+        board_build.build(board, tiny_model, lanes=lanes, vector_width=width,
+                          out_dir=tmp_path / "b", **options)
+    (script,) = scripts
+    assert expected in script, script
+    assert ("--no-tmdriv" in script) == ("--no-tmdriv" in expected), script
+
+
 def test_build_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
-                     "nextpnr placement seed (default: 1)", "--allow-timing-fail",
+                     "nextpnr placement seed (default: the board's", "--tmdriv, --no-tmdriv",
+                     "--allow-timing-fail",
                      "--router {router1,router2}", "--placer {heap,static}",
                      "512 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:
         assert expected in text, f"{expected!r} not in --help"
@@ -301,6 +334,9 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert worst["start"] and worst["end"] and worst["logic_cells"] > 0, worst
     assert 1000 / worst["delay_ns"] < 1.25 * result.min_fmax_mhz, (worst, result.min_fmax_mhz)
     assert "Yosys" in report["tools"]["yosys"], report["tools"]
+    defaults = board_build.DEFAULT_PNR["ulx3s-85f"]
+    assert (report["seed"], report["placer"], report["router"], report["timing_driven"]) == \
+        tuple(defaults), report
     # nextpnr timed the engine clock at the board's frequency: derived from the PLL, and no
     # constraint of ours named a net it could not find.
     log = (result.report.parent / "top.tim").read_text()

@@ -375,7 +375,7 @@ def cmd_build(args) -> int:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
                        program=args.program, allow_timing_fail=args.allow_timing_fail,
                        seed=args.seed, router=args.router, placer=args.placer,
-                       force=args.force, model_path=model_path,
+                       timing_driven=args.tmdriv, force=args.force, model_path=model_path,
                        command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
@@ -539,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "MULT18X18D; the iCEBreaker's serial engine has none: 1, fixed)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placement seed (default: the board's, 1)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help="nextpnr's placer (default: the board's, static on the ULX3S-85F, "
                         "whose default-model SoC does not route when HeAP places it; heap on "
@@ -547,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", choices=("router1", "router2"), default=None,
                    help="nextpnr's router (default: the board's, router2 on the ULX3S-85F, "
                         "router1 on the iCEBreaker)")
+    p.add_argument("--tmdriv", action=argparse.BooleanOptionalAction, default=None,
+                   help="nextpnr's timing-driven placement and routing (default: the board's, "
+                        "on); --no-tmdriv places and routes for wirelength alone, which can "
+                        "route a congested netlist that timing-driven routing stalls on")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",
@@ -594,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read back an earlier build of the same model, lanes and routing "
                         "in --work instead of building again")
     p.add_argument("--jobs", type=int, default=1, help="builds at a time (one core each)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placement seed (default: each board's, as `mmfree build`)")
     p.add_argument("--render-only", action="store_true",
                    help="redraw performance.md and performance.png from --out's "
                         "performance.json, without building")

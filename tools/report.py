@@ -204,7 +204,7 @@ def row_from_report(model, report: dict) -> Row:
 
 
 def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
-            reuse: bool = False, seed: int = 1, model_path: str | None = None,
+            reuse: bool = False, seed: int | None = None, model_path: str | None = None,
             command: list[str] | None = None) -> Row:
     """The row of ``board`` at ``lanes``: refused by the block-RAM check, or built in
     ``work/BOARD-lLANES`` (with ``reuse``, an earlier build there of the same model, lanes,
