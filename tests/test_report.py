@@ -112,7 +112,7 @@ def test_place_only_cannot_program(tmp_path):
 def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
     """A build that fails (here: refused by nextpnr as too large, raised in place of running
     the tools) leaves its row in the build directory; ``--reuse`` reads it back, a rebuild
-    replaces it."""
+    replaces it; another model, gateware or nextpnr seed is built again."""
     from mmfree.sim.model import ModelConfig, random_model
     model = random_model(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1,
                                      intermediate_size=16), seed=1)
@@ -141,6 +141,9 @@ def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "gateware_fingerprint", lambda config: "0123456789abcdef")
     report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True)
     assert len(calls) == 4
+    # Another nextpnr seed: built again.
+    report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True, seed=9)
+    assert len(calls) == 5
 
 
 def test_gateware_fingerprint():

@@ -33,8 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..boards.build import (BOARD_FAMILIES, REPORT_NAME, BuildError, build, gateware_fingerprint,
-                           tool_versions)
+from ..boards.build import (BOARD_FAMILIES, DEFAULT_PNR, REPORT_NAME, BuildError, build,
+                           gateware_fingerprint, tool_versions)
 from ..sim import golden
 from ..sim.engine import EngineImage, step_cycles
 from ..sim.protocol import model_hash
@@ -208,8 +208,8 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
             command: list[str] | None = None) -> Row:
     """The row of ``board`` at ``lanes``: refused by the block-RAM check, or built in
     ``work/BOARD-lLANES`` (with ``reuse``, an earlier build there of the same model, lanes,
-    routing and gateware (:func:`~mmfree.boards.build.gateware_fingerprint`) is read back
-    instead)."""
+    routing, gateware (:func:`~mmfree.boards.build.gateware_fingerprint`), nextpnr seed and
+    timing-driven switch is read back instead)."""
     from .device import BOARD_CONFIGS, DeviceSetupError, engine_image
     config = dataclasses.replace(BOARD_CONFIGS[board], lanes=lanes)
     try:
@@ -222,14 +222,17 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
                    detail=detail.split(": ", 1)[-1], **schedule)
     base = dict(board=board, lanes=lanes, **_schedule(model, board, lanes, None))
     out = work / f"{board}-l{lanes}"
+    pnr = DEFAULT_PNR[board]
     key = {"hash": f"{model_hash(image.load_words()):016x}", "lanes": lanes, "routed": route,
-           "gateware": gateware_fingerprint(config)}
+           "gateware": gateware_fingerprint(config),
+           "seed": pnr.seed if seed is None else seed, "timing_driven": pnr.timing_driven}
     if reuse:
         if (out / REPORT_NAME).is_file():
             report = json.loads((out / REPORT_NAME).read_text())
             if key == {"hash": report.get("model", {}).get("hash"),
                        "lanes": report.get("lanes"), "routed": report.get("routed", True),
-                       "gateware": report.get("gateware")}:
+                       "gateware": report.get("gateware"), "seed": report.get("seed"),
+                       "timing_driven": report.get("timing_driven")}:
                 logger.info("%s, %d lanes: reusing %s", board, lanes, out / REPORT_NAME)
                 return row_from_report(model, report)
         if (out / FAILED_NAME).is_file():
