@@ -18,6 +18,7 @@ from mmfree.sim.engine import EngineImage, Op, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
+from mmfree.tools.device import BOARD_CONFIGS
 
 TB_DIR = Path(__file__).parent / "tb"
 sys.path.insert(0, str(TB_DIR))
@@ -149,24 +150,28 @@ def test_engine_amaranth(act, lanes, temperature, fused):
                   fused=fused)
 
 
+_ULX3S = BOARD_CONFIGS["ulx3s-85f"]
+assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (512, 4, "1.6bit"), _ULX3S
+
 # Verilator runs: (id, model spec, lanes, new tokens per run, load-port seed, marks).
 COCOTB = [
     ("d64-L2-I192-V256-l64", "random:64,2,192,256,1", 64, 32, 2, ()),
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), NormQuant's own sums of squares (fused_sums off).
+    # written whole by the load port), the board's fused_sums (the Amaranth runs above cover
+    # the other setting).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     False),
+     _ULX3S.fused_sums),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
     # 75 rows end in a chunk of three.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
-    # fused_sums off.
+    # the board's fused_sums.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit", False),
+     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums),
 ]
 
 
