@@ -282,7 +282,8 @@ def test_build_help_shows_defaults(capsys):
         cli.main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
-                     "nextpnr placement seed (default: the board's", "--tmdriv, --no-tmdriv",
+                     "nextpnr placement seed (default: the board's, 6 on the ULX3S-85F",
+                     "--tmdriv, --no-tmdriv", "off on the ULX3S-85F",
                      "--allow-timing-fail",
                      "--router {router1,router2}", "--placer {heap,static}",
                      "512 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:

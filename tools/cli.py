@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
     p.add_argument("--seed", type=int, default=None,
-                   help="nextpnr placement seed (default: the board's, 1)")
+                   help="nextpnr placement seed (default: the board's, 6 on the ULX3S-85F, "
+                        "the seed its default SoC routes at; 1 on the iCEBreaker)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help="nextpnr's placer (default: the board's, static on the ULX3S-85F, "
                         "whose default-model SoC does not route when HeAP places it; heap on "
@@ -550,8 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "router1 on the iCEBreaker)")
     p.add_argument("--tmdriv", action=argparse.BooleanOptionalAction, default=None,
                    help="nextpnr's timing-driven placement and routing (default: the board's, "
-                        "on); --no-tmdriv places and routes for wirelength alone, which can "
-                        "route a congested netlist that timing-driven routing stalls on")
+                        "off on the ULX3S-85F, whose default SoC routes only without it; on "
+                        "on the iCEBreaker); --no-tmdriv places and routes for wirelength "
+                        "alone")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",

@@ -52,16 +52,14 @@ class BoardConfig:
 BOARD_CONFIGS = {
     # 25 MHz oscillator -> PLL 36 MHz; FT231X at 3 Mbaud (12 cycles a bit). 512 lanes, vector
     # width 4 (the normalize/quantize path's multipliers) and 1.6-bit weight rows (the default
-    # model's weights and buffers in 208 of 208 DP16KD). 512 lanes is the default model's only
-    # size that routes here: 47.91 MHz (seed 1, static placer, router2; docs/boards.md), where
-    # 128 lanes congest and 256 lanes do not fit. 36 MHz is the clock that routed build ran
-    # under; 512 lanes also take fewer cycles a token than 128 (docs/performance.md).
-    # fused_sums off: with the writer's sums of squares (18,313 cycles a token, not 21,142)
-    # router2 did not converge at seeds 1-3 and the placer did not finish at seed 4
-    # (docs/boards.md), so the board keeps the layout that routes.
+    # model's weights and buffers in 208 of 208 DP16KD); 128 lanes congest and 256 lanes do
+    # not fit. The writer keeps the norms' sums of squares (fused_sums: 18,313 cycles a token,
+    # not 21,142): that SoC routes with nextpnr's placement and routing not timing-driven, at
+    # seed 6 (DEFAULT_PNR in boards/build.py), at 37.79 MHz against the 36 MHz clock
+    # (docs/boards.md). Without fused_sums the SoC routes timing-driven at seed 1 (47.91 MHz),
+    # but at 36 MHz it makes 1,703 tokens/s against 1,966.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
-                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
-                             fused_sums=False),
+                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit"),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).
