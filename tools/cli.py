@@ -598,8 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "named (lane counts as in --lanes); 15 to 30 minutes a row for the "
                         "default-model ULX3S SoC on two cores")
     p.add_argument("--reuse", action="store_true",
-                   help="read back an earlier build of the same model, lanes and routing "
-                        "in --work instead of building again")
+                   help="read back an earlier build of the same model, lanes, routing, "
+                        "gateware and nextpnr seed and timing-driven switch in --work instead "
+                        "of building again")
     p.add_argument("--jobs", type=int, default=1, help="builds at a time (one core each)")
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placement seed (default: each board's, as `mmfree build`)")
