@@ -7,6 +7,10 @@ tool runs), the board's top level, Amaranth's build plan run with the YoWASP too
 Fmax and utilization, written with the tool versions to ``build-report.json`` beside the
 bitstream. nextpnr runs with ``--timing-allow-fail`` so that a timing failure is ours to
 report: one line with the achieved Fmax (:class:`TimingError`), unless ``allow_timing_fail``.
+A route that stops converging is stopped too: router2 gives up by itself only at iteration
+1,000, hours into a stalled route of the default-model ULX3S SoC, so the build watches its log
+and ends it, with one line, once the count of overused wires has risen well past its best
+(:data:`ROUTER_PATIENCE`).
 With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
 placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
 performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
@@ -217,10 +221,12 @@ def _placement_fmax(log: Path) -> dict[str, float]:
 
 
 def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
-               poll: float = 5.0) -> subprocess.CompletedProcess:
+               poll: float = 5.0, patience: int = 0) -> subprocess.CompletedProcess:
     """Run the build script; stop it as soon as nextpnr's log reports a device utilization
     over 100% (nextpnr-ecp5 goes on placing such a design for a long time before it fails),
-    so that the caller reports it as not fitting (:func:`_over_capacity`)."""
+    so that the caller reports it as not fitting (:func:`_over_capacity`), or, with
+    ``patience``, as soon as router2 has gone that many iterations without a new best
+    (:func:`_router_stall`; router2 itself gives up only at iteration 1,000)."""
     import signal
     import tempfile
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -231,10 +237,13 @@ def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
                 returncode = process.wait(timeout=poll)
                 break
             except subprocess.TimeoutExpired:
-                if _over_capacity(log):
+                over = _over_capacity(log)
+                stall = _router_stall(log, patience) if patience else ""
+                if over or stall:
                     os.killpg(process.pid, signal.SIGTERM)
                     returncode = process.wait()
-                    err.write(f"\nstopped: {_over_capacity(log)} is over the device\n")
+                    err.write(f"\nstopped: {over} is over the device\n" if over else
+                              f"\nstopped: {STALL_MARK} {stall}\n")
                     break
             except BaseException:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -243,6 +252,38 @@ def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
+
+
+#: What :func:`_run_tools` writes when it stops a stalled router2 (:func:`build` looks for it).
+STALL_MARK = "router2 stalled:"
+#: Iterations without a new fewest overused wires after which a build stops router2, when
+#: the count has also more than doubled from that best (and is over :data:`STALL_FLOOR`). The
+#: default-model ULX3S SoC's routed builds went at most 16 iterations without a new best
+#: (seed 4 of the reset-less layout, which reached zero at iteration 89); the stalled ones 19
+#: to 38 and more, rising to 4 to 12 times their best (docs/boards.md).
+ROUTER_PATIENCE = 30
+STALL_FLOOR = 100
+
+
+def _router_stall(log: Path, patience: int) -> str:
+    """``"best B overused wires at iteration I, N at iteration J"`` when router2's last
+    iteration in nextpnr's log (``iter=J ... overused=N``) comes ``patience`` or more
+    iterations after the one with the fewest overused wires (``B`` at ``I``) and ``N`` is over
+    twice ``B`` and over :data:`STALL_FLOOR`, else ``""``: a route that has turned away from
+    converging, not one that lingers on a few wires before it ends."""
+    if not log.is_file():
+        return ""
+    iterations = [(int(match[1]), int(match[2])) for match in
+                  re.finditer(r"^Info:\s+iter=(\d+) wires=\d+ overused=(\d+)",
+                              log.read_text(errors="replace"), re.MULTILINE)]
+    if not iterations:
+        return ""
+    best_iter, best = min(iterations, key=lambda entry: (entry[1], entry[0]))
+    last_iter, last = iterations[-1]
+    if last_iter - best_iter < patience or last <= max(2 * best, STALL_FLOOR):
+        return ""
+    return (f"best {best:,} overused wires at iteration {best_iter}, {last:,} at iteration "
+            f"{last_iter}")
 
 
 def _over_capacity(log: Path) -> str:
@@ -262,8 +303,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
           program: bool = False, allow_timing_fail: bool = False, seed: int | None = None,
           router: str | None = None, placer: str | None = None,
-          timing_driven: bool | None = None, force: bool = False,
-          model_path: str | None = None,
+          timing_driven: bool | None = None, router_patience: int = ROUTER_PATIENCE,
+          force: bool = False, model_path: str | None = None,
           command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -277,7 +318,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     default the board's (:data:`DEFAULT_PNR`: the static placer and router2 for the congested
     default-model ULX3S SoC, docs/boards.md). ``place_only``: stop after
     placement (see the module's docstring); no :class:`TimingError` then, the estimate is
-    reported as it is.
+    reported as it is. ``router_patience``: router2 is stopped, and the build fails, after that
+    many iterations without fewer overused wires than its best (:func:`_router_stall`);
+    0 leaves it to router2 (which gives up at iteration 1,000).
     """
     _check_board(board_name)
     defaults = DEFAULT_PNR[board_name]
@@ -289,6 +332,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
         raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
     if placer not in PLACERS:
         raise BuildError(f"unknown placer {placer!r}; choose from {', '.join(PLACERS)}")
+    if not isinstance(router_patience, int) or router_patience < 0:
+        raise BuildError(f"router patience must be 0 or more iterations, not "
+                         f"{router_patience!r}", 2)
     if place_only and program:
         raise BuildError("a placement-only build makes no bitstream to program", 2)
     out_dir = Path(out_dir).resolve()
@@ -313,7 +359,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
         (out_dir / stale).unlink(missing_ok=True)
     logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
     start = time.monotonic()
-    result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim")
+    result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim",
+                        patience=router_patience if router == "router2" else 0)
     seconds = time.monotonic() - start
     (out_dir / "build.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -321,6 +368,13 @@ def build(board_name: str, model, *, lanes: int | None = None,
             if (out_dir / log).is_file():
                 break
         over = _over_capacity(out_dir / log)
+        stall = next((line.split(STALL_MARK, 1)[1].strip()
+                      for line in result.stderr.splitlines() if STALL_MARK in line), "")
+        if stall:
+            raise BuildError(f"routing did not converge on the {board_name}: router2 went "
+                             f"{router_patience} iterations without progress ({stall}) and "
+                             f"was stopped; another --seed may route it (docs/boards.md), "
+                             f"--router-patience 0 lets it go on (log: {out_dir / TOP_NAME}.tim)")
         if over:
             raise BuildError(f"the design does not fit the {board_name}: {over} "
                              f"(log: {out_dir / log})")
@@ -356,6 +410,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
         "placer": placer, "router": router, "timing_driven": timing_driven,
+        "router_patience": router_patience if router == "router2" else None,
         "routed": not place_only,
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},

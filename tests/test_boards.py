@@ -245,6 +245,106 @@ def test_tools_are_stopped_when_the_design_is_over_the_device(tmp_path):
     assert (result.returncode, result.stdout) == (3, "done\n")
 
 
+# router2's overused wires, iteration by iteration, from two builds of the default-model
+# ULX3S SoC (docs/boards.md): seed 4 of the fused_sums netlist with --no-tmdriv, which
+# stalled (best 361 at iteration 36, then rising; stopped by hand at 69), and seed 4 of the
+# reset-less netlist with --no-tmdriv, which routed at iteration 89 after 16 iterations
+# without a new best.
+STALLED = [71311, 39665, 23628, 14755, 10150, 7169, 5199, 4009, 3134, 2431, 1929, 1567, 1262,
+           1102, 902, 741, 650, 604, 550, 519, 451, 455, 441, 401, 395, 370, 373, 372, 362, 380,
+           397, 376, 390, 401, 362, 361, 367, 398, 424, 465, 475, 485, 511, 541, 558, 579, 610,
+           640, 685, 700, 738, 771, 896, 869, 940, 968, 1069, 1101, 1198, 1273, 1388, 1478,
+           1700, 1806, 1980, 2151, 2394, 2608, 2764]
+ROUTED = [74287, 40909, 24564, 15538, 10528, 7505, 5425, 4027, 2890, 2104, 1560, 1229, 863,
+          699, 614, 502, 393, 335, 274, 236, 210, 182, 175, 143, 144, 125, 121, 118, 125, 101,
+          84, 72, 40, 41, 33, 29, 28, 31, 28, 29, 22, 19, 13, 13, 22, 22, 20, 23, 28, 16, 8, 10,
+          14, 15, 13, 13, 10, 8, 4, 3, 5, 3, 4, 5, 2, 3, 3, 3, 7, 4, 4, 3, 3, 4, 4, 3, 3, 5, 3,
+          2, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+
+
+def _router2_log(overused: list[int]) -> str:
+    return "Info: Running router2...\n" + "".join(
+        f"Info:     iter={i} wires={990000 + i} overused={n} overuse={n} "
+        f"archfail={'0' if n == 0 else 'NA'}\n" for i, n in enumerate(overused, 1))
+
+
+def test_router_stall_is_read_from_the_nextpnr_log(tmp_path):
+    """The stalled route is stopped 30 iterations after its best, at iteration 66 (2,151
+    overused wires); the route that converged is never stopped, at any iteration."""
+    log = tmp_path / "top.tim"
+    stops = {}
+    for name, overused in (("stalled", STALLED), ("routed", ROUTED)):
+        for n in range(1, len(overused) + 1):
+            log.write_text(_router2_log(overused[:n]))
+            if board_build._router_stall(log, board_build.ROUTER_PATIENCE):
+                stops[name] = (n, board_build._router_stall(log, board_build.ROUTER_PATIENCE))
+                break
+    assert stops == {"stalled": (66, "best 361 overused wires at iteration 36, 2,151 at "
+                                     "iteration 66")}, stops
+    # Lingering on a few wires is not a stall; nor is a log without router2's iterations.
+    log.write_text(_router2_log([900, 40] + [41, 60, 75] * 20))
+    assert board_build._router_stall(log, 30) == ""
+    log.write_text("Info: Placed 1000 cells\n")
+    assert board_build._router_stall(log, 30) == ""
+    assert board_build._router_stall(tmp_path / "missing.tim", 30) == ""
+
+
+def test_tools_are_stopped_when_router2_stalls(tmp_path):
+    """A script that writes the stalled route's log, then would sleep a minute: stopped with
+    the best and the last count; with patience 0 only the script's own end stops it."""
+    import time
+    log = tmp_path / "top.tim"
+    (tmp_path / "router2.log").write_text(_router2_log(STALLED))
+    script = tmp_path / "build.sh"
+    script.write_text(f"cp router2.log {log}\necho routing\nsleep 60\n")
+    start = time.monotonic()
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, log, poll=0.2,
+                                    patience=30)
+    assert time.monotonic() - start < 20
+    assert result.returncode != 0 and result.stdout == "routing\n"
+    assert (f"stopped: {board_build.STALL_MARK} best 361 overused wires at iteration 36, "
+            f"2,764 at iteration 69") in result.stderr
+    script.write_text(f"cp router2.log {log}\nsleep 1\necho routed\n")
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, log, poll=0.2)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "routed\n", "")
+
+
+@pytest.mark.parametrize("router, patience", [("router2", None), ("router2", 12),
+                                              ("router1", None)])
+def test_build_reports_a_stalled_route(router, patience, tmp_path, tiny_model, monkeypatch,
+                                       capsys):
+    """``mmfree build`` gives router2 the patience asked for (30 by default; router1 none) and
+    turns a stopped route into one line naming the best and the last count, the seed to
+    change and the log, with the tool-failure exit status."""
+    from mmfree.sim.modelfile import save_model
+    given = []
+
+    def run_tools(cmd, cwd, env, log, patience=0, **kwargs):
+        given.append(patience)
+        return subprocess.CompletedProcess(
+            cmd, -15, "", f"\nstopped: {board_build.STALL_MARK} best 361 overused wires at "
+                          f"iteration 36, 2,151 at iteration 66\n")
+
+    monkeypatch.setattr(board_build, "_run_tools", run_tools)
+    save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "b"
+    status = cli.main(["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
+                       "--lanes", "8", "--vector-width", "1", "--out", str(out),
+                       "--router", router]
+                      + ([] if patience is None else ["--router-patience", str(patience)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {"router1": 0, "router2": patience or board_build.ROUTER_PATIENCE}[router]
+    assert given == [expected]
+    assert status == 1 and len(err) == 1, err
+    if router == "router1":
+        return
+    assert err[0] == (
+        f"mmfree: error: routing did not converge on the ulx3s-85f: router2 went {expected} "
+        f"iterations without progress (best 361 overused wires at iteration 36, 2,151 at "
+        f"iteration 66) and was stopped; another --seed may route it (docs/boards.md), "
+        f"--router-patience 0 lets it go on (log: {out / 'top.tim'})"), err
+
+
 @pytest.mark.parametrize("board, options, expected", [
     ("ulx3s-85f", {}, None),
     ("ulx3s-85f", {"seed": 7, "timing_driven": False, "placer": "heap"},

@@ -375,7 +375,8 @@ def cmd_build(args) -> int:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
                        program=args.program, allow_timing_fail=args.allow_timing_fail,
                        seed=args.seed, router=args.router, placer=args.placer,
-                       timing_driven=args.tmdriv, force=args.force, model_path=model_path,
+                       timing_driven=args.tmdriv, router_patience=args.router_patience,
+                       force=args.force, model_path=model_path,
                        command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
@@ -429,7 +430,18 @@ def cmd_report(args) -> int:
         raise CliError(str(error), EXIT_ENV) from None
 
 
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations (0 or more)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..boards.build import ROUTER_PATIENCE
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="mmfree", formatter_class=fmt,
@@ -554,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "off on the ULX3S-85F, whose default SoC routes only without it; on "
                         "on the iCEBreaker); --no-tmdriv places and routes for wirelength "
                         "alone")
+    p.add_argument("--router-patience", type=_iterations, default=ROUTER_PATIENCE,
+                   metavar="N",
+                   help="stop router2, and fail the build, after N iterations without fewer "
+                        "overused wires than its best (router2 itself gives up only at iteration "
+                        "1,000, hours into a stalled route of the ULX3S-85F SoC; 0: leave it to "
+                        "router2; default %(default)s)")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",
