@@ -112,7 +112,7 @@ def test_place_only_cannot_program(tmp_path):
 def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
     """A build that fails (here: refused by nextpnr as too large, raised in place of running
     the tools) leaves its row in the build directory; ``--reuse`` reads it back, a rebuild
-    replaces it; another model, gateware or nextpnr seed is built again."""
+    replaces it; another model, gateware, nextpnr seed or tool version is built again."""
     from mmfree.sim.model import ModelConfig, random_model
     model = random_model(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1,
                                      intermediate_size=16), seed=1)
@@ -124,6 +124,8 @@ def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
         raise board_build.BuildError("the design does not fit the icebreaker: "
                                      "ICESTORM_LC 121845/5280 (log: top.tim)")
     monkeypatch.setattr(report, "build", too_large)
+    versions = {"yosys": "Yosys 0.70", "nextpnr-ice40": "nextpnr-0.11.1"}
+    monkeypatch.setattr(report, "tool_versions", lambda family: dict(versions))
     first = report.measure(model, "icebreaker", 8, work=tmp_path, command=["mmfree", "report"])
     assert (first.status, first.lanes, first.board) == ("does not fit", 8, "icebreaker")
     assert "ICESTORM_LC 121845/5280" in first.detail and len(calls) == 1
@@ -144,6 +146,11 @@ def test_a_failed_build_is_kept_for_reuse(tmp_path, monkeypatch):
     # Another nextpnr seed: built again.
     report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True, seed=9)
     assert len(calls) == 5
+    # Other tools (another Yosys): built again, and then read back.
+    versions["yosys"] = "Yosys 0.71"
+    report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True, seed=9)
+    report.measure(other, "icebreaker", 8, work=tmp_path, reuse=True, seed=9)
+    assert len(calls) == 6
 
 
 def test_gateware_fingerprint():

@@ -617,8 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default-model ULX3S SoC on two cores")
     p.add_argument("--reuse", action="store_true",
                    help="read back an earlier build of the same model, lanes, routing, "
-                        "gateware and nextpnr seed and timing-driven switch in --work instead "
-                        "of building again")
+                        "gateware, nextpnr seed and timing-driven switch and tool versions in "
+                        "--work instead of building again")
     p.add_argument("--jobs", type=int, default=1, help="builds at a time (one core each)")
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placement seed (default: each board's, as `mmfree build`)")

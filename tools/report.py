@@ -209,8 +209,9 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
             command: list[str] | None = None) -> Row:
     """The row of ``board`` at ``lanes``: refused by the block-RAM check, or built in
     ``work/BOARD-lLANES`` (with ``reuse``, an earlier build there of the same model, lanes,
-    routing, gateware (:func:`~mmfree.boards.build.gateware_fingerprint`), nextpnr seed and
-    timing-driven switch is read back instead)."""
+    routing, gateware (:func:`~mmfree.boards.build.gateware_fingerprint`), nextpnr seed,
+    timing-driven switch and tool versions (:func:`~mmfree.boards.build.tool_versions`) is read
+    back instead)."""
     from .device import BOARD_CONFIGS, DeviceSetupError, engine_image
     config = dataclasses.replace(BOARD_CONFIGS[board], lanes=lanes)
     try:
@@ -226,14 +227,16 @@ def measure(model, board: str, lanes: int, *, work: Path, route: bool = False,
     pnr = DEFAULT_PNR[board]
     key = {"hash": f"{model_hash(image.load_words()):016x}", "lanes": lanes, "routed": route,
            "gateware": gateware_fingerprint(config),
-           "seed": pnr.seed if seed is None else seed, "timing_driven": pnr.timing_driven}
+           "seed": pnr.seed if seed is None else seed, "timing_driven": pnr.timing_driven,
+           "tools": tool_versions(BOARD_FAMILIES[board][0])}
     if reuse:
         if (out / REPORT_NAME).is_file():
             report = json.loads((out / REPORT_NAME).read_text())
             if key == {"hash": report.get("model", {}).get("hash"),
                        "lanes": report.get("lanes"), "routed": report.get("routed", True),
                        "gateware": report.get("gateware"), "seed": report.get("seed"),
-                       "timing_driven": report.get("timing_driven")}:
+                       "timing_driven": report.get("timing_driven"),
+                       "tools": report.get("tools")}:
                 logger.info("%s, %d lanes: reusing %s", board, lanes, out / REPORT_NAME)
                 return row_from_report(model, report)
         if (out / FAILED_NAME).is_file():
