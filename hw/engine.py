@@ -163,10 +163,13 @@ class Engine(wiring.Component):
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
                                                   sum_in=image.fused_sums)
         groups = image.groups
+        # GLU in pairs: a gate row and its up row a cycle (docs/engine.md).
+        paired = image.paired_glu
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
-                                                     packing=image.packing, groups=groups)
+                                                     packing=image.packing, groups=groups,
+                                                     pairs=paired)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
-                                                     out_bits=ACT_BITS)
+                                                     out_bits=ACT_BITS, pairs=paired)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")
         m.submodules.silu = silu = Sigmoid(mode="silu")
         if cfg.hidden_act == "silu":
@@ -317,6 +320,8 @@ class Engine(wiring.Component):
         if groups:
             m.d.comb += [tern.inp.payload.group.eq(instr.group),
                          tern.inp.payload.rows.eq(t_rows)]
+        if paired:
+            m.d.comb += tern.inp.payload.pair.eq(instr.glu)
         with m.If(state == _State.TERN):
             m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
                          rows_total.eq(instr.issues), rows_left.eq(instr.n_out)]
@@ -343,11 +348,15 @@ class Engine(wiring.Component):
         with m.If(state == _State.TERN):
             m.d.sync += row_out.eq(0)
         with m.Elif(tern.out.valid & tern.out.ready):
-            m.d.sync += row_out.eq(row_out + 1)
+            m.d.sync += row_out.eq(row_out + (Mux(instr.glu, 2, 1) if paired else 1))
+        if paired:
+            m.d.comb += [requant.inp.payload.acc.eq(tern.out.payload[0]),
+                         requant.inp.payload.acc2.eq(tern.out.payload[1])]
+        else:
+            m.d.comb += requant.inp.payload.acc.eq(tern.out.payload)
         m.d.comb += [
             requant.inp.valid.eq(tern.out.valid),
             tern.out.ready.eq(requant.inp.ready),
-            requant.inp.payload.acc.eq(tern.out.payload),
             requant.inp.payload.ymax.eq(ymax),
             requant.inp.payload.m.eq(instr.m),
             requant.inp.payload.k.eq(instr.k),
@@ -368,17 +377,25 @@ class Engine(wiring.Component):
             m.d.sync += parity.eq(0)
         with m.Elif(rq_out.valid & rq_out.ready):
             m.d.sync += parity.eq(~parity)
-        m.d.comb += up_fifo.w_data.eq(rq_out.payload.data)
+        m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
         with m.If(op == Op.HEAD):
             m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
                          rq_out.ready.eq(sampler.logits.ready)]
-        with m.Elif((op == Op.BITLINEAR) & instr.glu):
-            with m.If(parity):
-                m.d.comb += [up_fifo.w_en.eq(rq_out.valid),
-                             rq_out.ready.eq(up_fifo.w_rdy)]
-            with m.Else():
-                m.d.comb += [act.inp.valid.eq(rq_out.valid),
-                             rq_out.ready.eq(act.inp.ready)]
+        if paired:
+            with m.Elif((op == Op.BITLINEAR) & instr.glu):
+                # A gate and its up row together: the gate into the activation, the up row
+                # into the FIFO, both or neither.
+                m.d.comb += [act.inp.valid.eq(rq_out.valid & up_fifo.w_rdy),
+                             up_fifo.w_en.eq(rq_out.valid & act.inp.ready),
+                             rq_out.ready.eq(act.inp.ready & up_fifo.w_rdy)]
+        else:
+            with m.Elif((op == Op.BITLINEAR) & instr.glu):
+                with m.If(parity):
+                    m.d.comb += [up_fifo.w_en.eq(rq_out.valid),
+                                 rq_out.ready.eq(up_fifo.w_rdy)]
+                with m.Else():
+                    m.d.comb += [act.inp.valid.eq(rq_out.valid),
+                                 rq_out.ready.eq(act.inp.ready)]
 
         with m.Elif((op == Op.BITLINEAR) & instr.add):
             m.d.comb += [residual.a.valid.eq(rq_out.valid),

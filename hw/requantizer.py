@@ -27,6 +27,10 @@ class Requantizer(wiring.Component):
         Signed width of the accumulators, 2 to 32.
     out_bits : int
         Signed width of the saturated output, 2 to 64.
+    pairs : bool
+        A second accumulator ``acc2`` with the same ``ymax``, ``m`` and ``k`` goes out as
+        ``data2`` beside ``data`` (the scale ``ys * m`` is shared; a third multiplier for its
+        product).
 
     Latency: 7 cycles (a word taken on ``inp`` in cycle t is valid on ``out`` in cycle t + 7):
     every wide add, shift and multiplication in a stage of its own, for the clock.
@@ -45,7 +49,7 @@ class Requantizer(wiring.Component):
 
     LATENCY = 7
 
-    def __init__(self, *, acc_width, out_bits):
+    def __init__(self, *, acc_width, out_bits, pairs=False):
         if not isinstance(acc_width, int) or isinstance(acc_width, bool) or \
                 not 2 <= acc_width <= 32:
             raise ValueError(f"acc_width must be an integer from 2 to 32, not {acc_width!r}")
@@ -54,12 +58,15 @@ class Requantizer(wiring.Component):
             raise ValueError(f"out_bits must be an integer from 2 to 64, not {out_bits!r}")
         self._acc_width = acc_width
         self._out_bits = out_bits
+        self._pairs = bool(pairs)
+        second_in = {"acc2": signed(acc_width)} if pairs else {}
+        second_out = {"data2": signed(out_bits)} if pairs else {}
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout({
-                "acc": signed(acc_width), "ymax": unsigned(32), "m": unsigned(15),
+                "acc": signed(acc_width), **second_in, "ymax": unsigned(32), "m": unsigned(15),
                 "k": unsigned(6), "first": 1, "last": 1}))),
             "out": Out(stream.Signature(data.StructLayout({
-                "data": signed(out_bits), "first": 1, "last": 1}))),
+                "data": signed(out_bits), **second_out, "first": 1, "last": 1}))),
         })
 
     @property
@@ -69,6 +76,10 @@ class Requantizer(wiring.Component):
     @property
     def out_bits(self):
         return self._out_bits
+
+    @property
+    def pairs(self):
+        return self._pairs
 
     def elaborate(self, platform):
         m = Module()
@@ -109,6 +120,17 @@ class Requantizer(wiring.Component):
                 r6.eq(sum5 >> sh[3]),
                 self.out.payload.data.eq(Mux(r6 > hi, hi, Mux(r6 < lo, lo, r6))),
             ]
+            if self._pairs:
+                acc_b = [Signal(signed(aw), name=f"acc{i}b") for i in range(1, 4)]
+                prod4_b = Signal.like(prod4, name="prod4b")
+                sum5_b = Signal.like(sum5, name="sum5b")
+                r6_b = Signal.like(r6, name="r6b")
+                m.d.sync += [
+                    acc_b[0].eq(p.acc2), acc_b[1].eq(acc_b[0]), acc_b[2].eq(acc_b[1]),
+                    prod4_b.eq(acc_b[2] * t3), sum5_b.eq(prod4_b + half),
+                    r6_b.eq(sum5_b >> sh[3]),
+                    self.out.payload.data2.eq(Mux(r6_b > hi, hi, Mux(r6_b < lo, lo, r6_b))),
+                ]
             previous = (self.inp.valid, p.first, p.last)
             for flag in flags:
                 m.d.sync += [dst.eq(src) for dst, src in zip(flag, previous)]

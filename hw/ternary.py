@@ -43,6 +43,12 @@ class TernaryAccumulate(wiring.Component):
     adder tree's level ``log2(seg)`` holds the rows' sums, which go out one per cycle in
     order. Such a chunk is its row's last (``last`` is ignored).
 
+    **Pairs.** With ``pairs``, a grouped chunk whose ``pair`` bit is set (and whose real rows
+    are even in number) sends its rows out two at a time, rows ``2k`` and ``2k + 1`` in one
+    transfer: the engine's GLU, whose gate and up rows alternate, takes a gate and its up row a
+    cycle. ``out``'s payload is then an array of two sums (the second don't-care in a single
+    row's transfer).
+
     Datapath: the chunk is registered; each lane decodes its weight (adders, see
     :class:`~mmfree.hw.unpack.TernaryDecoder`) and selects ``+q``, ``~q = -q - 1`` or 0 (one
     LUT a bit, no negation, no multiplier), registered; the missing 1 of a -1 weight is the
@@ -56,17 +62,18 @@ class TernaryAccumulate(wiring.Component):
     ``|acc| < 2**(accumulator_bits(n) - 1)``, which holds for rows of at most ``n`` columns with
     ``q >= -127`` (the golden precondition; with ``q = -128`` only where the true sum fits).
 
-    Back-pressure: the datapath never stalls. ``inp.ready`` is high while fewer than
-    ``latency + 1`` rows have been accepted (last chunk) and not yet delivered on ``out``; the
-    result FIFO has ``latency + 1`` entries, so it never overflows, and ``inp.ready`` does not
-    depend on ``out.ready`` combinationally.
+    Back-pressure: the datapath never stalls. ``inp.ready`` is high while at most ``cap``
+    rows have been accepted (last chunk) and not yet delivered on ``out``, ``cap = latency``
+    (``2 latency`` with ``pairs``, so that two rows a cycle keep flowing); the result FIFO
+    has ``cap + max_rows`` entries, so it never overflows, and ``inp.ready`` does not depend
+    on ``out.ready`` combinationally.
 
     Latency: ``latency = ceil(log2(lanes) / 2) + 3`` cycles from the transfer of a row's last
     chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256), with ``out.ready`` high; row
     ``m`` of a grouped chunk ``m`` cycles later. Throughput: one row per cycle: a chunk per
     cycle (``inp.ready`` stays high while ``out.ready`` is), a grouped chunk of ``r`` rows per
     ``r`` cycles (``inp.ready`` counts rows: high while at most ``latency`` are accepted and not
-    delivered).
+    delivered); two rows per cycle from chunks of pairs.
 
     Parameters
     ----------
@@ -79,6 +86,9 @@ class TernaryAccumulate(wiring.Component):
     groups : iterable of int
         The groupings ``g`` (``1 <= g < log2(lanes)``) grouped chunks may use; each costs
         ``2**g`` pipeline registers per stage between its tree level and the output.
+    pairs : bool
+        Grouped chunks may send their rows out in pairs (``pair`` on ``inp``); needs
+        ``groups``.
 
     Members
     -------
@@ -87,12 +97,14 @@ class TernaryAccumulate(wiring.Component):
         Chunks: ``q`` is ``ArrayLayout(signed(8), lanes)``, ``w`` is ``unsigned(w_bits)`` with
         ``w_bits = 8 * chunk_bytes(lanes, packing)``; ``group`` (0 or one of ``groups``) and
         ``rows`` (real rows minus one, of a grouped chunk) exist when ``groups`` is not
-        empty.
+        empty; ``pair`` with ``pairs``.
     out : Out(stream.Signature(signed(accumulator_bits(n))))
-        One sum per row, in row order.
+        One sum per row, in row order; with ``pairs``,
+        ``ArrayLayout(signed(accumulator_bits(n)), 2)``: a row, or a pair of rows.
     """
 
-    def __init__(self, *, lanes: int, n: int, packing: str = "2bit", groups=()):
+    def __init__(self, *, lanes: int, n: int, packing: str = "2bit", groups=(),
+                 pairs: bool = False):
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
@@ -111,10 +123,13 @@ class TernaryAccumulate(wiring.Component):
             if not isinstance(g, int) or not 1 <= g < lanes.bit_length() - 1:
                 raise ValueError(f"groups must be integers from 1 to log2(lanes) - 1 = "
                                  f"{lanes.bit_length() - 2}, not {g!r}")
+        if pairs and not groups:
+            raise ValueError("pairs of rows come from grouped chunks: give groups")
         self._lanes = lanes
         self._n = n
         self._packing = packing
         self._groups = groups
+        self._pairs = bool(pairs)
         fields = {
             "q":    data.ArrayLayout(signed(8), lanes),
             "w":    unsigned(self.w_bits),
@@ -123,9 +138,12 @@ class TernaryAccumulate(wiring.Component):
         if groups:
             fields["group"] = range(max(groups) + 1)
             fields["rows"] = range(1 << max(groups))
+        if pairs:
+            fields["pair"] = 1
+        out = data.ArrayLayout(signed(self.acc_bits), 2) if pairs else signed(self.acc_bits)
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout(fields))),
-            "out": Out(stream.Signature(signed(self.acc_bits))),
+            "out": Out(stream.Signature(out)),
         })
 
     @property
@@ -143,6 +161,10 @@ class TernaryAccumulate(wiring.Component):
     @property
     def groups(self) -> tuple:
         return self._groups
+
+    @property
+    def pairs(self) -> bool:
+        return self._pairs
 
     @property
     def max_rows(self) -> int:
@@ -172,20 +194,25 @@ class TernaryAccumulate(wiring.Component):
         m.submodules.decoder = decoder = TernaryDecoder(lanes=self.lanes, packing=self.packing)
         R = self.max_rows
         # A result: the sums of a chunk's rows (one, for a row chunk) and how many minus one.
+        pair_field = {"pair": 1} if self._pairs else {}
+        # Rows in flight: the tree's latency at the output rate (two rows a cycle in pairs).
+        cap = self.latency * (2 if self._pairs else 1)
         entry = data.StructLayout({"sums": data.ArrayLayout(signed(self.acc_bits), R),
-                                   "rows": range(R)})
+                                   "rows": range(R), **pair_field})
         m.submodules.results = results = SyncFIFO(width=entry.size,
-                                                  depth=self.latency + R)
+                                                  depth=cap + R)
 
         # Flow control: count rows accepted and not yet delivered.
-        pending = Signal(range(self.latency + R + 1))
+        pending = Signal(range(cap + R + 1))
         accept = self.inp.valid & self.inp.ready
         deliver = self.out.valid & self.out.ready
         grouped = self.inp.payload.group != 0 if self._groups else 0
         rows_in = Mux(grouped, self.inp.payload.rows + 1, self.inp.payload.last) \
             if self._groups else self.inp.payload.last
-        m.d.comb += self.inp.ready.eq(pending <= self.latency)
-        m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - deliver)
+        head = Signal(entry)
+        delivered = Mux(deliver, Mux(head.pair, 2, 1), 0) if self._pairs else deliver
+        m.d.comb += self.inp.ready.eq(pending <= cap)
+        m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - delivered)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine).
         chunk = Signal.like(self.inp.payload, name="chunk")
@@ -194,7 +221,7 @@ class TernaryAccumulate(wiring.Component):
         # What travels with a chunk down the tree: its last flag, group and rows.
         ctrl_layout = data.StructLayout({"last": 1,
                                          "group": range(max(self._groups, default=0) + 1),
-                                         "rows": range(R)})
+                                         "rows": range(R), **pair_field})
 
         # Stage 1: +q, ~q = -q - 1 or 0 per lane, one LUT a bit; the missing +1 of a -1 weight
         # is the carry into an adder of the tree (below). The last lane of each of the
@@ -220,6 +247,8 @@ class TernaryAccumulate(wiring.Component):
         m.d.sync += [valid.eq(chunk_valid), ctrl.last.eq(chunk.last)]
         if self._groups:
             m.d.sync += [ctrl.group.eq(chunk.group), ctrl.rows.eq(chunk.rows)]
+        if self._pairs:
+            m.d.sync += ctrl.pair.eq(chunk.pair & (chunk.group != 0))
 
         # Adder tree, a register after every second level and after the last. An adder takes
         # the carry of the last lane of its left operand's lanes, and passes on its right
@@ -272,25 +301,37 @@ class TernaryAccumulate(wiring.Component):
                 with m.Case(g):
                     m.d.comb += [written.sums[k].eq(s) for k, s in enumerate(sums)]
                     m.d.comb += written.rows.eq(ctrl.rows)
+                    if self._pairs:
+                        m.d.comb += written.pair.eq(ctrl.pair)
         m.d.comb += [
             results.w_data.eq(written),
             results.w_en.eq(valid & done),
         ]
 
-        # Out: the rows of the oldest result, one a cycle.
-        head = Signal(entry)
+        # Out: the rows of the oldest result, one a cycle (two, of a chunk of pairs).
         index = Signal(range(R))
         m.d.comb += [
             head.eq(results.r_data),
             self.out.valid.eq(results.r_rdy),
-            self.out.payload.eq(head.sums[index]),
         ]
+        if self._pairs:
+            m.d.comb += self.out.payload[0].eq(head.sums[index])
+            with m.Switch(index):
+                for k in range(R - 1):
+                    with m.Case(k):
+                        m.d.comb += self.out.payload[1].eq(head.sums[k + 1])
+            end = index + Mux(head.pair, 2, 1) > head.rows
+            step = Mux(head.pair, 2, 1)
+        else:
+            m.d.comb += self.out.payload.eq(head.sums[index])
+            end = index == head.rows
+            step = 1
         with m.If(deliver):
-            with m.If(index == head.rows):
+            with m.If(end):
                 m.d.comb += results.r_en.eq(1)
                 m.d.sync += index.eq(0)
             with m.Else():
-                m.d.sync += index.eq(index + 1)
+                m.d.sync += index.eq(index + step)
         return m
 
 

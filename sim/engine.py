@@ -107,12 +107,16 @@ class EngineImage:
     ``fused_sums``: the writer keeps the sum of squares of every vector a norm reads, so
     NormQuant makes one pass for a NORM and two for a BITLINEAR (docs/engine.md); without it
     NormQuant makes its own sum in a first pass (three passes; the layout some boards route).
+    ``glu_pairs``: where the gate/up rows are grouped (``lanes >= 2 n``), a gate row and its up
+    row leave the ternary unit together, through a requantizer of two (docs/engine.md):
+    half the cycles of the GLU's rows. Without it, one row a cycle.
     """
     im: golden.IntModel
     lanes: int
     vector_width: int = 8
     packing: str = ""
     fused_sums: bool = True
+    glu_pairs: bool = True
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -192,6 +196,12 @@ class EngineImage:
         while g < 7 and self.lanes >> (g + 1) >= max(n, self.width):
             g += 1
         return g
+
+    @property
+    def paired_glu(self) -> bool:
+        """Whether the GLU's gate and up rows leave the ternary unit in pairs: ``glu_pairs``
+        and the gate/up rows grouped."""
+        return self.glu_pairs and any(instr["glu"] and instr["group"] for instr in self.program)
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -421,8 +431,14 @@ def tree_latency(lanes: int) -> int:
     return ((lanes.bit_length() - 1) + 1) // 2 + 3
 
 
-def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True, vocab: int = 0,
-              token: int = 0, sampled: bool = False) -> int:
+#: BITLINEAR with paired GLU rows: cycles after the last pair leaves the ternary unit (the
+#: activation, then the product).
+PAIR_TAIL = 41
+
+
+def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
+              pairs: bool = False, vocab: int = 0, token: int = 0,
+              sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
@@ -440,7 +456,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True, vo
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
       ``max(41 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (35 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
-      row;
+      row; with ``pairs`` (the image's :attr:`~EngineImage.paired_glu`) and grouped rows,
+      ``rows / 2`` cycles of rows and PAIR_TAIL;
     - MLGRU_H: ``n + 49``; MLGRU_O: ``n + 46``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
@@ -451,9 +468,12 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True, vo
         return beats + 53 if fused else 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
         front = 2 * beats + 99 if fused else 3 * beats + 102
-        cycles = front + instr["n_out"] * instr["chunks"] + tree_latency(lanes) + \
-            2 * instr["add"]
-        if instr["glu"]:
+        paired = pairs and instr["glu"] and instr["group"]
+        rows = instr["n_out"] // 2 if paired else instr["n_out"] * instr["chunks"]
+        cycles = front + rows + tree_latency(lanes) + 2 * instr["add"]
+        if paired:
+            cycles += PAIR_TAIL
+        elif instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 35 + token
@@ -477,6 +497,6 @@ def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
             total += SKIP_CYCLES
         else:
             total += op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
-                               vocab=image.im.config.vocab_size,
+                               pairs=image.paired_glu, vocab=image.im.config.vocab_size,
                                token=token, sampled=sampled)
     return total

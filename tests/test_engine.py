@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
 from mmfree.sim import golden
-from mmfree.sim.engine import EngineImage, Op, step_cycles
+from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
@@ -86,8 +86,10 @@ def test_image_memories_are_the_engines(lanes, width, packing):
     Fragment.get(m, None)
 
 
-def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True):
-    image = EngineImage(im, lanes, fused_sums=fused)
+def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
+                  pairs=True):
+    image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=pairs)
+    assert image.paired_glu == (pairs and lanes >= 64)
     dut = Engine(image)
     x0 = golden.sampler_x0(temperature) if temperature else 0
     steps = golden_run(im, prompt, count, x0, seed)
@@ -132,22 +134,37 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=Tr
         assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
 
 
-@pytest.mark.parametrize("act, lanes, temperature, fused", [
-    ("silu", 4, 0.0, True), ("gelu", 8, 0.8, True), ("silu", 64, 0.8, True),
-    ("silu", 8, 0.8, False),
+@pytest.mark.parametrize("act, lanes, temperature, fused, pairs", [
+    ("silu", 4, 0.0, True, True), ("gelu", 8, 0.8, True, True), ("silu", 64, 0.8, True, True),
+    ("gelu", 64, 0.0, True, True), ("silu", 64, 0.0, True, False),
+    ("silu", 8, 0.8, False, True),
 ], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
-        "silu-l8-sampled-unfused"])
-def test_engine_amaranth(act, lanes, temperature, fused):
+        "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused"])
+def test_engine_amaranth(act, lanes, temperature, fused, pairs):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
-    grouped: four rows of d a chunk, two of I (down_proj). ``unfused``: NormQuant makes its
-    own sums of squares (``fused_sums=False``, three passes)."""
+    grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows go
+    through in pairs unless ``pairs`` is off (``glu_pairs=False``, one row a cycle).
+    ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
+    passes)."""
     if lanes == 64:
         image = EngineImage(_tiny(act), lanes)
         assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
                 (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7,
-                  fused=fused)
+                  fused=fused, pairs=pairs)
+
+
+def test_image_pairs():
+    """The GLU's rows go in pairs where its gate/up rows are grouped (``lanes >= 2 d``) and
+    the image asks for it; its schedule halves their cycles."""
+    im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
+    paired, unpaired = (EngineImage(im, 128, 4, glu_pairs=p) for p in (True, False))
+    assert paired.paired_glu and not unpaired.paired_glu
+    assert not EngineImage(im, 16).paired_glu          # rows of d in chunks: one a cycle
+    (glu,) = {i["n_out"] for i in paired.program if i["glu"]}
+    assert step_cycles(unpaired) - step_cycles(paired) == \
+        im.config.num_layers * (glu // 2 + max(41 - 1, 8) - PAIR_TAIL)
 
 
 _ULX3S = BOARD_CONFIGS["ulx3s-85f"]
@@ -159,35 +176,36 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), the board's fused_sums (the Amaranth runs above cover
-    # the other setting).
+    # written whole by the load port), the board's fused_sums and glu_pairs (the Amaranth
+    # runs above cover the other settings).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     _ULX3S.fused_sums),
+     _ULX3S.fused_sums, _ULX3S.glu_pairs),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
-    # 75 rows end in a chunk of three.
+    # 75 rows end in a chunk of three; the GLU's gate and up rows in pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
-    # the board's fused_sums.
+    # the board's fused_sums and glu_pairs.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums),
+     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs),
 ]
 
 
-@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused", [
-    pytest.param(*c[1:5], *(c[6:] + (8, "", True)[len(c[6:]):]), id=c[0], marks=c[5])
+@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused, pairs", [
+    pytest.param(*c[1:5], *(c[6:] + (8, "", True, True)[len(c[6:]):]), id=c[0], marks=c[5])
     for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused):
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
-    dut = Engine(EngineImage(im, lanes, width, packing, fused_sums=fused))
+    image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs)
+    dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
-           "ENGINE_FUSED": str(int(fused))}
+           "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

@@ -83,6 +83,30 @@ def test_requantizer_sim(acc_width, out_bits, traffic):
         assert out_cycles == [c + Requantizer.LATENCY for c in in_cycles]
 
 
+@pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+def test_requantizer_pairs_sim(traffic):
+    """With ``pairs``, ``acc2`` goes out as ``data2`` with the same scale: both equal the
+    golden, with the same latency and flags."""
+    ready_probability, gap_probability = traffic
+    acc_width, out_bits = 21, 24
+    rng = random.Random(17)
+    words = make_words(acc_width, 800, rng)
+    lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
+    for word in words:
+        word["acc2"] = rng.choice([lo, hi, rng.randint(lo, hi), rng.randint(-3, 3)])
+    dut = Requantizer(acc_width=acc_width, out_bits=out_bits, pairs=True)
+    assert dut.pairs
+    outs, in_cycles, out_cycles = run_stream(dut, words, ready_probability=ready_probability,
+                                             gap_probability=gap_probability, seed=17)
+    assert len(outs) == len(words)
+    for k, (word, got) in enumerate(zip(words, outs)):
+        want = (golden(word, out_bits), golden(dict(word, acc=word["acc2"]), out_bits))
+        assert (got.data, got.data2, got.first, got.last) == \
+            (*want, word["first"], word["last"]), f"element {k} {word}"
+    if traffic == (1.0, 0.0):
+        assert out_cycles == [c + Requantizer.LATENCY for c in in_cycles]
+
+
 @pytest.mark.parametrize("acc_width,out_bits", CONFIGS, ids=IDS)
 def test_requantizer_cocotb(acc_width, out_bits, monkeypatch):
     """>= 10**4 random elements per traffic pattern in Verilator, random and full rate."""

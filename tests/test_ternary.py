@@ -31,7 +31,10 @@ TB_DIR = Path(__file__).parent / "tb"
     (dict(lanes=16, n="64"), TypeError, "n must be an integer, not '64'"),
     (dict(lanes=16, n=64, packing="3bit"), ValueError,
      "packing must be one of 2bit, 1.6bit, not '3bit'"),
-], ids=["lanes12", "lanes0", "lanes-4", "lanes2-2bit", "lanes-float", "n0", "n-str", "3bit"])
+    (dict(lanes=16, n=64, pairs=True), ValueError,
+     "pairs of rows come from grouped chunks: give groups"),
+], ids=["lanes12", "lanes0", "lanes-4", "lanes2-2bit", "lanes-float", "n0", "n-str", "3bit",
+        "pairs-without-groups"])
 def test_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
         TernaryAccumulate(**kwargs)
@@ -259,6 +262,48 @@ def test_grouped_chunks(lanes, groups, packing, gap, ready):
             chunk = source_of[i][0]
             if out_cycles[i] > out_cycles[i - 1] + 1 and chunk > 0:
                 assert in_cycles[chunk] == in_cycles[chunk - 1] + 1, (where, i)
+
+
+@pytest.mark.parametrize("lanes, groups, packing", [(16, (1, 2), "2bit"), (64, (2, 3), "1.6bit")])
+@pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
+def test_paired_chunks(lanes, groups, packing, gap, ready):
+    """With ``pairs``, grouped chunks marked ``pair`` (an even count of rows) send two rows a
+    transfer, in order, others one; every sum equals the golden model. At full rate a run of
+    chunks of pairs delivers two rows every cycle."""
+    seed = zlib.crc32(f"pairs-{lanes}-{groups}-{packing}-{gap}".encode())
+    where = f"lanes {lanes}, groups {groups}, packing {packing}, gap {gap}, seed {seed}"
+    rng = np.random.default_rng(seed)
+    traffic = random.Random(seed)
+    n = 2 * lanes
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups, pairs=True)
+    chunks, expected = [], []          # expected: one entry per transfer, one or two sums
+    for index in range(100):
+        kind = "pair" if index >= 60 else rng.choice(["row", "group", "pair"])
+        if kind == "row":
+            length = int(rng.integers(1, n + 1))
+            t = rng.integers(-1, 2, length).astype(np.int8)
+            q = rng.integers(-127, 128, length).astype(np.int8)
+            chunks += [dict(c, group=0, rows=0, pair=int(rng.random() < 0.5))
+                       for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
+            expected.append((int(ternary_accumulate(t[None, :], q)[0]),))
+            continue
+        g = int(rng.choice(groups))
+        count = 2 * int(rng.integers(1, (1 << g) // 2 + 1)) if kind == "pair" else \
+            int(rng.integers(1, (1 << g) + 1))
+        length = int(rng.integers(1, (lanes >> g) + 1))
+        t = rng.integers(-1, 2, (count, length)).astype(np.int8)
+        q = rng.integers(-127, 128, length).astype(np.int8)
+        sums = [int(v) for v in ternary_accumulate(t, q)]
+        chunks.append(dict(grouped_chunk(t, q, lanes=lanes, group=g, packing=packing),
+                           pair=int(kind == "pair")))
+        expected += [tuple(sums[k:k + 2]) for k in range(0, count, 2)] if kind == "pair" \
+            else [(v,) for v in sums]
+    got, out_cycles, _ = _run_chunks(dut, chunks, len(expected), gap, ready, traffic, where)
+    got = [tuple(int(v[k]) for k in range(len(e))) for v, e in zip(got, expected)]
+    assert got == expected, where
+    if gap == 0.0 and ready == 1.0:
+        tail = out_cycles[-sum(len(e) == 2 for e in expected[-40:]):]
+        assert tail == list(range(tail[0], tail[0] + len(tail))), where
 
 
 def test_grouped_chunk_format():

@@ -32,9 +32,11 @@ def breakdown(image: EngineImage) -> dict[str, int]:
     BitLinear and the lm_head) and the rest of each instruction."""
     out = collections.Counter()
     for instr in image.program:
-        cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums)
+        cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
+                           pairs=image.paired_glu)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
-            rows = instr["n_out"] * instr["chunks"]
+            paired = image.paired_glu and instr["glu"] and instr["group"]
+            rows = instr["n_out"] // 2 if paired else instr["n_out"] * instr["chunks"]
             out["ternary rows"] += rows
             out["BitLinear norm + quantize + pipeline"] += cycles - rows
         elif instr["op"] == Op.NORM:

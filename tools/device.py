@@ -32,7 +32,8 @@ class BoardConfig:
     """The SoC a board runs: its decode engine (``"parallel"``, :mod:`mmfree.hw.engine`, with
     its lanes, vector width and weight packing — how the engine stores the ternary weights,
     whatever the model file's, and whether its writer keeps the norms' sums of squares
-    (``fused_sums``, docs/engine.md); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
+    (``fused_sums``, docs/engine.md) and whether the GLU's gate and up rows go through in pairs
+    (``glu_pairs``); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
     DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
@@ -43,6 +44,7 @@ class BoardConfig:
     packing: str = "2bit"
     engine: str = "parallel"
     fused_sums: bool = True
+    glu_pairs: bool = True
 
     @property
     def divisor(self) -> int:
@@ -59,7 +61,8 @@ BOARD_CONFIGS = {
     # (docs/boards.md). Without fused_sums the SoC routes timing-driven at seed 1 (47.91 MHz),
     # but at 36 MHz it makes 1,703 tokens/s against 1,966.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
-                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit"),
+                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
+                             glu_pairs=False),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).
@@ -94,7 +97,8 @@ def engine_image(model, board: BoardConfig):
     if ok:
         try:
             image = EngineImage(golden.prepare(model), board.lanes, board.vector_width,
-                                board.packing, fused_sums=board.fused_sums)
+                                board.packing, fused_sums=board.fused_sums,
+                                glu_pairs=board.glu_pairs)
         except ValueError as error:
             raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
         ok, detail = fits_image(image, BOARDS[board.name])

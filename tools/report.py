@@ -185,7 +185,7 @@ def _schedule(model, board: str, lanes: int, vector_width: int | None) -> dict:
                     overhead=overhead)
     width = vector_width or config.vector_width
     image = EngineImage(golden.prepare(model), lanes, width, config.packing,
-                        fused_sums=config.fused_sums)
+                        fused_sums=config.fused_sums, glu_pairs=config.glu_pairs)
     return dict(vector_width=width, cycles=step_cycles(image), weights=image.ternary_weights(),
                 overhead=breakdown(image))
 
