@@ -59,7 +59,9 @@ BOARD_CONFIGS = {
     # not 21,142): that SoC routes with nextpnr's placement and routing not timing-driven, at
     # seed 6 (DEFAULT_PNR in boards/build.py), at 37.79 MHz against the 36 MHz clock
     # (docs/boards.md). Without fused_sums the SoC routes timing-driven at seed 1 (47.91 MHz),
-    # but at 36 MHz it makes 1,703 tokens/s against 1,966.
+    # but at 36 MHz it makes 1,703 tokens/s against 1,966. With the GLU's rows in pairs
+    # (glu_pairs: 15,758 cycles a token) one seed of six routed, at 35.24 MHz, so the board
+    # keeps one row a cycle.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
                              clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
                              glu_pairs=False),
