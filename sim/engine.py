@@ -457,7 +457,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       ``max(41 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (35 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
       row; with ``pairs`` (the image's :attr:`~EngineImage.paired_glu`) and grouped rows,
-      ``rows / 2`` cycles of rows and PAIR_TAIL;
+      ``rows / 2`` cycles of rows, plus :data:`PAIR_TAIL` (41) instead: the gate and up rows
+      leave together, the last product waits for the last gate's activation;
     - MLGRU_H: ``n + 49``; MLGRU_O: ``n + 46``.
     """
     op, n = Op(instr["op"]), instr["n_in"]
