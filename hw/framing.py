@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from mmfree.sim.protocol import HEADER_BYTES, MAX_PAYLOAD, SYNC, ErrorCode
 
-__all__ = ["crc16_next", "crc32_next", "FRAME_INFO", "FrameReceiver", "FrameTransmitter",
+__all__ = ["crc16_next", "FRAME_INFO", "FrameReceiver", "FrameTransmitter",
            "BANK_BYTES"]
 
 BANK_BYTES = 1 << (MAX_PAYLOAD - 1).bit_length()      # payload buffer bank, a power of two
@@ -16,25 +16,18 @@ LENGTH_BITS = 16
 PAYLOAD_BITS = MAX_PAYLOAD.bit_length()             # a payload index, a length that fits
 
 
-def _linear_crc(width, reflected, poly):
-    """Each next-state bit of a bytewise CRC as the set of current-state bits (0..width-1)
-    and byte bits (width..width+7) whose XOR it is: a CRC step is linear over GF(2), so the
-    logic is one XOR tree per bit instead of eight chained multiplexers."""
+def _linear_crc(width, poly):
+    """Each next-state bit of a bytewise MSB-first CRC as the set of current-state bits
+    (0..width-1) and byte bits (width..width+7) whose XOR it is: a CRC step is linear over
+    GF(2), so the logic is one XOR tree per bit instead of eight chained multiplexers."""
     state = [{i} for i in range(width)]
     byte = [{width + i} for i in range(8)]
-    if reflected:
-        state = [state[i] ^ byte[i] if i < 8 else state[i] for i in range(width)]
-        for _ in range(8):
-            low = state[0]
-            state = state[1:] + [set()]
-            state = [state[i] ^ low if (poly >> i) & 1 else state[i] for i in range(width)]
-    else:
-        state = [state[i] ^ byte[i - (width - 8)] if i >= width - 8 else state[i]
-                 for i in range(width)]
-        for _ in range(8):
-            high = state[width - 1]
-            state = [set()] + state[:-1]
-            state = [state[i] ^ high if (poly >> i) & 1 else state[i] for i in range(width)]
+    state = [state[i] ^ byte[i - (width - 8)] if i >= width - 8 else state[i]
+             for i in range(width)]
+    for _ in range(8):
+        high = state[width - 1]
+        state = [set()] + state[:-1]
+        state = [state[i] ^ high if (poly >> i) & 1 else state[i] for i in range(width)]
     return state
 
 
@@ -45,8 +38,7 @@ def _xor_tree(terms, bits):
     return value
 
 
-_CRC16 = _linear_crc(16, False, 0x1021)
-_CRC32 = _linear_crc(32, True, 0xEDB88320)
+_CRC16 = _linear_crc(16, 0x1021)
 
 
 def crc16_next(crc, byte):
@@ -54,13 +46,6 @@ def crc16_next(crc, byte):
     :func:`mmfree.sim.protocol.crc16_update`."""
     bits = [crc[i] for i in range(16)] + [byte[i] for i in range(8)]
     return Cat(*[_xor_tree(terms, bits) for terms in _CRC16])
-
-
-def crc32_next(crc, byte):
-    """Standard (reflected, zlib) CRC-32 register after one more byte, without the final
-    inversion (register init 0xFFFFFFFF; the CRC is the register inverted)."""
-    bits = [crc[i] for i in range(32)] + [byte[i] for i in range(8)]
-    return Cat(*[_xor_tree(terms, bits) for terms in _CRC32])
 
 
 FRAME_INFO = data.StructLayout({
