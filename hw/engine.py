@@ -372,11 +372,12 @@ class Engine(wiring.Component):
         # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
         # that holds them while their gate is in the activation's pipeline.
         m.submodules.up_fifo = up_fifo = SyncFIFOBuffered(width=ACT_BITS, depth=64)
-        parity = Signal()             # the next row out of the requantizer is an up row
-        with m.If(state == _State.TERN):
-            m.d.sync += parity.eq(0)
-        with m.Elif(rq_out.valid & rq_out.ready):
-            m.d.sync += parity.eq(~parity)
+        if not paired:
+            parity = Signal()         # the next row out of the requantizer is an up row
+            with m.If(state == _State.TERN):
+                m.d.sync += parity.eq(0)
+            with m.Elif(rq_out.valid & rq_out.ready):
+                m.d.sync += parity.eq(~parity)
         m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
         with m.If(op == Op.HEAD):
             m.d.comb += [sampler.logits.valid.eq(rq_out.valid),

@@ -34,7 +34,7 @@ import numpy as np
 from mmfree.sim import golden
 from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles", "row_cycles",
            "step_cycles"]
 
 
@@ -436,6 +436,15 @@ def tree_latency(lanes: int) -> int:
 PAIR_TAIL = 41
 
 
+def row_cycles(instr: dict, pairs: bool = False) -> int:
+    """Cycles of a BITLINEAR's or HEAD's ternary rows: ``rows * chunks``, one row a cycle, or
+    ``rows / 2`` for the GLU's gate/up rows in pairs (``pairs``: the image's
+    :attr:`~EngineImage.paired_glu`; grouped rows only)."""
+    if pairs and instr["glu"] and instr["group"]:
+        return instr["n_out"] // 2
+    return instr["n_out"] * instr["chunks"]
+
+
 def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
               pairs: bool = False, vocab: int = 0, token: int = 0,
               sampled: bool = False) -> int:
@@ -469,10 +478,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
         return beats + 53 if fused else 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
         front = 2 * beats + 99 if fused else 3 * beats + 102
-        paired = pairs and instr["glu"] and instr["group"]
-        rows = instr["n_out"] // 2 if paired else instr["n_out"] * instr["chunks"]
-        cycles = front + rows + tree_latency(lanes) + 2 * instr["add"]
-        if paired:
+        cycles = front + row_cycles(instr, pairs) + tree_latency(lanes) + 2 * instr["add"]
+        if pairs and instr["glu"] and instr["group"]:
             cycles += PAIR_TAIL
         elif instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)

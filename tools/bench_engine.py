@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..sim import golden
-from ..sim.engine import EngineImage, Op, op_cycles, step_cycles
+from ..sim.engine import EngineImage, Op, op_cycles, row_cycles, step_cycles
 from ..sim.model import ModelConfig, random_model
 from ..sim.modelfile import load_model
 from .bench_golden import machine
@@ -28,15 +28,14 @@ LANES = [16, 32, 64, 128, 256, 512, 1024]
 
 
 def breakdown(image: EngineImage) -> dict[str, int]:
-    """Cycles of one greedy step by kind: the ternary rows (``rows * chunks`` of every
+    """Cycles of one greedy step by kind: the ternary rows (:func:`row_cycles` of every
     BitLinear and the lm_head) and the rest of each instruction."""
     out = collections.Counter()
     for instr in image.program:
         cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
                            pairs=image.paired_glu)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
-            paired = image.paired_glu and instr["glu"] and instr["group"]
-            rows = instr["n_out"] // 2 if paired else instr["n_out"] * instr["chunks"]
+            rows = row_cycles(instr, image.paired_glu)
             out["ternary rows"] += rows
             out["BitLinear norm + quantize + pipeline"] += cycles - rows
         elif instr["op"] == Op.NORM:
