@@ -167,7 +167,7 @@ class Engine(wiring.Component):
         paired = image.paired_glu
         m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
                                                      packing=image.packing, groups=groups,
-                                                     pairs=paired)
+                                                     pairs=paired, input_reg=image.weight_reg)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
                                                      out_bits=ACT_BITS, pairs=paired)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")

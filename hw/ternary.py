@@ -49,7 +49,9 @@ class TernaryAccumulate(wiring.Component):
     cycle. ``out``'s payload is then an array of two sums (the second don't-care in a single
     row's transfer).
 
-    Datapath: the chunk is registered; each lane decodes its weight (adders, see
+    Datapath: the chunk is registered (twice with ``input_reg``: in the engine it comes
+    straight out of block RAM spread over the device, and a second register splits that
+    route); each lane decodes its weight (adders, see
     :class:`~mmfree.hw.unpack.TernaryDecoder`) and selects ``+q``, ``~q = -q - 1`` or 0 (one
     LUT a bit, no negation, no multiplier), registered; the missing 1 of a -1 weight is the
     carry into an adder of the tree (the adder of lanes ``A`` and ``B`` takes the carry of
@@ -69,7 +71,8 @@ class TernaryAccumulate(wiring.Component):
     on ``out.ready`` combinationally.
 
     Latency: ``latency = ceil(log2(lanes) / 2) + 3`` cycles from the transfer of a row's last
-    chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256), with ``out.ready`` high; row
+    chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256; one more with
+    ``input_reg``), with ``out.ready`` high; row
     ``m`` of a grouped chunk ``m`` cycles later. Throughput: one row per cycle: a chunk per
     cycle (``inp.ready`` stays high while ``out.ready`` is), a grouped chunk of ``r`` rows per
     ``r`` cycles (``inp.ready`` counts rows: high while at most ``latency`` are accepted and not
@@ -89,6 +92,9 @@ class TernaryAccumulate(wiring.Component):
     pairs : bool
         Grouped chunks may send their rows out in pairs (``pair`` on ``inp``); needs
         ``groups``.
+    input_reg : bool
+        A second register on the chunk before the decoders: one more cycle of latency (and
+        one more row in flight), for a chunk that travels far.
 
     Members
     -------
@@ -104,7 +110,7 @@ class TernaryAccumulate(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, n: int, packing: str = "2bit", groups=(),
-                 pairs: bool = False):
+                 pairs: bool = False, input_reg: bool = False):
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
@@ -130,6 +136,7 @@ class TernaryAccumulate(wiring.Component):
         self._packing = packing
         self._groups = groups
         self._pairs = bool(pairs)
+        self._input_reg = bool(input_reg)
         fields = {
             "q":    data.ArrayLayout(signed(8), lanes),
             "w":    unsigned(self.w_bits),
@@ -167,6 +174,10 @@ class TernaryAccumulate(wiring.Component):
         return self._pairs
 
     @property
+    def input_reg(self) -> bool:
+        return self._input_reg
+
+    @property
     def max_rows(self) -> int:
         """Rows a chunk can hold: ``2**max(groups)`` (1 without groups)."""
         return 1 << max(self._groups, default=0)
@@ -187,7 +198,7 @@ class TernaryAccumulate(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the transfer of a row's last chunk to ``out.valid``."""
-        return self.tree_stages + 3
+        return self.tree_stages + 3 + self._input_reg
 
     def elaborate(self, platform):
         m = Module()
@@ -214,10 +225,17 @@ class TernaryAccumulate(wiring.Component):
         m.d.comb += self.inp.ready.eq(pending <= cap)
         m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - delivered)
 
-        # Stage 0: the chunk registered (it comes straight out of block RAM in the engine).
+        # Stage 0: the chunk registered (it comes straight out of block RAM in the engine);
+        # with input_reg, registered twice.
         chunk = Signal.like(self.inp.payload, name="chunk")
         chunk_valid = Signal(name="chunk_valid")
-        m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
+        if self._input_reg:
+            chunk_in = Signal.like(self.inp.payload, name="chunk_in")
+            chunk_in_valid = Signal(name="chunk_in_valid")
+            m.d.sync += [chunk_in.eq(self.inp.payload), chunk_in_valid.eq(accept),
+                         chunk.eq(chunk_in), chunk_valid.eq(chunk_in_valid)]
+        else:
+            m.d.sync += [chunk.eq(self.inp.payload), chunk_valid.eq(accept)]
         # What travels with a chunk down the tree: its last flag, group and rows.
         ctrl_layout = data.StructLayout({"last": 1,
                                          "group": range(max(self._groups, default=0) + 1),

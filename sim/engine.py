@@ -110,6 +110,9 @@ class EngineImage:
     ``glu_pairs``: where the gate/up rows are grouped (``lanes >= 2 n``), a gate row and its up
     row leave the ternary unit together, through a requantizer of two (docs/engine.md):
     half the cycles of the GLU's rows. Without it, one row a cycle.
+    ``weight_reg``: a second register between the weight memory's read and the ternary unit's
+    decoders (:class:`~mmfree.hw.ternary.TernaryAccumulate`'s ``input_reg``), for a board whose
+    weight block RAMs are far from the lanes: one more cycle for every BITLINEAR and HEAD.
     """
     im: golden.IntModel
     lanes: int
@@ -117,6 +120,7 @@ class EngineImage:
     packing: str = ""
     fused_sums: bool = True
     glu_pairs: bool = True
+    weight_reg: bool = False
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -426,9 +430,10 @@ class EngineImage:
 SKIP_CYCLES = 2
 
 
-def tree_latency(lanes: int) -> int:
-    """:attr:`mmfree.hw.ternary.TernaryAccumulate.latency`: ``ceil(log2(lanes) / 2) + 3``."""
-    return ((lanes.bit_length() - 1) + 1) // 2 + 3
+def tree_latency(lanes: int, input_reg: bool = False) -> int:
+    """:attr:`mmfree.hw.ternary.TernaryAccumulate.latency`: ``ceil(log2(lanes) / 2) + 3``, plus
+    1 with ``input_reg`` (the image's ``weight_reg``)."""
+    return ((lanes.bit_length() - 1) + 1) // 2 + 3 + bool(input_reg)
 
 
 #: BITLINEAR with paired GLU rows: cycles after the last pair leaves the ternary unit (the
@@ -446,8 +451,8 @@ def row_cycles(instr: dict, pairs: bool = False) -> int:
 
 
 def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
-              pairs: bool = False, vocab: int = 0, token: int = 0,
-              sampled: bool = False) -> int:
+              pairs: bool = False, weight_reg: bool = False, vocab: int = 0,
+              token: int = 0, sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
@@ -458,8 +463,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       without the quantizer, ``y`` written as pass 2 makes it: ``B + 48``, plus the beat
       readers and the sequencer); ``3 B + 68`` without ``fused`` (the image's ``fused_sums``:
       NormQuant's own sum of squares in pass 1, ``y`` out in pass 3);
-    - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes) + 2 add`` (``add``: 1 with
-      the residual add); ``3 B + rows * chunks + 102 + ...`` without ``fused``;
+    - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes, weight_reg) + 2 add``
+      (``add``: 1 with the residual add; ``weight_reg``: the image's);
+      ``3 B + rows * chunks + 102 + ...`` without ``fused``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
@@ -478,7 +484,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
         return beats + 53 if fused else 3 * beats + 68
     if op in (Op.BITLINEAR, Op.HEAD):
         front = 2 * beats + 99 if fused else 3 * beats + 102
-        cycles = front + row_cycles(instr, pairs) + tree_latency(lanes) + 2 * instr["add"]
+        cycles = (front + row_cycles(instr, pairs) + tree_latency(lanes, weight_reg)
+                  + 2 * instr["add"])
         if pairs and instr["glu"] and instr["group"]:
             cycles += PAIR_TAIL
         elif instr["glu"]:
@@ -505,6 +512,7 @@ def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
             total += SKIP_CYCLES
         else:
             total += op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
-                               pairs=image.paired_glu, vocab=image.im.config.vocab_size,
-                               token=token, sampled=sampled)
+                               pairs=image.paired_glu, weight_reg=image.weight_reg,
+                               vocab=image.im.config.vocab_size, token=token,
+                               sampled=sampled)
     return total

@@ -450,8 +450,8 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     from mmfree.tools import report as perf
     row = perf.row_from_report(tiny_model, report)
     config = BOARD_CONFIGS["ulx3s-85f"]
-    image = EngineImage(golden.prepare(tiny_model), 8, 1, config.packing,
-                        fused_sums=config.fused_sums, glu_pairs=config.glu_pairs)
+    image = EngineImage(golden.prepare(tiny_model), 8,
+                        **(config.engine_options | dict(vector_width=1)))
     assert (row.status, row.routed, row.lanes) == ("built", True, 8)
     assert row.cycles == step_cycles(image) and row.fmax_mhz == result.min_fmax_mhz
     assert row.tokens_per_s == pytest.approx(result.min_fmax_mhz * 1e6 / row.cycles)

@@ -87,8 +87,8 @@ def test_image_memories_are_the_engines(lanes, width, packing):
 
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
-                  pairs=True):
-    image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=pairs)
+                  pairs=True, weight_reg=False):
+    image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=pairs, weight_reg=weight_reg)
     assert image.paired_glu == (pairs and lanes >= 64)
     dut = Engine(image)
     x0 = golden.sampler_x0(temperature) if temperature else 0
@@ -134,25 +134,28 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=Tr
         assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
 
 
-@pytest.mark.parametrize("act, lanes, temperature, fused, pairs", [
-    ("silu", 4, 0.0, True, True), ("gelu", 8, 0.8, True, True), ("silu", 64, 0.8, True, True),
-    ("gelu", 64, 0.0, True, True), ("silu", 64, 0.0, True, False),
-    ("silu", 8, 0.8, False, True),
+@pytest.mark.parametrize("act, lanes, temperature, fused, pairs, weight_reg", [
+    ("silu", 4, 0.0, True, True, False), ("gelu", 8, 0.8, True, True, False),
+    ("silu", 64, 0.8, True, True, False), ("gelu", 64, 0.0, True, True, False),
+    ("silu", 64, 0.0, True, False, False), ("silu", 8, 0.8, False, True, False),
+    ("gelu", 64, 0.8, True, True, True),
 ], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
-        "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused"])
-def test_engine_amaranth(act, lanes, temperature, fused, pairs):
+        "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused",
+        "gelu-l64-grouped-sampled-weight-reg"])
+def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
     grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows go
     through in pairs unless ``pairs`` is off (``glu_pairs=False``, one row a cycle).
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
-    passes)."""
+    passes); ``weight-reg``: a register between the weight memory and the ternary unit
+    (``weight_reg=True``, one more cycle a BitLinear)."""
     if lanes == 64:
         image = EngineImage(_tiny(act), lanes)
         assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
                 (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7,
-                  fused=fused, pairs=pairs)
+                  fused=fused, pairs=pairs, weight_reg=weight_reg)
 
 
 def test_image_pairs():
@@ -167,6 +170,19 @@ def test_image_pairs():
         im.config.num_layers * (glu // 2 + max(41 - 1, 8) - PAIR_TAIL)
 
 
+def test_image_weight_reg():
+    """A register after the weight memory's read costs one cycle per BITLINEAR and HEAD
+    that a step runs."""
+    im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
+    plain, registered = (EngineImage(im, 128, 4, weight_reg=r) for r in (False, True))
+    ternary = sum(i["op"] in (Op.BITLINEAR, Op.HEAD) for i in plain.program)
+    silent = sum(i["op"] in (Op.BITLINEAR, Op.HEAD) and not i["emit_only"]
+                 for i in plain.program)
+    assert step_cycles(registered) - step_cycles(plain) == ternary
+    assert step_cycles(registered, emit=False) - step_cycles(plain, emit=False) == silent
+    assert ternary == im.config.num_layers * 6 + 1      # i, f, g, o, gate/up, down; lm_head
+
+
 _ULX3S = BOARD_CONFIGS["ulx3s-85f"]
 assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (512, 4, "1.6bit"), _ULX3S
 
@@ -176,36 +192,39 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), the board's fused_sums and glu_pairs (the Amaranth
-    # runs above cover the other settings).
+    # written whole by the load port), the board's fused_sums, glu_pairs and weight_reg (the
+    # Amaranth runs above cover the other settings).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     _ULX3S.fused_sums, _ULX3S.glu_pairs),
+     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.weight_reg),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
     # 75 rows end in a chunk of three; the GLU's gate and up rows in pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
-    # the board's fused_sums and glu_pairs.
+    # the board's fused_sums, glu_pairs and weight_reg.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs),
+     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.weight_reg),
 ]
 
 
-@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused, pairs", [
-    pytest.param(*c[1:5], *(c[6:] + (8, "", True, True)[len(c[6:]):]), id=c[0], marks=c[5])
+@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused, pairs, reg", [
+    pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, False)[len(c[6:]):]), id=c[0],
+                 marks=c[5])
     for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs):
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, reg):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
-    image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs)
+    image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs,
+                        weight_reg=reg)
     dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
-           "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs))}
+           "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs)),
+           "ENGINE_WEIGHT_REG": str(int(reg))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

@@ -37,8 +37,7 @@ def test_lanes_that_do_not_fit_are_refused_before_any_tool(tmp_path, monkeypatch
     model = load_model(cli.default_model_path().with_name("ulx3s-85f.safetensors"))
     config = BOARD_CONFIGS["ulx3s-85f"]
     for row, lanes in zip(rows, (256, 2048), strict=True):
-        image = EngineImage(golden.prepare(model), lanes, config.vector_width, config.packing,
-                            fused_sums=config.fused_sums, glu_pairs=config.glu_pairs)
+        image = EngineImage(golden.prepare(model), lanes, **config.engine_options)
         assert (row.board, row.lanes, row.status) == ("ulx3s-85f", lanes, "does not fit")
         assert "block RAMs" in row.detail and row.fmax_mhz is None, row
         assert row.cycles == step_cycles(image)

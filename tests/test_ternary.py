@@ -47,6 +47,7 @@ def test_parameters_and_ports():
     assert dut.w_bits == 8 * 52 and chunk_bytes(256, "2bit") == 64
     assert [TernaryAccumulate(lanes=lanes, n=8, packing="1.6bit").latency
             for lanes in (1, 2, 4, 16, 32, 64, 256)] == [3, 4, 4, 5, 6, 6, 7]
+    assert TernaryAccumulate(lanes=512, n=8, input_reg=True).latency == 9
     with pytest.raises(AttributeError):
         dut.lanes = 8
     assert TernaryAccumulate(lanes=1, n=1, packing="1.6bit").acc_bits == 8
@@ -184,18 +185,20 @@ def _run_chunks(dut, chunks, rows, gap, ready, traffic, where):
     return got, out_cycles, in_cycles
 
 
-@pytest.mark.parametrize("lanes, n, packing", [
-    (16, 40, "2bit"), (16, 48, "1.6bit"), (4, 9, "2bit"), (1, 3, "1.6bit"),
-], ids=["l16-n40-2bit", "l16-n48-1.6bit", "l4-n9-2bit", "l1-n3-1.6bit"])
+@pytest.mark.parametrize("lanes, n, packing, input_reg", [
+    (16, 40, "2bit", False), (16, 48, "1.6bit", False), (4, 9, "2bit", False),
+    (1, 3, "1.6bit", False), (16, 48, "1.6bit", True),
+], ids=["l16-n40-2bit", "l16-n48-1.6bit", "l4-n9-2bit", "l1-n3-1.6bit", "l16-n48-1.6bit-reg"])
 @pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
-def test_sim_matches_golden(lanes, n, packing, gap, ready):
+def test_sim_matches_golden(lanes, n, packing, input_reg, gap, ready):
     """Row sums equal the golden model; at full rate, latency and throughput are as
-    documented."""
+    documented (``input_reg``: one more cycle of latency, the same throughput)."""
     seed = zlib.crc32(f"{lanes}-{n}-{packing}-{gap}".encode())
-    where = f"lanes {lanes}, n {n}, packing {packing}, gap {gap}, ready {ready}, seed {seed}"
+    where = (f"lanes {lanes}, n {n}, packing {packing}, input_reg {input_reg}, gap {gap}, "
+             f"ready {ready}, seed {seed}")
     rng = np.random.default_rng(seed)
     traffic = random.Random(seed)
-    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing)
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, input_reg=input_reg)
     rows = _sim_rows(lanes, n, 150, rng)
     chunks = [c for t, q in rows for c in ternary_chunks(t, q, lanes=lanes, packing=packing)]
     expected = [int(ternary_accumulate(t[None, :], q)[0]) for t, q in rows]
@@ -211,19 +214,22 @@ def test_sim_matches_golden(lanes, n, packing, gap, ready):
         assert latencies == {dut.latency}, f"{where}: latencies {latencies}"
 
 
-@pytest.mark.parametrize("lanes, groups, packing", [
-    (16, (1, 2, 3), "2bit"), (32, (2,), "1.6bit"), (64, (1, 3), "1.6bit")])
+@pytest.mark.parametrize("lanes, groups, packing, input_reg", [
+    (16, (1, 2, 3), "2bit", False), (32, (2,), "1.6bit", False), (64, (1, 3), "1.6bit", False),
+    (32, (2,), "1.6bit", True)])
 @pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
-def test_grouped_chunks(lanes, groups, packing, gap, ready):
+def test_grouped_chunks(lanes, groups, packing, input_reg, gap, ready):
     """Grouped chunks (several short rows a chunk) mixed with row chunks: every row's sum
     equals the golden model, in order; at full rate one row a cycle, row ``m`` of a chunk
     ``latency + m`` cycles after it."""
     seed = zlib.crc32(f"{lanes}-{groups}-{packing}-{gap}".encode())
-    where = f"lanes {lanes}, groups {groups}, packing {packing}, gap {gap}, seed {seed}"
+    where = (f"lanes {lanes}, groups {groups}, packing {packing}, input_reg {input_reg}, "
+             f"gap {gap}, seed {seed}")
     rng = np.random.default_rng(seed)
     traffic = random.Random(seed)
     n = 3 * lanes
-    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups)
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups,
+                            input_reg=input_reg)
     chunks, expected, source_of = [], [], []     # source_of: (chunk, row in it) of each row
     for _ in range(120):
         g = int(rng.choice((0,) + groups))
@@ -264,18 +270,21 @@ def test_grouped_chunks(lanes, groups, packing, gap, ready):
                 assert in_cycles[chunk] == in_cycles[chunk - 1] + 1, (where, i)
 
 
-@pytest.mark.parametrize("lanes, groups, packing", [(16, (1, 2), "2bit"), (64, (2, 3), "1.6bit")])
+@pytest.mark.parametrize("lanes, groups, packing, input_reg", [
+    (16, (1, 2), "2bit", False), (64, (2, 3), "1.6bit", False), (64, (2, 3), "1.6bit", True)])
 @pytest.mark.parametrize("gap, ready", [(0.0, 1.0), (0.3, 0.4)], ids=["full-rate", "random"])
-def test_paired_chunks(lanes, groups, packing, gap, ready):
+def test_paired_chunks(lanes, groups, packing, input_reg, gap, ready):
     """With ``pairs``, grouped chunks marked ``pair`` (an even count of rows) send two rows a
     transfer, in order, others one; every sum equals the golden model. At full rate a run of
     chunks of pairs delivers two rows every cycle."""
     seed = zlib.crc32(f"pairs-{lanes}-{groups}-{packing}-{gap}".encode())
-    where = f"lanes {lanes}, groups {groups}, packing {packing}, gap {gap}, seed {seed}"
+    where = (f"lanes {lanes}, groups {groups}, packing {packing}, input_reg {input_reg}, "
+             f"gap {gap}, seed {seed}")
     rng = np.random.default_rng(seed)
     traffic = random.Random(seed)
     n = 2 * lanes
-    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups, pairs=True)
+    dut = TernaryAccumulate(lanes=lanes, n=n, packing=packing, groups=groups, pairs=True,
+                            input_reg=input_reg)
     chunks, expected = [], []          # expected: one entry per transfer, one or two sums
     for index in range(100):
         kind = "pair" if index >= 60 else rng.choice(["row", "group", "pair"])

@@ -33,7 +33,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
     out = collections.Counter()
     for instr in image.program:
         cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
-                           pairs=image.paired_glu)
+                           pairs=image.paired_glu, weight_reg=image.weight_reg)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
             rows = row_cycles(instr, image.paired_glu)
             out["ternary rows"] += rows

@@ -33,7 +33,8 @@ class BoardConfig:
     its lanes, vector width and weight packing — how the engine stores the ternary weights,
     whatever the model file's, and whether its writer keeps the norms' sums of squares
     (``fused_sums``, docs/engine.md) and whether the GLU's gate and up rows go through in pairs
-    (``glu_pairs``); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
+    (``glu_pairs``) and whether a register splits the weight memory's read from the ternary
+    unit (``weight_reg``); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
     DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
@@ -45,6 +46,15 @@ class BoardConfig:
     engine: str = "parallel"
     fused_sums: bool = True
     glu_pairs: bool = True
+    weight_reg: bool = False
+
+    @property
+    def engine_options(self) -> dict:
+        """:class:`~mmfree.sim.engine.EngineImage`'s keyword arguments for this board's
+        parallel engine (all but the lanes)."""
+        return dict(vector_width=self.vector_width, packing=self.packing,
+                    fused_sums=self.fused_sums, glu_pairs=self.glu_pairs,
+                    weight_reg=self.weight_reg)
 
     @property
     def divisor(self) -> int:
@@ -98,9 +108,7 @@ def engine_image(model, board: BoardConfig):
             raise DeviceSetupError(f"the model does not fit the {board.name}: {error}") from None
     if ok:
         try:
-            image = EngineImage(golden.prepare(model), board.lanes, board.vector_width,
-                                board.packing, fused_sums=board.fused_sums,
-                                glu_pairs=board.glu_pairs)
+            image = EngineImage(golden.prepare(model), board.lanes, **board.engine_options)
         except ValueError as error:
             raise DeviceSetupError(f"the model cannot run on the engine: {error}") from None
         ok, detail = fits_image(image, BOARDS[board.name])

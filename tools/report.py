@@ -184,8 +184,8 @@ def _schedule(model, board: str, lanes: int, vector_width: int | None) -> dict:
         return dict(vector_width=config.vector_width, cycles=cycles, weights=weights,
                     overhead=overhead)
     width = vector_width or config.vector_width
-    image = EngineImage(golden.prepare(model), lanes, width, config.packing,
-                        fused_sums=config.fused_sums, glu_pairs=config.glu_pairs)
+    image = EngineImage(golden.prepare(model), lanes,
+                        **(config.engine_options | dict(vector_width=width)))
     return dict(vector_width=width, cycles=step_cycles(image), weights=image.ternary_weights(),
                 overhead=breakdown(image))
 
