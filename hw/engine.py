@@ -36,6 +36,14 @@ def _select(key, keys, values):
     return out
 
 
+def _or_all(values):
+    """The OR of ``values`` (at most one non-zero: a one-hot select's AND-OR)."""
+    out = 0
+    for v in values:
+        out = out | v
+    return out
+
+
 class _State(enum.Enum, shape=4):
     IDLE    = 0
     FETCH   = 1    # read the instruction at pc
@@ -96,7 +104,10 @@ class Engine(wiring.Component):
     reset_state : In(1)
         Strobe while idle: the recurrent state of every layer becomes zero.
     load : In(stream.Signature(StructLayout({"addr": 32, "data": 32})))
-        Writes one 32-bit word of the image (:meth:`EngineImage.load_words`); taken while idle.
+        Writes one 32-bit word of the image (:meth:`EngineImage.load_words`); taken while idle,
+        a word a cycle (``ready`` is a register: low in the cycle after a step is taken or
+        the engine returns to idle), written the next cycle; ``step`` waits while a word is
+        offered or written.
     busy : Out(1)
     cycles : Out(32)
         Cycles of the last step, from the ``step`` transfer to the return to idle.
@@ -186,7 +197,6 @@ class Engine(wiring.Component):
         state = Signal(_State)
         pc = Signal(range(len(image.program) + 1))
         instr = Signal(INSTR_LAYOUT)
-        op = instr.op
         token = Signal.like(self.step.payload.token)
         emit = Signal()
         h_valid = Signal(max(1, cfg.num_layers))
@@ -198,6 +208,30 @@ class Engine(wiring.Component):
 
         prog_rd = prog.read_port()
         m.d.comb += [prog_rd.addr.eq(pc), prog_rd.en.eq(state == _State.FETCH)]
+        decoded = Signal(INSTR_LAYOUT)
+        m.d.comb += decoded.eq(prog_rd.data[:INSTR_LAYOUT.size])
+
+        # The op, decoded into a flag per use and registered with the instruction (in DECODE):
+        # a compare of `op`'s bits would otherwise open every select of the datapath, a route
+        # across the device before its first LUT. The flags of an op are mutually exclusive.
+        def op_flags(instr):
+            bl = instr.op == Op.BITLINEAR
+            head = instr.op == Op.HEAD
+            return {
+                "embed":    instr.op == Op.EMBED,
+                "norm":     instr.op == Op.NORM,
+                "mlgru_h":  instr.op == Op.MLGRU_H,
+                "mlgru_o":  instr.op == Op.MLGRU_O,
+                "head":     head,
+                "tern":     bl | head,                          # ternary rows
+                "norm_ops": bl | head | (instr.op == Op.NORM),  # NormQuant runs
+                "mlgru":    (instr.op == Op.MLGRU_H) | (instr.op == Op.MLGRU_O),
+                "glu":      bl & instr.glu,
+                "add":      bl & ~instr.glu & instr.add,
+                "plain":    bl & ~instr.glu & ~instr.add,       # requantized rows stored
+                "product":  (instr.op == Op.MLGRU_O) | (bl & instr.glu),
+            }
+        is_ = {name: Signal(name=f"is_{name}") for name in op_flags(decoded)}
         m.d.comb += self.busy.eq(state != _State.IDLE)
         m.d.comb += self.cycles.eq(cycles)
         with m.If(state != _State.IDLE):
@@ -208,24 +242,22 @@ class Engine(wiring.Component):
             m.d.comb += reader.start.eq(start)
         m.d.comb += [
             r0.base.eq(instr.src),
-            r0.count.eq(Mux(op == Op.MLGRU_H, instr.n_in, 0)),
+            r0.count.eq(Mux(is_["mlgru_h"], instr.n_in, 0)),
             r2.base.eq(instr.aux),
-            r2.count.eq(Mux((op == Op.MLGRU_H) | (op == Op.MLGRU_O), instr.n_in, 0)),
+            r2.count.eq(Mux(is_["mlgru"], instr.n_in, 0)),
             rc.base.eq(instr.cbase),
             re.base.eq(token * (d // 4)),
-            re.count.eq(Mux((op == Op.EMBED) & (state == _State.EMB_M), d // 4, 0)),
+            re.count.eq(Mux(is_["embed"] & (state == _State.EMB_M), d // 4, 0)),
         ]
-        with m.Switch(op):
-            with m.Case(Op.MLGRU_H):
-                m.d.comb += [r1.base.eq(regions["I"]), r1.count.eq(instr.n_in),
-                             rc.count.eq(instr.n_in)]
-            with m.Case(Op.MLGRU_O):
-                m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
-            with m.Case(Op.BITLINEAR, Op.HEAD):
-                m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0))]
-            with m.Case(Op.EMBED):
-                m.d.comb += [rc.base.eq(instr.cbase + token),
-                             rc.count.eq(state == _State.START)]
+        with m.If(is_["mlgru_h"]):
+            m.d.comb += [r1.base.eq(regions["I"]), r1.count.eq(instr.n_in),
+                         rc.count.eq(instr.n_in)]
+        with m.Elif(is_["mlgru_o"]):
+            m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
+        with m.Elif(is_["tern"]):
+            m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0))]
+        with m.Elif(is_["embed"]):
+            m.d.comb += [rc.base.eq(instr.cbase + token), rc.count.eq(state == _State.START)]
 
         # --- read ports -----------------------------------------------------------------
         # Every read port of a memory is a copy of it in block RAM, so readers that never run
@@ -233,7 +265,7 @@ class Engine(wiring.Component):
         # beat readers (norm ops) with r0 (MLGRU_H only) on vmem and with rc (MLGRU_H, EMBED)
         # on cmem. Element readers address a row (addr >> log2(W)) and take the element's word
         # (its index registered with the read, so it follows the held output).
-        norm_ops = (op == Op.NORM) | (op == Op.BITLINEAR) | (op == Op.HEAD)
+        norm_ops = is_["norm_ops"]
         for name, reader, memory, beats_reader in (("r0", r0, vmem, rw), ("r1", r1, vmem, None),
                                                    ("r2", r2, vmem, None), ("rc", rc, cmem, rcw),
                                                    ("re", re, emb, None)):
@@ -262,7 +294,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             nq.eps.eq(instr.eps),
             nq.out_shift.eq(instr.out_shift),
-            nq.quantize.eq(op != Op.NORM),          # a stand-alone RMSNorm writes y alone
+            nq.quantize.eq(~is_["norm"]),          # a stand-alone RMSNorm writes y alone
             nq.inp.payload.last.eq(rw.out.payload.last),
             nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, 32)[:NORM_W_BITS]
                                   for j in range(W)])),
@@ -284,7 +316,7 @@ class Engine(wiring.Component):
             q_wr.addr.eq(q_count >> lane_bits),
             q_wr.data.eq(Cat(*[nq.out.payload.q[j] for j in range(W)] * (lanes // W))),
         ]
-        with m.If(nq.out.valid & ((op == Op.BITLINEAR) | (op == Op.HEAD))):
+        with m.If(nq.out.valid & is_["tern"]):
             m.d.comb += q_wr.en.eq(Const((1 << W) - 1, lanes) << q_count[:lane_bits]
                                    if lanes > W else (1 << W) - 1)
             # Grouped rows: the beat goes into every segment of lanes >> g (the data is
@@ -379,18 +411,18 @@ class Engine(wiring.Component):
             with m.Elif(rq_out.valid & rq_out.ready):
                 m.d.sync += parity.eq(~parity)
         m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
-        with m.If(op == Op.HEAD):
+        with m.If(is_["head"]):
             m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
                          rq_out.ready.eq(sampler.logits.ready)]
         if paired:
-            with m.Elif((op == Op.BITLINEAR) & instr.glu):
+            with m.Elif(is_["glu"]):
                 # A gate and its up row together: the gate into the activation, the up row
                 # into the FIFO, both or neither.
                 m.d.comb += [act.inp.valid.eq(rq_out.valid & up_fifo.w_rdy),
                              up_fifo.w_en.eq(rq_out.valid & act.inp.ready),
                              rq_out.ready.eq(act.inp.ready & up_fifo.w_rdy)]
         else:
-            with m.Elif((op == Op.BITLINEAR) & instr.glu):
+            with m.Elif(is_["glu"]):
                 with m.If(parity):
                     m.d.comb += [up_fifo.w_en.eq(rq_out.valid),
                                  rq_out.ready.eq(up_fifo.w_rdy)]
@@ -398,7 +430,7 @@ class Engine(wiring.Component):
                     m.d.comb += [act.inp.valid.eq(rq_out.valid),
                                  rq_out.ready.eq(act.inp.ready)]
 
-        with m.Elif((op == Op.BITLINEAR) & instr.add):
+        with m.Elif(is_["add"]):
             m.d.comb += [residual.a.valid.eq(rq_out.valid),
                          rq_out.ready.eq(residual.a.ready),
                          residual.b.valid.eq(r1.out.valid), r1.out.ready.eq(residual.b.ready)]
@@ -427,36 +459,35 @@ class Engine(wiring.Component):
         ]
         if act is not silu:
             m.d.comb += act.frac.eq(instr.frac_a)
-        with m.Switch(op):
-            with m.Case(Op.MLGRU_H):
-                m.d.comb += [
-                    sig.inp.valid.eq(r0.out.valid), r0.out.ready.eq(sig.inp.ready),
-                    silu.inp.payload.eq(r1.out.payload),
-                    silu.inp.valid.eq(r1.out.valid), r1.out.ready.eq(silu.inp.ready),
-                    gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
-                    gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
-                    gate.h.valid.eq(r2.out.valid), r2.out.ready.eq(gate.h.ready),
-                    gate.lb.valid.eq(rc.out.valid), rc.out.ready.eq(gate.lb.ready),
-                ]
-            with m.Case(Op.MLGRU_O):
-                m.d.comb += [
-                    silu.inp.payload.eq(r2.out.payload),
-                    silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
-                    product.a.payload.eq(silu.out.payload.data),
-                    product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
-                    product.b.payload.eq(r1.out.payload.data),
-                    product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
-                ]
-            with m.Case(Op.EMBED):
-                byte = Signal(2)
-                m.d.comb += [
-                    embed.q.payload.eq(re.out.payload.data.word_select(byte, 8)),
-                    embed.q.valid.eq(re.out.valid),
-                    re.out.ready.eq(embed.q.ready & (byte == 3)),
-                ]
-                with m.If(embed.q.valid & embed.q.ready):
-                    m.d.sync += byte.eq(byte + 1)
-        with m.If((op == Op.BITLINEAR) & instr.glu):
+        with m.If(is_["mlgru_h"]):
+            m.d.comb += [
+                sig.inp.valid.eq(r0.out.valid), r0.out.ready.eq(sig.inp.ready),
+                silu.inp.payload.eq(r1.out.payload),
+                silu.inp.valid.eq(r1.out.valid), r1.out.ready.eq(silu.inp.ready),
+                gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
+                gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
+                gate.h.valid.eq(r2.out.valid), r2.out.ready.eq(gate.h.ready),
+                gate.lb.valid.eq(rc.out.valid), rc.out.ready.eq(gate.lb.ready),
+            ]
+        with m.Elif(is_["mlgru_o"]):
+            m.d.comb += [
+                silu.inp.payload.eq(r2.out.payload),
+                silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
+                product.a.payload.eq(silu.out.payload.data),
+                product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
+                product.b.payload.eq(r1.out.payload.data),
+                product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
+            ]
+        with m.Elif(is_["embed"]):
+            byte = Signal(2)
+            m.d.comb += [
+                embed.q.payload.eq(re.out.payload.data.word_select(byte, 8)),
+                embed.q.valid.eq(re.out.valid),
+                re.out.ready.eq(embed.q.ready & (byte == 3)),
+            ]
+            with m.If(embed.q.valid & embed.q.ready):
+                m.d.sync += byte.eq(byte + 1)
+        with m.If(is_["glu"]):
             if act is silu:
                 m.d.comb += silu.frac.eq(instr.frac_a)
             m.d.comb += [
@@ -474,33 +505,29 @@ class Engine(wiring.Component):
         v_wr = vmem.write_port(granularity=32)
         result = Signal(signed(ACT_BITS))
         result_valid = Signal()
-        with m.Switch(op):
-            with m.Case(Op.EMBED):
-                m.d.comb += [result.eq(embed.out.payload), result_valid.eq(embed.out.valid),
-                             embed.out.ready.eq(1)]
-            with m.Case(Op.MLGRU_H):
-                m.d.comb += [result.eq(gate.out.payload), result_valid.eq(gate.out.valid),
-                             gate.out.ready.eq(1)]
-            with m.Case(Op.MLGRU_O):
-                m.d.comb += [result.eq(product.out.payload), result_valid.eq(product.out.valid),
-                             product.out.ready.eq(1)]
-            with m.Case(Op.BITLINEAR):
-                with m.If(instr.glu):
-                    m.d.comb += [result.eq(product.out.payload),
-                                 result_valid.eq(product.out.valid), product.out.ready.eq(1)]
-                with m.Elif(instr.add):
-                    m.d.comb += [result.eq(residual.out.payload),
-                                 result_valid.eq(residual.out.valid), residual.out.ready.eq(1)]
-                with m.Else():
-                    m.d.comb += [result.eq(rq_out.payload.data),
-                                 result_valid.eq(rq_out.valid), rq_out.ready.eq(1)]
-        load_region = self.load.payload.addr[REGION_SHIFT:]
-        load_index = self.load.payload.addr[:REGION_SHIFT]
+        # One source at a time (the flags are exclusive): an AND-OR of registered selects.
+        sources = (("embed", embed.out, embed.out.payload), ("mlgru_h", gate.out, gate.out.payload),
+                   ("product", product.out, product.out.payload),
+                   ("add", residual.out, residual.out.payload),
+                   ("plain", rq_out, rq_out.payload.data))
+        for flag, port, payload in sources:
+            with m.If(is_[flag]):
+                m.d.comb += port.ready.eq(1)
+        m.d.comb += [
+            result.eq(_or_all(Mux(is_[flag], payload, 0) for flag, _, payload in sources)),
+            result_valid.eq(_or_all(is_[flag] & port.valid for flag, port, _ in sources)),
+        ]
+        # The load port's word, written the cycle after it is taken from a register; the
+        # port's ready is a register too (see "the load port" below).
+        load_word = Signal.like(self.load.payload)
+        loading = Signal()
+        load_region = load_word.addr[REGION_SHIFT:]
+        load_index = load_word.addr[:REGION_SHIFT]
         v_addr = instr.dst + count
         # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
         y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
             (nq.out.valid, nq.out.payload.y)
-        with m.If((op == Op.NORM) & y_valid):              # a whole beat of y
+        with m.If(is_["norm"] & y_valid):              # a whole beat of y
             m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(y_beat),
                          v_wr.en.eq((1 << W) - 1)]
             m.d.sync += count.eq(count + W)
@@ -518,7 +545,7 @@ class Engine(wiring.Component):
         if image.fused_sums:
             sums = image.norm_sources
             sum_bits = len(nq.ss)
-            beat_write = (op == Op.NORM) & nq.y_out.valid
+            beat_write = is_["norm"] & nq.y_out.valid
             elem_write = ~beat_write & result_valid
             hits = Cat(*[instr.dst == base for base in sums])
             sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
@@ -552,8 +579,19 @@ class Engine(wiring.Component):
             m.d.comb += [nq.ss.eq(ss_src), nq.ss_valid.eq(~Cat(*sq_v).any())]
 
         # --- the load port --------------------------------------------------------------
-        m.d.comb += self.load.ready.eq(state == _State.IDLE)
-        loading = self.load.valid & self.load.ready
+        # A word taken in cycle t is written in t + 1 from `load_word`: neither the link's
+        # word nor the sequencer's state reach the write enables (tmem's staging register is
+        # a row of words) in the cycle they change. `load_open`, the port's ready, is a
+        # register: high only in a cycle where the sequencer is idle (it was idle a cycle
+        # before and took no step), and no step is taken in a cycle a word is offered or
+        # written, so every write lands while idle.
+        load_open = Signal()
+        m.d.sync += [
+            load_open.eq((state == _State.IDLE) & ~(self.step.valid & self.step.ready)),
+            load_word.eq(self.load.payload),
+            loading.eq(self.load.valid & self.load.ready),
+        ]
+        m.d.comb += self.load.ready.eq(load_open)
         # prog, cmem, emb: a row of `words` words at a stride of `stride` (a power of two)
         # addresses, written a word at a time.
         for memory, region, words, stride in ((prog, "prog", PROG_WORDS, INSTR_WORDS),
@@ -562,7 +600,7 @@ class Engine(wiring.Component):
             sub_bits = (stride - 1).bit_length()
             m.d.comb += [
                 port.addr.eq(load_index >> sub_bits),
-                port.data.eq(Cat(*[self.load.payload.data] * words)),
+                port.data.eq(Cat(*[load_word.data] * words)),
             ]
             hit = loading & (load_region == REGION[region])
             if words > 1:
@@ -581,11 +619,11 @@ class Engine(wiring.Component):
         t_stage = Signal(32 * max(1, t_words - 1))
         for k in range(t_words - 1):
             with m.If(t_hit & (t_sub == k)):
-                m.d.sync += t_stage.word_select(k, 32).eq(self.load.payload.data)
+                m.d.sync += t_stage.word_select(k, 32).eq(load_word.data)
         t_wr = tmem.write_port()
         m.d.comb += [
             t_wr.addr.eq(load_index >> t_sub_bits),
-            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], self.load.payload.data)),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], load_word.data)),
             t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
         ]
 
@@ -597,7 +635,7 @@ class Engine(wiring.Component):
                          self.peek_data.eq(peek.data.word_select(peek_word, 32))]
 
         # --- the sequencer --------------------------------------------------------------
-        m.d.comb += self.step.ready.eq(state == _State.IDLE)
+        m.d.comb += self.step.ready.eq((state == _State.IDLE) & ~loading & ~self.load.valid)
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.reset_state):
@@ -608,10 +646,8 @@ class Engine(wiring.Component):
             with m.Case(_State.FETCH):
                 m.d.sync += state.eq(_State.DECODE)
             with m.Case(_State.DECODE):
-                m.d.sync += [instr.eq(prog_rd.data[:INSTR_LAYOUT.size]),
-                             count.eq(0), q_count.eq(0)]
-                decoded = Signal(INSTR_LAYOUT)
-                m.d.comb += decoded.eq(prog_rd.data[:INSTR_LAYOUT.size])
+                m.d.sync += [instr.eq(decoded), count.eq(0), q_count.eq(0),
+                             *(is_[name].eq(flag) for name, flag in op_flags(decoded).items())]
                 with m.If(decoded.emit_only & ~emit):
                     m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
                 with m.Elif(decoded.op == Op.END):
@@ -620,7 +656,7 @@ class Engine(wiring.Component):
                     m.d.sync += state.eq(_State.START)
             with m.Case(_State.START):
                 m.d.comb += start.eq(1)
-                m.d.sync += state.eq(Mux(op == Op.EMBED, _State.EMB_M, _State.RUN))
+                m.d.sync += state.eq(Mux(is_["embed"], _State.EMB_M, _State.RUN))
             with m.Case(_State.EMB_M):
                 m.d.comb += rc.out.ready.eq(1)
                 with m.If(rc.out.valid):
@@ -628,17 +664,17 @@ class Engine(wiring.Component):
                     m.d.comb += start.eq(1)
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.RUN):
-                with m.If((op == Op.BITLINEAR) | (op == Op.HEAD)):
+                with m.If(is_["tern"]):
                     with m.If(q_count >= instr.n_in):
                         m.d.sync += state.eq(_State.TERN)
                 with m.Elif(count >= instr.n_in):
-                    with m.If(op == Op.MLGRU_H):
+                    with m.If(is_["mlgru_h"]):
                         m.d.sync += h_valid.eq(h_valid | (Const(1, len(h_valid)) << instr.layer))
                     m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
             with m.Case(_State.TERN):
                 m.d.sync += state.eq(_State.WAIT_T)
             with m.Case(_State.WAIT_T):
-                with m.If(op == Op.HEAD):
+                with m.If(is_["head"]):
                     with m.If(self.token.valid & self.token.ready):
                         m.d.sync += [pc.eq(pc + 1), state.eq(_State.FETCH)]
                 with m.Elif(count == Mux(instr.glu, instr.n_out >> 1, instr.n_out)):
