@@ -404,6 +404,13 @@ class EngineImage:
             "qbuf": (8 * self.lanes, -(-self.n_max // self.lanes), 1, 8),
         }
 
+    def instr_cycles(self, instr: dict, *, token: int = 0, sampled: bool = False) -> int:
+        """:func:`op_cycles` of ``instr`` in this image's engine: its lanes, vector width,
+        ``fused_sums``, ``paired_glu``, ``weight_reg`` and vocabulary."""
+        return op_cycles(instr, self.lanes, self.width, fused=self.fused_sums,
+                         pairs=self.paired_glu, weight_reg=self.weight_reg,
+                         vocab=self.im.config.vocab_size, token=token, sampled=sampled)
+
     def ternary_weights(self) -> int:
         """Ternary weights per emitted token (every BitLinear and the lm_head)."""
         cfg = self.im.config
@@ -511,8 +518,5 @@ def step_cycles(image: EngineImage, *, emit: bool = True, token: int = 0,
         if instr["emit_only"] and not emit:
             total += SKIP_CYCLES
         else:
-            total += op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
-                               pairs=image.paired_glu, weight_reg=image.weight_reg,
-                               vocab=image.im.config.vocab_size, token=token,
-                               sampled=sampled)
+            total += image.instr_cycles(instr, token=token, sampled=sampled)
     return total

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..sim import golden
-from ..sim.engine import EngineImage, Op, op_cycles, row_cycles, step_cycles
+from ..sim.engine import EngineImage, Op, row_cycles, step_cycles
 from ..sim.model import ModelConfig, random_model
 from ..sim.modelfile import load_model
 from .bench_golden import machine
@@ -32,8 +32,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
     BitLinear and the lm_head) and the rest of each instruction."""
     out = collections.Counter()
     for instr in image.program:
-        cycles = op_cycles(instr, image.lanes, image.width, fused=image.fused_sums,
-                           pairs=image.paired_glu, weight_reg=image.weight_reg)
+        cycles = image.instr_cycles(instr)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
             rows = row_cycles(instr, image.paired_glu)
             out["ternary rows"] += rows
