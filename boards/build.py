@@ -10,7 +10,8 @@ report: one line with the achieved Fmax (:class:`TimingError`), unless ``allow_t
 A route that stops converging is stopped too: router2 gives up by itself only at iteration
 1,000, hours into a stalled route of the default-model ULX3S SoC, so the build watches its log
 and ends it, with one line, once the count of overused wires has risen well past its best
-(:data:`ROUTER_PATIENCE`).
+(:data:`ROUTER_PATIENCE`). The static placer's strict legaliser is watched the same way: on a
+nearly full device it can search without end, printing nothing (:data:`LEGALISE_PATIENCE`).
 With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
 placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
 performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
@@ -221,12 +222,15 @@ def _placement_fmax(log: Path) -> dict[str, float]:
 
 
 def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
-               poll: float = 5.0, patience: int = 0) -> subprocess.CompletedProcess:
+               poll: float = 5.0, patience: int = 0,
+               legalise_patience: float = 0) -> subprocess.CompletedProcess:
     """Run the build script; stop it as soon as nextpnr's log reports a device utilization
     over 100% (nextpnr-ecp5 goes on placing such a design for a long time before it fails),
     so that the caller reports it as not fitting (:func:`_over_capacity`), or, with
     ``patience``, as soon as router2 has gone that many iterations without a new best
-    (:func:`_router_stall`; router2 itself gives up only at iteration 1,000)."""
+    (:func:`_router_stall`; router2 itself gives up only at iteration 1,000), or, with
+    ``legalise_patience``, once the static placer's strict legaliser has run that many
+    seconds (:func:`_legaliser_stall`)."""
     import signal
     import tempfile
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -239,11 +243,14 @@ def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
             except subprocess.TimeoutExpired:
                 over = _over_capacity(log)
                 stall = _router_stall(log, patience) if patience else ""
-                if over or stall:
+                legalising = _legaliser_stall(log, legalise_patience) \
+                    if legalise_patience else ""
+                if over or stall or legalising:
                     os.killpg(process.pid, signal.SIGTERM)
                     returncode = process.wait()
                     err.write(f"\nstopped: {over} is over the device\n" if over else
-                              f"\nstopped: {STALL_MARK} {stall}\n")
+                              f"\nstopped: {STALL_MARK} {stall}\n" if stall else
+                              f"\nstopped: {LEGALISE_MARK} {legalising}\n")
                     break
             except BaseException:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -286,6 +293,33 @@ def _router_stall(log: Path, patience: int) -> str:
             f"{last_iter}")
 
 
+#: What :func:`_run_tools` writes when it stops the static placer's legaliser.
+LEGALISE_MARK = "legaliser stalled:"
+#: Seconds the static placer's strict legaliser may run (its log line "Strict legalising N
+#: cells..." the last, unchanged) before a build stops it. On the default-model ULX3S SoC
+#: (56,078 cells) it takes under 5 s; on the 1024-lane SoC with the weight register (87,868
+#: cells, 87% of the flip-flops) it printed nothing more for 70 minutes (docs/boards.md).
+LEGALISE_PATIENCE = 20 * 60
+
+
+def _legaliser_stall(log: Path, patience: float, now: float | None = None) -> str:
+    """``"N cells, M minutes"`` when the last line of nextpnr's log ``log`` is the static
+    placer's ``Strict legalising N cells...`` and the log has not changed for ``patience``
+    seconds or more (by ``now``, default the time), else ``""``."""
+    try:
+        stat = log.stat()
+    except OSError:
+        return ""
+    with open(log, "rb") as file:
+        file.seek(max(0, stat.st_size - 256))
+        lines = file.read().decode(errors="replace").strip().splitlines()
+    match = re.match(r"Info:\s+Strict legalising (\d+) cells", lines[-1] if lines else "")
+    idle = (time.time() if now is None else now) - stat.st_mtime
+    if match is None or idle < patience:
+        return ""
+    return f"{int(match[1]):,} cells, {idle / 60:.0f} minutes"
+
+
 def _over_capacity(log: Path) -> str:
     """nextpnr's device utilization lines over 100%, as ``"MULT18X18D 194/156"``."""
     if not log.is_file() or log.suffix != ".tim":
@@ -304,7 +338,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
           program: bool = False, allow_timing_fail: bool = False, seed: int | None = None,
           router: str | None = None, placer: str | None = None,
           timing_driven: bool | None = None, router_patience: int = ROUTER_PATIENCE,
-          force: bool = False, model_path: str | None = None,
+          legalise_patience: float = LEGALISE_PATIENCE, force: bool = False, model_path: str | None = None,
           command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -320,7 +354,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     placement (see the module's docstring); no :class:`TimingError` then, the estimate is
     reported as it is. ``router_patience``: router2 is stopped, and the build fails, after that
     many iterations without fewer overused wires than its best (:func:`_router_stall`);
-    0 leaves it to router2 (which gives up at iteration 1,000).
+    0 leaves it to router2 (which gives up at iteration 1,000). ``legalise_patience``: the
+    static placer is stopped, and the build fails, once its strict legaliser has run that
+    many seconds (:func:`_legaliser_stall`); 0 leaves it be.
     """
     _check_board(board_name)
     defaults = DEFAULT_PNR[board_name]
@@ -335,6 +371,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     if not isinstance(router_patience, int) or router_patience < 0:
         raise BuildError(f"router patience must be 0 or more iterations, not "
                          f"{router_patience!r}", 2)
+    if not isinstance(legalise_patience, (int, float)) or not legalise_patience >= 0:
+        raise BuildError(f"legaliser patience must be 0 or more seconds, not "
+                         f"{legalise_patience!r}", 2)
     if place_only and program:
         raise BuildError("a placement-only build makes no bitstream to program", 2)
     out_dir = Path(out_dir).resolve()
@@ -360,7 +399,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
     logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
     start = time.monotonic()
     result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim",
-                        patience=router_patience if router == "router2" else 0)
+                        patience=router_patience if router == "router2" else 0,
+                        legalise_patience=legalise_patience if placer == "static" else 0)
     seconds = time.monotonic() - start
     (out_dir / "build.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -370,6 +410,15 @@ def build(board_name: str, model, *, lanes: int | None = None,
         over = _over_capacity(out_dir / log)
         stall = next((line.split(STALL_MARK, 1)[1].strip()
                       for line in result.stderr.splitlines() if STALL_MARK in line), "")
+        legalising = next((line.split(LEGALISE_MARK, 1)[1].strip()
+                           for line in result.stderr.splitlines() if LEGALISE_MARK in line), "")
+        if legalising:
+            cells, minutes = legalising.split(", ")
+            raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "
+                             f"placer was still legalising {cells} after {minutes} and was "
+                             f"stopped; the design is too full for it: fewer --lanes may "
+                             f"place, --legalise-patience 0 lets it go on (log: "
+                             f"{out_dir / TOP_NAME}.tim)")
         if stall:
             raise BuildError(f"routing did not converge on the {board_name}: router2 went "
                              f"{router_patience} iterations without progress ({stall}) and "

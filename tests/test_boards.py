@@ -7,6 +7,7 @@ nextpnr-ecp5 on a tiny model (``synth``)."""
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -343,6 +344,103 @@ def test_build_reports_a_stalled_route(router, patience, tmp_path, tiny_model, m
         f"iterations without progress (best 361 overused wires at iteration 36, 2,151 at "
         f"iteration 66) and was stopped; another --seed may route it (docs/boards.md), "
         f"--router-patience 0 lets it go on (log: {out / 'top.tim'})"), err
+
+
+# The end of nextpnr's log of the 1024-lane ULX3S SoC with the weight register, whose strict
+# legaliser printed nothing more for 70 minutes (docs/boards.md).
+LEGALISING = """Info: iter=622 steplen=2.468810 a=313.433167 penalty=[41.03, 41.03, 41.03, 41.03]
+Info:    update_chains distance 5939.03
+Info:    system potential: 7458.999512 hpwl: 740201.500000
+Info: overlap: COMB=10.0%, FF=5.1%, RAM=0.0%, MUL=0.0%
+Info: Strict legalising 87868 cells...
+"""
+
+
+def test_legaliser_stall_is_read_from_the_nextpnr_log(tmp_path):
+    """The legaliser's line, last in a log unchanged for the patience: a stall, with the cells
+    and the minutes; before the patience, after a later line, or without the line: none."""
+    import os
+    import time
+    log = tmp_path / "top.tim"
+    log.write_text(LEGALISING)
+    now = time.time()
+    os.utime(log, (now - 22 * 60, now - 22 * 60))
+    assert board_build._legaliser_stall(log, 20 * 60, now) == "87,868 cells, 22 minutes"
+    assert board_build._legaliser_stall(log, 30 * 60, now) == ""
+    os.utime(log, (now, now))
+    assert board_build._legaliser_stall(log, 20 * 60, now) == ""
+    assert board_build._legaliser_stall(log, 20 * 60, now + 20 * 60) == \
+        "87,868 cells, 20 minutes"
+    log.write_text(LEGALISING + "Info: HPWL after legalise: 522627.000000 (delta: 31921.9)\n")
+    os.utime(log, (now - 22 * 60, now - 22 * 60))
+    assert board_build._legaliser_stall(log, 20 * 60, now) == ""
+    log.write_text("")
+    assert board_build._legaliser_stall(log, 0, now) == ""
+    assert board_build._legaliser_stall(tmp_path / "missing.tim", 0, now) == ""
+
+
+def test_tools_are_stopped_when_the_legaliser_stalls(tmp_path):
+    """A script that writes the stalled legaliser's log, then would sleep a minute: stopped
+    once the log has not changed for the patience (a second here); without it, not."""
+    import time
+    log = tmp_path / "top.tim"
+    (tmp_path / "placer.log").write_text(LEGALISING)
+    script = tmp_path / "build.sh"
+    script.write_text(f"cp placer.log {log}\necho placing\nsleep 60\n")
+    start = time.monotonic()
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, log, poll=0.2,
+                                    legalise_patience=1)
+    assert time.monotonic() - start < 20
+    assert result.returncode != 0 and result.stdout == "placing\n"
+    assert re.search(rf"stopped: {board_build.LEGALISE_MARK} 87,868 cells, \d+ minutes",
+                     result.stderr), result.stderr
+    script.write_text(f"cp placer.log {log}\nsleep 2\necho placed\n")
+    result = board_build._run_tools(["sh", str(script)], tmp_path, None, log, poll=0.2)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "placed\n", "")
+
+
+@pytest.mark.parametrize("placer, minutes", [("static", None), ("static", 5),
+                                             ("heap", None)])
+def test_build_reports_a_stalled_legaliser(placer, minutes, tmp_path, tiny_model, monkeypatch,
+                                           capsys):
+    """``mmfree build`` gives the static placer's legaliser the patience asked for (20
+    minutes by default; none for HeAP) and turns a stopped placement into one line naming
+    the cells, the minutes, what to change and the log, with the tool-failure exit status."""
+    from mmfree.sim.modelfile import save_model
+    given = []
+
+    def run_tools(cmd, cwd, env, log, legalise_patience=0, **kwargs):
+        given.append(legalise_patience)
+        return subprocess.CompletedProcess(
+            cmd, -15, "", f"\nstopped: {board_build.LEGALISE_MARK} 87,868 cells, 21 minutes\n")
+
+    monkeypatch.setattr(board_build, "_run_tools", run_tools)
+    save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "b"
+    status = cli.main(["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
+                       "--lanes", "8", "--vector-width", "1", "--out", str(out),
+                       "--placer", placer]
+                      + ([] if minutes is None else ["--legalise-patience", str(minutes)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {"static": (minutes or 20) * 60, "heap": 0}[placer]
+    assert given == [expected]
+    assert status == 1 and len(err) == 1, err
+    if placer == "heap":
+        return
+    assert err[0] == (
+        f"mmfree: error: placement did not finish on the ulx3s-85f: nextpnr's static placer "
+        f"was still legalising 87,868 cells after 21 minutes and was stopped; the design is "
+        f"too full for it: fewer --lanes may place, --legalise-patience 0 lets it go on (log: "
+        f"{out / 'top.tim'})"), err
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "inf", "nan"])
+def test_build_refuses_a_bad_legaliser_patience(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["build", "--board", "ulx3s-85f", "--legalise-patience", bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a number of minutes" in err, err
 
 
 @pytest.mark.parametrize("board, options, expected", [

@@ -376,6 +376,7 @@ def cmd_build(args) -> int:
                        program=args.program, allow_timing_fail=args.allow_timing_fail,
                        seed=args.seed, router=args.router, placer=args.placer,
                        timing_driven=args.tmdriv, router_patience=args.router_patience,
+                       legalise_patience=args.legalise_patience * 60,
                        force=args.force, model_path=model_path,
                        command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
     except DeviceSetupError as error:
@@ -430,6 +431,16 @@ def cmd_report(args) -> int:
         raise CliError(str(error), EXIT_ENV) from None
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
+    return value
+
+
 def _iterations(text: str) -> int:
     try:
         value = int(text)
@@ -441,7 +452,7 @@ def _iterations(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..boards.build import ROUTER_PATIENCE
+    from ..boards.build import LEGALISE_PATIENCE, ROUTER_PATIENCE
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="mmfree", formatter_class=fmt,
@@ -572,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "overused wires than its best (router2 itself gives up only at iteration "
                         "1,000, hours into a stalled route of the ULX3S-85F SoC; 0: leave it to "
                         "router2; default %(default)s)")
+    p.add_argument("--legalise-patience", type=_minutes, default=LEGALISE_PATIENCE / 60,
+                   metavar="MINUTES",
+                   help="stop the static placer, and fail the build, once its strict legaliser "
+                        "has run MINUTES (on a nearly full device it can search without end; "
+                        "0: let it go on; default %(default)g)")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",
