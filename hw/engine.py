@@ -521,6 +521,8 @@ class Engine(wiring.Component):
         # port's ready is a register too (see "the load port" below).
         load_word = Signal.like(self.load.payload)
         loading = Signal()
+        load_region = load_word.addr[REGION_SHIFT:]
+        load_index = load_word.addr[:REGION_SHIFT]
         v_addr = instr.dst + count
         # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
         y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
@@ -577,22 +579,17 @@ class Engine(wiring.Component):
             m.d.comb += [nq.ss.eq(ss_src), nq.ss_valid.eq(~Cat(*sq_v).any())]
 
         # --- the load port --------------------------------------------------------------
-        # A word taken in cycle t is written in t + 1 from `load_word`, its address decoded
-        # into write enables as it is taken and registered with it: neither the link's word
-        # nor the sequencer's state reach the enables (tmem's staging register is a row of
-        # words) in the cycle they change. `load_open`, the port's ready, is a register: high
-        # only in a cycle where the sequencer is idle (it was idle a cycle before and took no
-        # step), and no step is taken in a cycle a word is offered or written, so every write
-        # lands while idle.
+        # A word taken in cycle t is written in t + 1 from `load_word`: neither the link's
+        # word nor the sequencer's state reach the write enables (tmem's staging register is
+        # a row of words) in the cycle they change. `load_open`, the port's ready, is a
+        # register: high only in a cycle where the sequencer is idle (it was idle a cycle
+        # before and took no step), and no step is taken in a cycle a word is offered or
+        # written, so every write lands while idle.
         load_open = Signal()
-        taken = self.load.valid & self.load.ready
-        taken_region = self.load.payload.addr[REGION_SHIFT:]
-        taken_index = self.load.payload.addr[:REGION_SHIFT]
-        load_index = load_word.addr[:REGION_SHIFT]
         m.d.sync += [
             load_open.eq((state == _State.IDLE) & ~(self.step.valid & self.step.ready)),
             load_word.eq(self.load.payload),
-            loading.eq(taken),
+            loading.eq(self.load.valid & self.load.ready),
         ]
         m.d.comb += self.load.ready.eq(load_open)
         # prog, cmem, emb: a row of `words` words at a stride of `stride` (a power of two)
@@ -601,37 +598,33 @@ class Engine(wiring.Component):
                                               (cmem, "cmem", W, W), (emb, "emb", 1, 1)):
             port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
             sub_bits = (stride - 1).bit_length()
-            en = Signal(len(port.en), name=f"{region}_load_en")
-            hit = taken & (taken_region == REGION[region])
-            # Words past `words` (the stride's padding) are dropped.
-            m.d.sync += en.eq(Mux(hit, Const(1, words) << taken_index[:sub_bits], 0)
-                              if words > 1 else hit)
             m.d.comb += [
                 port.addr.eq(load_index >> sub_bits),
                 port.data.eq(Cat(*[load_word.data] * words)),
-                port.en.eq(en),
             ]
+            hit = loading & (load_region == REGION[region])
+            if words > 1:
+                # Words past `words` (the stride's padding) are dropped.
+                m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
+            else:
+                m.d.comb += port.en.eq(hit)
         # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
         # when their last word arrives, the words before it held in `t_stage`: a memory with
         # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a
         # row's words in order (EngineImage.load_words; the link applies chunks in order).
         t_words = -(-image.chunk_bits // 32)
         t_sub_bits = (image.tmem_words - 1).bit_length()
-        t_sub = taken_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
-        t_hit = taken & (taken_region == REGION["tmem"])
+        t_sub = load_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
+        t_hit = loading & (load_region == REGION["tmem"])
         t_stage = Signal(32 * max(1, t_words - 1))
-        t_stage_en = Signal(max(1, t_words - 1))
-        t_wr_en = Signal()
-        m.d.sync += [t_stage_en.eq(Cat(*[t_hit & (t_sub == k) for k in range(t_words - 1)])),
-                     t_wr_en.eq(t_hit & (t_sub == t_words - 1))]
         for k in range(t_words - 1):
-            with m.If(t_stage_en[k]):
+            with m.If(t_hit & (t_sub == k)):
                 m.d.sync += t_stage.word_select(k, 32).eq(load_word.data)
         t_wr = tmem.write_port()
         m.d.comb += [
             t_wr.addr.eq(load_index >> t_sub_bits),
             t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], load_word.data)),
-            t_wr.en.eq(t_wr_en),
+            t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
         ]
 
         if self._debug:

@@ -67,8 +67,8 @@ class TernaryAccumulate(wiring.Component):
     Back-pressure: the datapath never stalls. ``inp.ready`` is high while at most ``cap``
     rows have been accepted (last chunk) and not yet delivered on ``out``, ``cap = latency``
     (``2 latency`` with ``pairs``, so that two rows a cycle keep flowing); the result FIFO
-    has ``cap + max_rows`` entries, so it never overflows; ``inp.ready`` is a register (it
-    does not depend on ``inp.valid`` or ``out.ready`` combinationally).
+    has ``cap + max_rows`` entries, so it never overflows, and ``inp.ready`` does not depend
+    on ``out.ready`` combinationally.
 
     Latency: ``latency = ceil(log2(lanes) / 2) + 3`` cycles from the transfer of a row's last
     chunk to ``out.valid`` (5 for 16 lanes, 6 for 64, 7 for 256; one more with
@@ -222,13 +222,8 @@ class TernaryAccumulate(wiring.Component):
             if self._groups else self.inp.payload.last
         head = Signal(entry)
         delivered = Mux(deliver, Mux(head.pair, 2, 1), 0) if self._pairs else deliver
-        # `inp.ready` is `pending <= cap`, registered from pending's next value: a flip-flop
-        # (in the engine it enables the read ports of the weight and activation memories,
-        # block RAMs spread over the device).
-        pending_next = pending + Mux(accept, rows_in, 0) - delivered
-        ready = Signal(init=1)
-        m.d.comb += self.inp.ready.eq(ready)
-        m.d.sync += [pending.eq(pending_next), ready.eq(pending_next <= cap)]
+        m.d.comb += self.inp.ready.eq(pending <= cap)
+        m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - delivered)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine);
         # with input_reg, registered twice.
