@@ -62,7 +62,7 @@ class BoardConfig:
 
 
 BOARD_CONFIGS = {
-    # 25 MHz oscillator -> PLL 39 MHz; FT231X at 3 Mbaud (13 cycles a bit). 512 lanes, vector
+    # 25 MHz oscillator -> PLL 36 MHz; FT231X at 3 Mbaud (12 cycles a bit). 512 lanes, vector
     # width 4 (the normalize/quantize path's multipliers) and 1.6-bit weight rows (the default
     # model's weights and buffers in 208 of 208 DP16KD); 128 lanes congest and 256 lanes do
     # not fit. The writer keeps the norms' sums of squares (fused_sums), the GLU's gate and up
@@ -70,10 +70,10 @@ BOARD_CONFIGS = {
     # the ternary unit (weight_reg): 15,789 cycles a token (18,313 with neither of the last
     # two). That SoC, with the op decoded into registered flags and the load port registered,
     # routes with nextpnr's placement and routing not timing-driven at seed 7 (DEFAULT_PNR in
-    # boards/build.py) at 40.89 MHz; seed 6 stalled (docs/boards.md). 39 MHz is the nearest
-    # clock below that the PLL makes exactly with a whole UART divisor.
+    # boards/build.py) at 40.89 MHz; seed 6 stalled (docs/boards.md). At 39 MHz (UART divisor
+    # 13: another netlist) router2 stalled at seeds 7 and 8, so the clock stays at 36 MHz.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
-                             clock_hz=39_000_000, baud=3_000_000, packing="1.6bit",
+                             clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
                              weight_reg=True),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
