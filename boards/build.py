@@ -339,7 +339,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
           program: bool = False, allow_timing_fail: bool = False, seed: int | None = None,
           router: str | None = None, placer: str | None = None,
           timing_driven: bool | None = None, router_patience: int = ROUTER_PATIENCE,
-          legalise_patience: float = LEGALISE_PATIENCE, force: bool = False, model_path: str | None = None,
+          legalise_patience: float = LEGALISE_PATIENCE, force: bool = False,
+          model_path: str | None = None,
           command: list[str] | None = None, place_only: bool = False) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -409,10 +410,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
             if (out_dir / log).is_file():
                 break
         over = _over_capacity(out_dir / log)
-        stall = next((line.split(STALL_MARK, 1)[1].strip()
-                      for line in result.stderr.splitlines() if STALL_MARK in line), "")
-        legalising = next((line.split(LEGALISE_MARK, 1)[1].strip()
-                           for line in result.stderr.splitlines() if LEGALISE_MARK in line), "")
+        stall, legalising = (next((line.split(mark, 1)[1].strip()
+                                   for line in result.stderr.splitlines() if mark in line), "")
+                             for mark in (STALL_MARK, LEGALISE_MARK))
         if legalising:
             cells, minutes = legalising.split(", ")
             raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "
