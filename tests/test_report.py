@@ -11,9 +11,9 @@ import pytest
 
 from mmfree.boards import build as board_build
 from mmfree.sim import golden
-from mmfree.sim.engine import EngineImage, step_cycles
+from mmfree.sim.engine import EngineImage, Op, step_cycles, tree_latency
 from mmfree.sim.modelfile import load_model
-from mmfree.tools import cli, report
+from mmfree.tools import bench_engine, cli, report
 from mmfree.tools.device import BOARD_CONFIGS
 
 
@@ -253,6 +253,49 @@ def test_serial_schedule_counts_the_machine_cycles():
     assert all(count > 0 for count in overhead.values()), overhead
 
 
+@pytest.mark.parametrize("lanes, options", [
+    (64, {}),
+    (64, {"fused_sums": False}),
+    (512, BOARD_CONFIGS["ulx3s-85f"].engine_options),
+    (1024, BOARD_CONFIGS["ulx3s-85f"].engine_options),
+])
+def test_where_the_cycles_go(lanes, options):
+    """The parts of a step add up to the schedule's cycles, none is negative, the lanes' own
+    work is the weights over the lanes (rounded up per BitLinear), and the lanes sit idle only
+    where a row has fewer weights than there are lanes: the default model (d 128) above 128
+    lanes. Each part is what its name says: ``2 B`` (``3 B``) beats of passes a BitLinear."""
+    model = golden.prepare(load_model("tools/models/ulx3s-85f.safetensors"))
+    image = EngineImage(model, lanes, **options)
+    parts = bench_engine.breakdown(image)
+    assert tuple(parts) == bench_engine.PARTS
+    assert sum(parts.values()) == step_cycles(image)
+    assert all(cycles >= 0 for cycles in parts.values()), parts
+    busy, idle = parts[bench_engine.PARTS[0]], parts[bench_engine.PARTS[1]]
+    weights = image.ternary_weights()
+    assert weights / lanes <= busy < weights / lanes + 32
+    assert (idle > 0) == (lanes > 128), parts
+    cfg, beats = model.config, 128 // image.width
+    bitlinears = cfg.num_layers * 6 + 1
+    passes = sum(2 * -(-instr["n_in"] // image.width) for instr in image.program
+                 if instr["op"] in (Op.BITLINEAR, Op.HEAD))
+    if not options.get("fused_sums", True):
+        passes = passes * 3 // 2
+    assert parts[bench_engine.PARTS[3]] == passes
+    assert parts[bench_engine.PARTS[2]] == bitlinears * tree_latency(lanes, image.weight_reg)
+    assert parts[bench_engine.PARTS[7]] == cfg.num_layers * 2 * cfg.hidden_size
+    assert parts[bench_engine.PARTS[5]] == (cfg.num_layers * 3 + 1) * beats * (
+        1 if options.get("fused_sums", True) else 3)
+
+
+def test_the_limit_at_the_largest_row_is_named():
+    """The report names the largest part that is not the lanes' own work: at 1024 lanes on the
+    default model, the rows sent one a cycle while most lanes hold zeros."""
+    model = golden.prepare(load_model("tools/models/ulx3s-85f.safetensors"))
+    image = EngineImage(model, 1024, **BOARD_CONFIGS["ulx3s-85f"].engine_options)
+    name, cycles = report._limit(bench_engine.breakdown(image))
+    assert name == bench_engine.PARTS[1] and cycles == 4_704
+
+
 def test_a_serial_row_is_rendered_with_its_cycles(tmp_path):
     meta = {"command": "mmfree report --board icebreaker", "machine": "test",
             "date": "2026-11-24",
@@ -270,6 +313,8 @@ def test_a_serial_row_is_rendered_with_its_cycles(tmp_path):
     assert "| 4 | routed | 12.51 | 4,954 | (in the LCs) | 22 | 0 | 1,114,000 | 6.3% | 11 |" \
         in text, text
     assert "| multiplies (MUL, MULS) | 490,000 | 44.0% |" in text
+    assert ("At 4 lanes the largest overhead is **compares, adds, loops, calls, step start**: "
+            "540,000 cycles a token, 48.5% of them.") in text
     unfit = dataclasses_replace(rows[0], status="does not fit", detail="too big", cycles=0,
                                 weights=0, overhead=None)
     text = report.render_markdown([unfit], meta)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..sim import golden
-from ..sim.engine import EngineImage, Op, row_cycles, step_cycles
+from ..sim.engine import EngineImage, Op, row_cycles, step_cycles, tree_latency
 from ..sim.model import ModelConfig, random_model
 from ..sim.modelfile import load_model
 from .bench_golden import machine
@@ -27,24 +27,57 @@ MODELS = Path(__file__).parent / "models"
 LANES = [16, 32, 64, 128, 256, 512, 1024]
 
 
+#: The parts of :func:`breakdown`, in the order the reports list them.
+PARTS = (
+    "ternary rows: weights / lanes (every lane busy)",
+    "ternary rows: one row a cycle (lanes idle)",
+    "ternary adder tree latency",
+    "BitLinear quantization passes (2 n / W)",
+    "BitLinear barrier (square root, reciprocals, requantizer, GLU tail, sequencer)",
+    "RMSNorm passes (n / W)",
+    "RMSNorm barrier (square root, reciprocal, sequencer)",
+    "MLGRU elementwise (one element a cycle)",
+    "MLGRU pipeline latency",
+    "embedding, sequencing",
+)
+
+
 def breakdown(image: EngineImage) -> dict[str, int]:
-    """Cycles of one greedy step by kind: the ternary rows (:func:`row_cycles` of every
-    BitLinear and the lm_head) and the rest of each instruction."""
-    out = collections.Counter()
+    """Cycles of one greedy step by part (:data:`PARTS`), which sum to :func:`step_cycles`.
+
+    A BITLINEAR's or HEAD's ternary rows (:func:`row_cycles`) are split into the cycles its
+    weights need at full lane use, ``ceil(rows * n / lanes)``, and the rest, which the engine
+    spends because it sends out one row a cycle (two for the GLU's paired rows) when a row has
+    fewer weights than there are lanes. Its passes over the input are ``2 B`` (``3 B``
+    without the image's ``fused_sums``; ``B = ceil(n / W)`` beats), a NORM's ``B`` (``3 B``);
+    the adder tree is :func:`tree_latency`; an MLGRU op takes one element a cycle. What is
+    left of each instruction's :meth:`~EngineImage.instr_cycles` is its fixed latency: the
+    barrier between its input's last element and its first output."""
+    out = dict.fromkeys(PARTS, 0)
+    passes = 2 if image.fused_sums else 3
     for instr in image.program:
-        cycles = image.instr_cycles(instr)
+        cycles, n = image.instr_cycles(instr), instr["n_in"]
+        beats = -(-n // image.width)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
             rows = row_cycles(instr, image.paired_glu)
-            out["ternary rows"] += rows
-            out["BitLinear norm + quantize + pipeline"] += cycles - rows
+            busy = -(-instr["n_out"] * n // image.lanes)
+            tree = tree_latency(image.lanes, image.weight_reg)
+            out[PARTS[0]] += busy
+            out[PARTS[1]] += rows - busy
+            out[PARTS[2]] += tree
+            out[PARTS[3]] += passes * beats
+            out[PARTS[4]] += cycles - rows - tree - passes * beats
         elif instr["op"] == Op.NORM:
-            out["RMSNorm (attn, g, mlp, final)"] += cycles
+            norm_passes = beats if image.fused_sums else 3 * beats
+            out[PARTS[5]] += norm_passes
+            out[PARTS[6]] += cycles - norm_passes
         elif instr["op"] in (Op.MLGRU_H, Op.MLGRU_O):
-            out["MLGRU elementwise"] += cycles
+            out[PARTS[7]] += n
+            out[PARTS[8]] += cycles - n
         else:
-            out["embedding, sequencing"] += cycles
-    out["embedding, sequencing"] += step_cycles(image) - sum(out.values())
-    return dict(out)
+            out[PARTS[9]] += cycles
+    out[PARTS[9]] += step_cycles(image) - sum(out.values())
+    return out
 
 
 def tested_configs():

@@ -39,7 +39,7 @@ from ..boards.build import (BOARD_FAMILIES, DEFAULT_PNR, REPORT_NAME, BuildError
 from ..sim import golden
 from ..sim.engine import EngineImage, step_cycles
 from ..sim.protocol import model_hash
-from .bench_engine import breakdown
+from .bench_engine import PARTS, breakdown
 from .bench_golden import machine
 
 __all__ = ["ReportError", "Row", "DEVICES", "measure", "row_from_report", "limits", "render_markdown",
@@ -188,6 +188,14 @@ def _schedule(model, board: str, lanes: int, vector_width: int | None) -> dict:
                         **(config.engine_options | dict(vector_width=width)))
     return dict(vector_width=width, cycles=step_cycles(image), weights=image.ternary_weights(),
                 overhead=breakdown(image))
+
+
+def _limit(overhead: dict[str, int]) -> tuple[str, int] | None:
+    """The largest part of ``overhead`` (a :func:`breakdown`) that is not the lanes' own work
+    (:data:`~mmfree.tools.bench_engine.PARTS`' first; the serial engine's DOT rows)."""
+    rest = {name: cycles for name, cycles in overhead.items()
+            if name not in (PARTS[0], "ternary rows (DOT)")}
+    return max(rest.items(), key=lambda item: item[1]) if rest else None
 
 
 def row_from_report(model, report: dict) -> Row:
@@ -436,6 +444,11 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
                       "| part | cycles | share |", "|---|---:|---:|"]
         for name, cycles in overhead.items():
             lines.append(f"| {name} | {cycles:,} | {100 * cycles / largest.cycles:.1f}% |")
+        limit = _limit(overhead)
+        if limit:
+            lines += ["", f"At {largest.lanes} lanes the largest overhead is **{limit[0]}**: "
+                      f"{limit[1]:,} cycles a token, {100 * limit[1] / largest.cycles:.1f}% of "
+                      "them."]
         lines.append("")
 
     ours = [row for row in rows if row.status == "built" and row.tokens_per_s]
