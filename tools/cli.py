@@ -452,7 +452,10 @@ def _iterations(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..boards.build import LEGALISE_PATIENCE, ROUTER_PATIENCE
+    from ..boards.build import DEFAULT_PNR, LEGALISE_PATIENCE, ROUTER_PATIENCE
+    from .device import BOARD_CONFIGS
+    ulx3s, ice = DEFAULT_PNR["ulx3s-85f"], DEFAULT_PNR["icebreaker"]
+    on_off = {True: "on", False: "off"}
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="mmfree", formatter_class=fmt,
@@ -554,29 +557,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file or checkpoint directory (default: the shipped model "
                         "for the board, tools/models/BOARD.safetensors)")
     p.add_argument("--lanes", type=int, default=None,
-                   help="ternary lanes, a power of two (default: the board's, 512 on the "
-                        "ULX3S-85F; the iCEBreaker's serial engine has 4, fixed)")
+                   help="ternary lanes, a power of two (default: the board's, "
+                        f"{BOARD_CONFIGS['ulx3s-85f'].lanes} on the ULX3S-85F; the iCEBreaker's "
+                        f"serial engine has {BOARD_CONFIGS['icebreaker'].lanes}, fixed)")
     p.add_argument("--vector-width", type=int, default=None,
                    help="elements per cycle of the normalize/quantize path, a power of two "
-                        "(default: the board's, 4 on the ULX3S-85F, each element costing about 18 "
-                        "MULT18X18D; the iCEBreaker's serial engine has none: 1, fixed)")
+                        f"(default: the board's, {BOARD_CONFIGS['ulx3s-85f'].vector_width} on the "
+                        "ULX3S-85F, each element costing about 18 MULT18X18D; the iCEBreaker's "
+                        "serial engine has none: 1, fixed)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
     p.add_argument("--seed", type=int, default=None,
-                   help="nextpnr placement seed (default: the board's, 6 on the ULX3S-85F, "
-                        "the seed its default SoC routes at; 1 on the iCEBreaker)")
+                   help=f"nextpnr placement seed (default: the board's, {ulx3s.seed} on the "
+                        f"ULX3S-85F, the seed its default SoC routes at; {ice.seed} on the "
+                        "iCEBreaker)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
-                   help="nextpnr's placer (default: the board's, static on the ULX3S-85F, "
-                        "whose default-model SoC does not route when HeAP places it; heap on "
-                        "the iCEBreaker)")
+                   help=f"nextpnr's placer (default: the board's, {ulx3s.placer} on the "
+                        "ULX3S-85F, whose default-model SoC does not route when HeAP places it; "
+                        f"{ice.placer} on the iCEBreaker)")
     p.add_argument("--router", choices=("router1", "router2"), default=None,
-                   help="nextpnr's router (default: the board's, router2 on the ULX3S-85F, "
-                        "router1 on the iCEBreaker)")
+                   help=f"nextpnr's router (default: the board's, {ulx3s.router} on the "
+                        f"ULX3S-85F, {ice.router} on the iCEBreaker)")
     p.add_argument("--tmdriv", action=argparse.BooleanOptionalAction, default=None,
                    help="nextpnr's timing-driven placement and routing (default: the board's, "
-                        "off on the ULX3S-85F, whose default SoC routes only without it; on "
-                        "on the iCEBreaker); --no-tmdriv places and routes for wirelength "
-                        "alone")
+                        f"{on_off[ulx3s.timing_driven]} on the ULX3S-85F, whose default SoC "
+                        f"routes only without it; {on_off[ice.timing_driven]} on the "
+                        "iCEBreaker); --no-tmdriv places and routes for wirelength alone")
     p.add_argument("--router-patience", type=_iterations, default=ROUTER_PATIENCE,
                    metavar="N",
                    help="stop router2, and fail the build, after N iterations without fewer "

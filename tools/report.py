@@ -6,7 +6,7 @@ For every board and lane count the model is first checked against the board's bl
 others are built (:func:`mmfree.boards.build.build`), placement-only unless ``--route`` names
 them (every row, or ``--route [BOARD:]N ...``): with the board's nextpnr settings
 (:data:`~mmfree.boards.build.DEFAULT_PNR`: on the ULX3S-85F the static placer and router2, not
-timing-driven, seed 6) a routed default-model ULX3S row takes about 15 to 30 minutes on a core
+timing-driven, seed 7) a routed default-model ULX3S row takes about 15 to 30 minutes on a core
 (24 at 512 lanes), and router2 does not always converge (docs/boards.md); a placement-only row's Fmax is nextpnr's
 estimate after placement; every row says which. Cycles per token come from the engine's schedule
 (:func:`mmfree.sim.engine.step_cycles`), which tests/test_engine.py checks against the
