@@ -476,16 +476,26 @@ def test_build_passes_nextpnr_options(board, options, expected, tmp_path, tiny_m
 
 
 def test_build_help_shows_defaults(capsys):
+    """`mmfree build --help` names the defaults the build uses, read from each board's nextpnr
+    settings (`DEFAULT_PNR`) and layout (`BOARD_CONFIGS`): a new default seed shows there."""
+    ulx3s, ice = board_build.DEFAULT_PNR["ulx3s-85f"], board_build.DEFAULT_PNR["icebreaker"]
+    config = BOARD_CONFIGS["ulx3s-85f"]
     with pytest.raises(SystemExit):
         cli.main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--board {ulx3s-85f,icebreaker}", "(default: build/board-BOARD)",
-                     "nextpnr placement seed (default: the board's, 6 on the ULX3S-85F",
-                     "--tmdriv, --no-tmdriv", "off on the ULX3S-85F",
+                     f"nextpnr placement seed (default: the board's, {ulx3s.seed} on the "
+                     f"ULX3S-85F, the seed its default SoC routes at; {ice.seed} on the",
+                     "--tmdriv, --no-tmdriv", "off on the ULX3S-85F", "on on the iCEBreaker",
                      "--allow-timing-fail",
                      "--router {router1,router2}", "--placer {heap,static}",
-                     "512 on the ULX3S-85F; the iCEBreaker's serial engine has 4, fixed", "tools/models/BOARD"]:
+                     f"the board's, {ulx3s.placer} on the ULX3S-85F",
+                     f"the board's, {ulx3s.router} on the ULX3S-85F, {ice.router} on the",
+                     f"{config.lanes} on the ULX3S-85F; the iCEBreaker's serial engine has 4, "
+                     "fixed", f"the board's, {config.vector_width} on the ULX3S-85F",
+                     "tools/models/BOARD"]:
         assert expected in text, f"{expected!r} not in --help"
+    assert not ulx3s.timing_driven and ice.timing_driven
     with pytest.raises(SystemExit):
         cli.main(["program", "--help"])
     assert "default: the last `mmfree build`" in " ".join(capsys.readouterr().out.split())

@@ -68,24 +68,6 @@ def test_help_shows_defaults(capsys, command):
         assert "(default:" in out
 
 
-def test_build_help_names_the_boards_defaults(capsys):
-    """`mmfree build --help` says the defaults the build uses: each board's nextpnr settings
-    (`DEFAULT_PNR`) and layout (`BOARD_CONFIGS`), so that a new default seed shows there."""
-    from mmfree.boards.build import DEFAULT_PNR
-    from mmfree.tools.device import BOARD_CONFIGS
-    with pytest.raises(SystemExit) as exc:
-        main(["build", "--help"])
-    assert exc.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
-    ulx3s, ice = DEFAULT_PNR["ulx3s-85f"], DEFAULT_PNR["icebreaker"]
-    assert f"the board's, {ulx3s.seed} on the ULX3S-85F" in out
-    assert f"{ice.seed} on the iCEBreaker" in out
-    assert f"the board's, {ulx3s.placer} on the ULX3S-85F" in out
-    assert f"the board's, {ulx3s.router} on the ULX3S-85F, {ice.router} on the" in out
-    assert "the board's, off on the ULX3S-85F" in out and not ulx3s.timing_driven
-    assert f"the board's, {BOARD_CONFIGS['ulx3s-85f'].lanes} on the ULX3S-85F" in out
-
-
 def test_convert_refuses_to_overwrite(files, capsys):
     before = files["model"].read_bytes()
     status, out, err = run_cli(capsys, "convert", files["ckpt"], files["model"])
