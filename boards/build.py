@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -385,6 +386,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
     check_tools(family, env)
     platform, top, config, image = make_top(board_name, model, lanes=lanes,
                                             vector_width=vector_width)
+    gateware = gateware_fingerprint(config)      # of the source elaborated, not of a later edit
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
@@ -455,7 +457,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
                              "num_layers": cfg.num_layers,
                              "intermediate_size": cfg.intermediate_size,
                              "hidden_act": cfg.hidden_act, "packing": cfg.packing}},
-        "gateware": gateware_fingerprint(config),
+        "gateware": gateware,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
@@ -534,14 +536,27 @@ def gateware_fingerprint(config) -> str:
     :data:`_GATEWARE_PACKAGES` and the board's configuration (``config``, a
     :class:`~mmfree.tools.device.BoardConfig`). The performance report's ``--reuse`` takes an
     earlier build only with the same digest, so that it never reports the numbers of older
-    gateware as today's."""
-    root = Path(__file__).resolve().parent.parent
+    gateware as today's.
+
+    The source is read once a process (:func:`_source_digest`): a build or a report that runs
+    for an hour elaborates the modules it loaded at its start, so a file edited meanwhile
+    must not change the digest it records."""
     digest = hashlib.sha256(repr(dataclasses.asdict(config)).encode())
+    digest.update(_source_digest())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _source_digest() -> bytes:
+    """SHA-256 of the source files of :data:`_GATEWARE_PACKAGES`, as this process first read
+    them."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
     for package in _GATEWARE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return digest.digest()
 
 
 def program(board_name: str, bitstream: str | os.PathLike) -> None:

@@ -165,6 +165,29 @@ def test_gateware_fingerprint():
         assert board_build.gateware_fingerprint(dataclasses.replace(config, **change)) != first
 
 
+def test_gateware_fingerprint_is_of_the_source_as_loaded(tmp_path, monkeypatch):
+    """A source file edited while a build or a report runs does not change the digest that
+    process records: the source is read once a process, as its modules were loaded."""
+    from mmfree.tools.device import BOARD_CONFIGS
+    config = BOARD_CONFIGS["icebreaker"]
+    first = board_build.gateware_fingerprint(config)
+    package = tmp_path / "mmfree"
+    for name in board_build._GATEWARE_PACKAGES:
+        (package / name).mkdir(parents=True)
+        (package / name / "x.py").write_text("A = 1\n")
+    monkeypatch.setattr(board_build, "__file__", str(package / "boards" / "build.py"))
+    assert board_build.gateware_fingerprint(config) == first        # read once
+    board_build._source_digest.cache_clear()
+    try:
+        other = board_build.gateware_fingerprint(config)
+        (package / "hw" / "x.py").write_text("A = 2\n")
+        assert board_build.gateware_fingerprint(config) == other    # an edit after the read
+        board_build._source_digest.cache_clear()
+        assert board_build.gateware_fingerprint(config) not in (first, other)
+    finally:
+        board_build._source_digest.cache_clear()
+
+
 def test_route_names_rows(tmp_path, monkeypatch):
     """``--route`` alone routes every row, ``--route N`` only the rows named; the serial
     engine's row is always routed."""
