@@ -2,8 +2,8 @@
 
 Two forms of the same arithmetic (restoring division, one quotient bit per step):
 
-- :class:`SerialDivider`: one quotient bit per cycle, one division at a time (small; for
-  per-vector constants such as the activation quantizer's reciprocal).
+- :class:`SerialDivider`: one quotient bit per cycle (or a few, chained), one division at a
+  time (small; for per-vector constants such as the activation quantizer's reciprocal).
 - :class:`PipelinedDivider`: one stage per quotient bit, one division per cycle.
 
 Both compute ``quotient = num // den`` and ``remainder = num % den`` (Python's ``//`` and ``%``
@@ -44,7 +44,7 @@ def _check_tag_shape(tag_shape):
 
 
 class SerialDivider(wiring.Component):
-    """Restoring unsigned divider, one quotient bit per cycle.
+    """Restoring unsigned divider, ``steps`` quotient bits per cycle.
 
     ``out.payload.quotient = num // den`` and ``out.payload.remainder = num % den``.
     Division by zero gives ``quotient = 2**num_width - 1`` (all ones) and
@@ -65,14 +65,18 @@ class SerialDivider(wiring.Component):
         bits. Results are exact under that guarantee and unspecified without it (division
         by zero included). For per-vector constants whose range is known, such as
         ``2**31 // r`` with ``r`` in ``[2**15, 2**16)`` (17 bits, not 32).
+    steps : int
+        Quotient bits per cycle (default 1): a cycle chains ``steps`` compares and
+        subtractions. The divider makes ``ceil(quotient_width / steps) * steps`` bits, the
+        bits above ``quotient_width`` being zeros under its guarantee (a dividend wider than
+        ``num_width`` with zeros on top, where that is more than ``num_width`` bits).
 
-    Latency: ``out.valid`` rises ``quotient_width + 1`` cycles after the cycle of the ``inp``
-    transfer (one cycle loads the operands, ``quotient_width`` cycles make one quotient bit
-    each).
+    Latency: :attr:`latency` = ``ceil(quotient_width / steps) + 1``: ``out.valid`` rises that
+    many cycles after the cycle of the ``inp`` transfer (one cycle loads the operands, each
+    other makes ``steps`` quotient bits).
 
     Throughput: one division at a time. ``inp.ready`` is high while idle and in the cycle where
-    the result transfers, so at full rate a new division starts every ``quotient_width + 1``
-    cycles.
+    the result transfers, so at full rate a new division starts every :attr:`latency` cycles.
 
     Members
     -------
@@ -82,7 +86,8 @@ class SerialDivider(wiring.Component):
         ``{"quotient": unsigned(num_width), "remainder": unsigned(den_width)}``.
     """
 
-    def __init__(self, *, num_width, den_width, quotient_width=None):
+    def __init__(self, *, num_width, den_width, quotient_width=None, steps=1):
+        self._steps = _check_width("steps", steps)
         self._num_width = _check_width("num_width", num_width)
         self._den_width = _check_width("den_width", den_width)
         if quotient_width is None:
@@ -110,27 +115,33 @@ class SerialDivider(wiring.Component):
         return self._quotient_width
 
     @property
+    def steps(self):
+        return self._steps
+
+    @property
     def latency(self):
         """Cycles from the ``inp`` transfer to ``out.valid``."""
-        return self._quotient_width + 1
+        return -(-self._quotient_width // self._steps) + 1
 
     def elaborate(self, platform):
         m = Module()
-        nw, dw, qw = self._num_width, self._den_width, self._quotient_width
+        nw, dw, k = self._num_width, self._den_width, self._steps
+        cycles = self.latency - 1
+        qw = cycles * k          # quotient bits made: quotient_width rounded up to k
 
         quo   = Signal(qw)       # dividend bits still to shift in (top), quotient bits (bottom)
         den   = Signal(dw)
         rem   = Signal(dw)
-        count = Signal(range(qw + 1))
+        count = Signal(range(cycles + 1))
         busy  = Signal()
         done  = Signal()
 
-        trial = Signal(dw + 1)
-        take  = Signal()
-        m.d.comb += [
-            trial.eq(Cat(quo[-1], rem)),
-            take.eq(trial >= den),
-        ]
+        next_rem, next_quo = rem, quo
+        for _ in range(k):
+            trial = Cat(next_quo[-1], next_rem)             # dw + 1 bits
+            take = trial >= den
+            next_rem = Mux(take, trial - den, trial)[:dw]
+            next_quo = Cat(take, next_quo[:-1])
 
         m.d.comb += [
             self.out.valid.eq(done),
@@ -141,8 +152,8 @@ class SerialDivider(wiring.Component):
 
         with m.If(busy & ~done):
             m.d.sync += [
-                rem.eq(Mux(take, trial - den, trial)),
-                quo.eq(Cat(take, quo[:-1])),
+                rem.eq(next_rem),
+                quo.eq(next_quo),
                 count.eq(count - 1),
             ]
             with m.If(count == 1):
@@ -151,11 +162,12 @@ class SerialDivider(wiring.Component):
             m.d.sync += [busy.eq(0), done.eq(0)]
         with m.If(self.inp.valid & self.inp.ready):
             m.d.sync += [
-                quo.eq(self.inp.payload.num[:qw]),
+                # zeros above num_width when qw is wider
+                quo.eq(self.inp.payload.num[:min(qw, nw)]),
                 den.eq(self.inp.payload.den),
                 # num >> qw < den (the caller's guarantee when qw < nw) fits in dw bits
                 rem.eq(self.inp.payload.num[qw:] if qw < nw else 0),
-                count.eq(qw),
+                count.eq(cycles),
                 busy.eq(1),
                 done.eq(0),
             ]

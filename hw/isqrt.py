@@ -8,23 +8,27 @@ __all__ = ["Isqrt"]
 
 
 class Isqrt(wiring.Component):
-    """``floor(sqrt(v))`` of an unsigned ``width``-bit integer, one result bit per cycle.
+    """``floor(sqrt(v))`` of an unsigned ``width``-bit integer, ``steps`` result bits per cycle.
 
     Golden model: :func:`mmfree.sim.golden.isqrt` (``math.isqrt``), exact for every input.
 
     The classic restoring digit-by-digit method: each step brings down the next two bits of
     ``v`` into the partial remainder ``rem``, and sets the next root bit when
-    ``rem >= 4 * root + 1`` (subtracting it). The first step runs in the cycle of the input
-    transfer, on the input itself.
+    ``rem >= 4 * root + 1`` (subtracting it). A cycle chains ``steps`` of them; the first
+    cycle runs in the cycle of the input transfer, on the input itself, and takes the steps
+    left over (``width // 2`` modulo ``steps``, or ``steps``).
 
     Parameters
     ----------
     width : int
         Width of the operand, a positive even number; the root has ``width // 2`` bits.
+    steps : int
+        Root bits per cycle (default 1): 2 halves the latency and chains two compares and
+        subtractions in a cycle.
 
-    Latency: ``out.valid`` rises ``width // 2`` cycles after the cycle of the ``inp`` transfer
-    (16 for ``width=32``).
-    Throughput: one root per ``width // 2 + 1`` cycles at full rate: ``inp.ready`` is high only
+    Latency: :attr:`latency` = ``ceil(width / 2 / steps)``: ``out.valid`` rises that many
+    cycles after the cycle of the ``inp`` transfer (16 for ``width=32``, 8 with ``steps=2``).
+    Throughput: one root per ``latency + 1`` cycles at full rate: ``inp.ready`` is high only
     while the block is empty, and it is empty again in the cycle after the ``out`` transfer.
 
     Members
@@ -35,10 +39,13 @@ class Isqrt(wiring.Component):
         Roots, in order.
     """
 
-    def __init__(self, *, width=32):
+    def __init__(self, *, width=32, steps=1):
         if not isinstance(width, int) or width <= 0 or width % 2:
             raise TypeError(f"width must be a positive even integer, not {width!r}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise TypeError(f"steps must be a positive integer, not {steps!r}")
         self._width = width
+        self._steps = steps
         super().__init__({
             "inp": In(stream.Signature(unsigned(width))),
             "out": Out(stream.Signature(unsigned(width // 2))),
@@ -48,14 +55,26 @@ class Isqrt(wiring.Component):
     def width(self):
         return self._width
 
+    @property
+    def steps(self):
+        return self._steps
+
+    @property
+    def latency(self):
+        """Cycles from the ``inp`` transfer to ``out.valid``."""
+        return -(-(self._width // 2) // self._steps)
+
     def elaborate(self, platform):
         m = Module()
         half = self._width // 2
 
+        cycles = self.latency
+        first = half - (cycles - 1) * self._steps     # steps of the input's cycle
+
         operand = Signal(self._width)           # bits not yet brought down, top first
         root = Signal(half)
         rem = Signal(half + 2)                  # rem <= 2 * root < 2**(half + 1)
-        todo = Signal(range(half))              # steps left after the current one
+        todo = Signal(range(cycles))            # cycles left after the current one
         busy = Signal()
 
         def step(bits, root, rem):
@@ -65,27 +84,35 @@ class Isqrt(wiring.Component):
             fits = cur >= trial
             return Cat(fits, root)[:half], Mux(fits, cur - trial, cur)[:half + 2]
 
+        def steps(operand, count, root, rem):
+            """``count`` digits from the top ``2 count`` bits of ``operand``, in one cycle."""
+            for j in range(count):
+                top = len(operand) - 2 * j
+                root, rem = step(operand[top - 2:top], root, rem)
+            return root, rem
+
         m.d.comb += [
             self.inp.ready.eq(~busy & ~self.out.valid),
             self.out.payload.eq(root),
         ]
 
         with m.If(self.inp.valid & self.inp.ready):
-            first_root, first_rem = step(self.inp.payload[-2:], Const(0, half), Const(0, half + 2))
+            first_root, first_rem = steps(self.inp.payload, first, Const(0, half),
+                                          Const(0, half + 2))
             m.d.sync += [
-                operand.eq(self.inp.payload << 2),
+                operand.eq(self.inp.payload << 2 * first),
                 root.eq(first_root),
                 rem.eq(first_rem),
-                todo.eq(half - 1),
+                todo.eq(cycles - 1),
             ]
-            if half == 1:
+            if cycles == 1:
                 m.d.sync += self.out.valid.eq(1)
             else:
                 m.d.sync += busy.eq(1)
         with m.Elif(busy):
-            next_root, next_rem = step(operand[-2:], root, rem)
+            next_root, next_rem = steps(operand, self._steps, root, rem)
             m.d.sync += [
-                operand.eq(operand << 2),
+                operand.eq(operand << 2 * self._steps),
                 root.eq(next_root),
                 rem.eq(next_rem),
                 todo.eq(todo - 1),

@@ -17,6 +17,11 @@ ISQRT_WIDTH = 32         # s2 lies in [2**30, 2**32)
 RECIP_NUM = 1 << 31      # R = 2**31 // r
 RECIP_BITS = 17          # R <= 2**16 (r >= 2**15)
 QRECIP_BITS = 23         # Q <= 127 * 2**16
+#: Result bits a cycle of the square root and both dividers (radix 4): 8, 10 and 13 cycles
+#: instead of 16, 18 and 24 (docs/engine.md, "Dividers two bits a cycle").
+DIV_STEPS = 2
+ISQRT_CYCLES = -(-(ISQRT_WIDTH // 2) // DIV_STEPS)      # Isqrt.latency
+RECIP_CYCLES = -(-RECIP_BITS // DIV_STEPS) + 1          # SerialDivider.latency
 T_LEFT = 14              # t's shift 1 + e/2 is at least -14 (e >= -30)
 Y_MAX, Y_MIN = (1 << (NORM_BITS - 1)) - 1, -(1 << (NORM_BITS - 1))
 
@@ -65,13 +70,14 @@ class NormQuant(wiring.Component):
     5. pass 3 streams ``q`` (and ``y``) out, as :class:`~mmfree.hw.quantizer.ActivationQuantizer`.
 
     Latency and throughput with every stream at full rate, ``B = n / width`` beats: a vector
-    takes ``3 B + LATENCY`` (``3 B + 87``) cycles from its first input transfer to the cycle
+    takes ``3 B + LATENCY`` (``3 B + 60``) cycles from its first input transfer to the cycle
     after its last output transfer (tests/test_normquant.py checks it): pass 1 ``B``; the sum
     pipeline, normalization (the sum's bit length registered, then ``s2``),
-    :class:`~mmfree.hw.isqrt.Isqrt` (16) and ``R`` (a
-    :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, 18); pass 2 ``B``
-    plus its 13-stage pipeline; ``Q`` (a serial division of the 23 significant bits, 24);
-    pass 3 ``B`` plus its 8-stage pipeline; ``3 B + 63`` with ``quantize = 0``. One vector
+    :class:`~mmfree.hw.isqrt.Isqrt` (8: two root bits a cycle, :data:`DIV_STEPS`) and ``R``
+    (a :class:`~mmfree.hw.divider.SerialDivider` of the 17 significant bits, two a cycle,
+    10); pass 2 ``B`` plus its 13-stage pipeline; ``Q`` (a serial division of the 23
+    significant bits, two a cycle, 13); pass 3 ``B`` plus its 8-stage pipeline; ``3 B + 47``
+    with ``quantize = 0``. One vector
     at a time: ``inp`` is ready again after the last output transfer. Against
     :class:`~mmfree.hw.rmsnorm.RMSNorm` followed by
     :class:`~mmfree.hw.quantizer.ActivationQuantizer` (``3 n + 83`` at one element per
@@ -89,7 +95,7 @@ class NormQuant(wiring.Component):
     writes the vector, :class:`~mmfree.hw.engine.Engine`) and pass 1 is left out: ``ss`` is
     taken, without a beat, when the first beat and ``ss_valid`` are both there, and pass 2
     takes the beats of ``inp`` together with those of ``w``; a vector then takes
-    ``2 B + LATENCY_SUM_IN`` (``2 B + 84``) cycles from its first input transfer (``inp.valid``
+    ``2 B + LATENCY_SUM_IN`` (``2 B + 57``) cycles from its first input transfer (``inp.valid``
     with ``ss_valid``) to the cycle after its last output transfer. With ``quantize = 0`` as
     well (an RMSNorm alone), ``y`` leaves on ``y_out`` as pass 2 makes it, a beat a cycle
     that cannot wait (no ``ready``), and nothing on ``out``: ``B + LATENCY_Y_OUT`` cycles to
@@ -154,14 +160,16 @@ class NormQuant(wiring.Component):
                 "ymax": unsigned(32), "first": 1, "last": 1}))),
         })
 
-    #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats.
-    LATENCY = 87
-    #: Fixed cycles of a vector with ``sum_in``, beyond its two passes of ``n / width`` beats.
-    LATENCY_SUM_IN = 84
-    #: Fixed cycles of a vector with ``sum_in`` and ``quantize = 0``, beyond its one pass.
-    LATENCY_Y_OUT = 48
-    #: Of which the quantizer's reciprocal ``Q`` (left out with ``quantize = 0``).
-    QRECIP_CYCLES = QRECIP_BITS + 1
+    #: Of the fixed cycles below, the quantizer's reciprocal ``Q`` (left out with
+    #: ``quantize = 0``).
+    QRECIP_CYCLES = -(-QRECIP_BITS // DIV_STEPS) + 1
+    #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats: 60.
+    LATENCY = 29 + ISQRT_CYCLES + RECIP_CYCLES + QRECIP_CYCLES
+    #: Fixed cycles of a vector with ``sum_in``, beyond its two passes of ``n / width`` beats:
+    #: 57.
+    LATENCY_SUM_IN = 26 + ISQRT_CYCLES + RECIP_CYCLES + QRECIP_CYCLES
+    #: Fixed cycles of a vector with ``sum_in`` and ``quantize = 0``, beyond its one pass: 32.
+    LATENCY_Y_OUT = 14 + ISQRT_CYCLES + RECIP_CYCLES
 
     width = property(lambda self: self._width)
     n_max = property(lambda self: self._n_max)
@@ -175,15 +183,15 @@ class NormQuant(wiring.Component):
         m = Module()
         W, beats = self._width, self._n_max // self._width
         m.submodules.buf = buf = Memory(shape=unsigned(32 * W), depth=beats, init=[])
-        m.submodules.isqrt = isqrt = Isqrt(width=ISQRT_WIDTH)
+        m.submodules.isqrt = isqrt = Isqrt(width=ISQRT_WIDTH, steps=DIV_STEPS)
         # Both quotients have a known range, so the dividers make only their significant bits:
         # R = 2**31 // r with r in [2**15, 2**16) is at most 2**16 (17 bits, not 32), and
         # Q = (127 << (nb + 15)) // ymax with ymax in [2**(nb-1), 2**nb) is at most
         # 127 * 2**16 < 2**23 (23 bits, not 54); ymax = 0 gives q = 0 whatever Q is.
         m.submodules.rdiv = rdiv = SerialDivider(num_width=32, den_width=ISQRT_WIDTH // 2,
-                                                 quotient_width=RECIP_BITS)
+                                                 quotient_width=RECIP_BITS, steps=DIV_STEPS)
         m.submodules.qdiv = qdiv = SerialDivider(num_width=32 + 22, den_width=32,
-                                                 quotient_width=QRECIP_BITS)
+                                                 quotient_width=QRECIP_BITS, steps=DIV_STEPS)
         wr = buf.write_port()
         rd = buf.read_port()
 

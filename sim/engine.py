@@ -466,13 +466,13 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
     - EMBED: ``n + 10``;
-    - NORM: ``B + 53`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
-      without the quantizer, ``y`` written as pass 2 makes it: ``B + 48``, plus the beat
-      readers and the sequencer); ``3 B + 68`` without ``fused`` (the image's ``fused_sums``:
+    - NORM: ``B + 37`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
+      without the quantizer, ``y`` written as pass 2 makes it: ``B + 32``, plus the beat
+      readers and the sequencer); ``3 B + 52`` without ``fused`` (the image's ``fused_sums``:
       NormQuant's own sum of squares in pass 1, ``y`` out in pass 3);
-    - BITLINEAR: ``2 B + rows * chunks + 99 + tree_latency(lanes, weight_reg) + 2 add``
+    - BITLINEAR: ``2 B + rows * chunks + 72 + tree_latency(lanes, weight_reg) + 2 add``
       (``add``: 1 with the residual add; ``weight_reg``: the image's);
-      ``3 B + rows * chunks + 102 + ...`` without ``fused``;
+      ``3 B + rows * chunks + 75 + ...`` without ``fused``;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
@@ -488,9 +488,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     if op == Op.EMBED:
         return n + 10
     if op == Op.NORM:
-        return beats + 53 if fused else 3 * beats + 68
+        return beats + 37 if fused else 3 * beats + 52
     if op in (Op.BITLINEAR, Op.HEAD):
-        front = 2 * beats + 99 if fused else 3 * beats + 102
+        front = 2 * beats + 72 if fused else 3 * beats + 75
         cycles = (front + row_cycles(instr, pairs) + tree_latency(lanes, weight_reg)
                   + 2 * instr["add"])
         if pairs and instr["glu"] and instr["group"]:

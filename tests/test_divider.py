@@ -40,6 +40,10 @@ def test_divider_parameters():
     with pytest.raises(TypeError, match="quotient_width must be a positive integer, not 0"):
         SerialDivider(num_width=8, den_width=5, quotient_width=0)
     assert SerialDivider(num_width=8, den_width=5, quotient_width=3).latency == 4
+    assert SerialDivider(num_width=8, den_width=5, quotient_width=3, steps=2).latency == 3
+    assert SerialDivider(num_width=54, den_width=32, quotient_width=23, steps=2).latency == 13
+    with pytest.raises(TypeError, match="steps must be a positive integer, not 0"):
+        SerialDivider(num_width=8, den_width=5, steps=0)
     for block, name in [(s, "serial_divider"), (d, "pipelined_divider")]:
         assert "module " + name in amaranth_to_verilog(block, name)
 
@@ -101,6 +105,38 @@ def test_serial_divider_short_quotient_exhaustive(num_width, den_width, quotient
     if traffic == (1.0, 0.0):
         assert [o - i for i, o in zip(in_cycles, out_cycles)] == [k + 1] * len(pairs)
         assert in_cycles == [j * (k + 1) for j in range(len(pairs))]
+
+
+STEP_CONFIGS = [(6, 4, None, 2), (5, 7, None, 2), (5, 3, None, 3), (7, 4, 3, 2), (8, 3, 5, 2),
+                (8, 3, 5, 3), (6, 6, 1, 2)]
+
+
+@pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+@pytest.mark.parametrize("num_width,den_width,quotient_width,steps", STEP_CONFIGS,
+                         ids=[f"n{a}_d{b}_q{c}_s{k}" for a, b, c, k in STEP_CONFIGS])
+def test_serial_divider_steps_exhaustive(num_width, den_width, quotient_width, steps, traffic):
+    """``steps`` quotient bits a cycle: every (num, den) pair (den = 0 included at the full
+    quotient width, where an odd width makes one bit more than the dividend has) divides as
+    with one bit a cycle, in ``ceil(k / steps) + 1`` cycles a division."""
+    ready_probability, gap_probability = traffic
+    dut = SerialDivider(num_width=num_width, den_width=den_width,
+                        quotient_width=quotient_width, steps=steps)
+    k = quotient_width or num_width
+    pairs = [(a, b) for a in range(1 << num_width) for b in range(1 << den_width)
+             if (quotient_width is None or (b and a >> k < b))]
+    random.Random(5).shuffle(pairs)
+    outs, in_cycles, out_cycles = run_stream(dut, [{"num": a, "den": b} for a, b in pairs],
+                                             ready_probability=ready_probability,
+                                             gap_probability=gap_probability, seed=6)
+    assert len(outs) == len(pairs)
+    for (a, b), got in zip(pairs, outs):
+        want = (a // b, a % b) if b else ((1 << num_width) - 1, a % (1 << den_width))
+        assert (got.quotient, got.remainder) == want, (a, b, got)
+    latency = -(-k // steps) + 1
+    assert dut.latency == latency
+    if traffic == (1.0, 0.0):
+        assert [o - i for i, o in zip(in_cycles, out_cycles)] == [latency] * len(pairs)
+        assert in_cycles == [j * latency for j in range(len(pairs))]
 
 
 PIPE_CONFIGS = [(6, 4, 6), (8, 4, 5), (4, 6, 4)]

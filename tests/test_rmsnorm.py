@@ -60,6 +60,12 @@ def test_isqrt_parameters():
     for bad in [0, 7, -2, 3.0]:
         with pytest.raises(TypeError, match=f"width must be a positive even integer, not {bad}"):
             Isqrt(width=bad)
+    assert (Isqrt().steps, Isqrt().latency) == (1, 16)
+    assert (Isqrt(steps=2).latency, Isqrt(steps=3).latency, Isqrt(width=2, steps=2).latency) \
+        == (8, 6, 1)
+    for bad in [0, True, 1.5]:
+        with pytest.raises(TypeError, match=f"steps must be a positive integer, not {bad}"):
+            Isqrt(steps=bad)
 
 
 def test_rmsnorm_parameters():
@@ -87,16 +93,19 @@ def test_out_shift_range_of_real_constants():
 
 # --- Amaranth simulator ------------------------------------------------------------------------
 
-def test_isqrt_sim():
-    """Isqrt(width=12) on every input, Isqrt(width=32) on edges and random inputs; the root is
-    valid width/2 cycles after the input transfer."""
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_isqrt_sim(steps):
+    """Isqrt(width=12) on every input, Isqrt(width=32) on edges and random inputs, one, two
+    and three root bits a cycle; the root is valid ceil(width / 2 / steps) cycles after the
+    input transfer."""
     rng = random.Random(3)
     for width, values in [
         (12, range(1 << 12)),
         (32, [0, 1, 2, 3, (1 << 32) - 1, (1 << 30), (1 << 30) - 1, 65535 ** 2, 65535 ** 2 - 1]
              + [rng.getrandbits(32) for _ in range(200)]),
     ]:
-        dut = Isqrt(width=width)
+        dut = Isqrt(width=width, steps=steps)
+        assert dut.latency == -(-width // 2 // steps)
         checked = 0
 
         async def testbench(ctx):
@@ -112,7 +121,7 @@ def test_isqrt_sim():
                     assert not ctx.get(dut.inp.ready)
                     await ctx.tick()
                     cycles += 1
-                assert cycles == width // 2, (width, v, cycles)
+                assert cycles == dut.latency, (width, v, cycles)
                 got = ctx.get(dut.out.payload)
                 assert got == math.isqrt(v), f"width {width}: isqrt({v}) = {got}"
                 ctx.set(dut.out.ready, 1)
@@ -224,13 +233,16 @@ def test_rmsnorm_sim(n_max, gap, ready):
 
 # --- Verilator through cocotb ------------------------------------------------------------------
 
-def test_isqrt_cocotb():
-    """Isqrt(width=32)'s Verilog on Verilator: every input below ISQRT_RANGE, as many random
-    32-bit inputs and perfect squares with their neighbours (about 19,500 roots)."""
+@pytest.mark.parametrize("steps", [1, 2])
+def test_isqrt_cocotb(steps):
+    """Isqrt(width=32)'s Verilog on Verilator, one and two root bits a cycle (NormQuant's):
+    every input below ISQRT_RANGE, as many random 32-bit inputs and perfect squares with their
+    neighbours (about 19,500 roots)."""
+    block = Isqrt(width=32, steps=steps)
     result = run_cocotb(
-        toplevel="isqrt", verilog=amaranth_to_verilog(Isqrt(width=32), "isqrt"),
+        toplevel="isqrt", verilog=amaranth_to_verilog(block, "isqrt"),
         test_module="rmsnorm_tb", python_path=[TB_DIR], seed=11, testcase="isqrt_matches_golden",
-        extra_env={"ISQRT_RANGE": str(ISQRT_RANGE)},
+        extra_env={"ISQRT_RANGE": str(ISQRT_RANGE), "ISQRT_LATENCY": str(block.latency)},
     )
     assert result.passed == ("isqrt_matches_golden",)
 

@@ -32,9 +32,10 @@ OUT = IN
 
 @cocotb.test()
 async def isqrt_matches_golden(dut):
-    """Isqrt(width=32): every input below ISQRT_RANGE, as many random 32-bit inputs, and the
-    perfect squares of random roots with their neighbours, at full rate; one root per 17 cycles
-    (valid 16 cycles after the input transfer, empty again the cycle after the output)."""
+    """Isqrt(width=32, steps=ISQRT_STEPS): every input below ISQRT_RANGE, as many random 32-bit
+    inputs, and the perfect squares of random roots with their neighbours, at full rate; one
+    root per ISQRT_LATENCY + 1 cycles (valid ISQRT_LATENCY cycles after the input transfer,
+    empty again the cycle after the output)."""
     start_clock(dut)
     dut.inp__valid.value = 0
     dut.out__ready.value = 0
@@ -52,9 +53,10 @@ async def isqrt_matches_golden(dut):
     await start
     for v, r in zip(values, got):
         assert r == math.isqrt(v), f"isqrt({v}) = {r}, expected {math.isqrt(v)}"
-    # Full rate: root k transfers in cycle 16 + 17 k (16 cycles after its input, which is
+    # Full rate: root k transfers in cycle L + (L + 1) k (L cycles after its input, which is
     # taken in the cycle after the previous root transfers).
-    assert sink.cycles == 17 * len(values), (sink.cycles, len(values))
+    latency = int(os.environ["ISQRT_LATENCY"])
+    assert sink.cycles == (latency + 1) * len(values), (sink.cycles, len(values))
     dut._log.info("compared %d roots", len(values))
 
 
