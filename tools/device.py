@@ -67,11 +67,12 @@ BOARD_CONFIGS = {
     # model's weights and buffers in 208 of 208 DP16KD); 128 lanes congest and 256 lanes do
     # not fit. The writer keeps the norms' sums of squares (fused_sums), the GLU's gate and up
     # rows go through in pairs (glu_pairs) and a register splits the weight memory's read from
-    # the ternary unit (weight_reg): 15,789 cycles a token (18,313 with neither of the last
-    # two). That SoC, with the op decoded into registered flags and the load port registered,
-    # routes with nextpnr's placement and routing not timing-driven at seed 7 (DEFAULT_PNR in
-    # boards/build.py) at 40.89 MHz; seed 6 stalled (docs/boards.md). At 39 MHz (UART divisor
-    # 13: another netlist) router2 stalled at seeds 7 and 8, so the clock stays at 36 MHz.
+    # the ternary unit (weight_reg): 14,696 cycles a token with NormQuant's dividers two bits
+    # a cycle (15,789 before them, 18,313 with none of the last three). That SoC, with the op
+    # decoded into registered flags and the load port registered, routes with nextpnr's
+    # placement and routing not timing-driven at seed 7 (DEFAULT_PNR in boards/build.py) at
+    # 38.69 MHz (docs/boards.md). At 39 MHz (UART divisor 13: another netlist) router2
+    # stalled at seeds 7 and 8 before the dividers, so the clock stays at 36 MHz.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
                              clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
                              weight_reg=True),
