@@ -54,13 +54,16 @@ SERIAL_CONFIGS = [(6, 4), (5, 7)]
 
 
 @pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+@pytest.mark.parametrize("steps", [1, 2, 3], ids=lambda k: f"s{k}")
 @pytest.mark.parametrize("num_width,den_width", SERIAL_CONFIGS,
                          ids=[f"n{a}_d{b}" for a, b in SERIAL_CONFIGS])
-def test_serial_divider_sim_exhaustive(num_width, den_width, traffic):
+def test_serial_divider_sim_exhaustive(num_width, den_width, steps, traffic):
     """Every (num, den) pair, den = 0 included (quotient all ones, remainder num mod
-    2**den_width); at full rate latency num_width + 1 and one division per num_width + 1."""
+    2**den_width), one to three quotient bits a cycle (a width that ``steps`` does not divide
+    makes more bits than the dividend has); at full rate latency ``ceil(num_width / steps) +
+    1`` and one division per latency."""
     ready_probability, gap_probability = traffic
-    dut = SerialDivider(num_width=num_width, den_width=den_width)
+    dut = SerialDivider(num_width=num_width, den_width=den_width, steps=steps)
     pairs = list(itertools.product(range(1 << num_width), range(1 << den_width)))
     random.Random(1).shuffle(pairs)
     words = [{"num": a, "den": b} for a, b in pairs]
@@ -73,8 +76,9 @@ def test_serial_divider_sim_exhaustive(num_width, den_width, traffic):
             f"n{num_width}_d{den_width} {traffic}: {a} / {b}: got "
             f"({got.quotient}, {got.remainder}), expected {want}")
     assert len(outs) == len(pairs)
+    lat = -(-num_width // steps) + 1
+    assert dut.latency == lat
     if traffic == (1.0, 0.0):
-        lat = num_width + 1
         assert [o - i for i, o in zip(in_cycles, out_cycles)] == [lat] * len(pairs)
         assert in_cycles == [k * lat for k in range(len(pairs))]
 
@@ -83,15 +87,20 @@ SHORT_CONFIGS = [(7, 4, 3), (8, 3, 5), (6, 6, 1)]
 
 
 @pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+@pytest.mark.parametrize("steps", [1, 2, 3], ids=lambda k: f"s{k}")
 @pytest.mark.parametrize("num_width,den_width,quotient_width", SHORT_CONFIGS,
                          ids=[f"n{a}_d{b}_q{c}" for a, b, c in SHORT_CONFIGS])
 def test_serial_divider_short_quotient_exhaustive(num_width, den_width, quotient_width,
-                                                  traffic):
+                                                  steps, traffic):
     """``quotient_width`` below ``num_width``: every (num, den) pair with ``num >> k < den``
-    (the quotient fits ``k`` bits) divides exactly, in ``k + 1`` cycles a division."""
+    (the quotient fits ``k`` bits) divides exactly, one to three quotient bits a cycle, in
+    ``ceil(k / steps) + 1`` cycles a division."""
     ready_probability, gap_probability = traffic
     k = quotient_width
-    dut = SerialDivider(num_width=num_width, den_width=den_width, quotient_width=k)
+    dut = SerialDivider(num_width=num_width, den_width=den_width, quotient_width=k,
+                        steps=steps)
+    lat = -(-k // steps) + 1
+    assert dut.latency == lat
     pairs = [(a, b) for a in range(1 << num_width) for b in range(1, 1 << den_width)
              if a >> k < b]
     assert len(pairs) > 50 and any(a >> k for a, _ in pairs)   # a nonzero start remainder
@@ -103,40 +112,8 @@ def test_serial_divider_short_quotient_exhaustive(num_width, den_width, quotient
     for (a, b), got in zip(pairs, outs):
         assert (got.quotient, got.remainder) == (a // b, a % b), (a, b, got)
     if traffic == (1.0, 0.0):
-        assert [o - i for i, o in zip(in_cycles, out_cycles)] == [k + 1] * len(pairs)
-        assert in_cycles == [j * (k + 1) for j in range(len(pairs))]
-
-
-STEP_CONFIGS = [(6, 4, None, 2), (5, 7, None, 2), (5, 3, None, 3), (7, 4, 3, 2), (8, 3, 5, 2),
-                (8, 3, 5, 3), (6, 6, 1, 2)]
-
-
-@pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
-@pytest.mark.parametrize("num_width,den_width,quotient_width,steps", STEP_CONFIGS,
-                         ids=[f"n{a}_d{b}_q{c}_s{k}" for a, b, c, k in STEP_CONFIGS])
-def test_serial_divider_steps_exhaustive(num_width, den_width, quotient_width, steps, traffic):
-    """``steps`` quotient bits a cycle: every (num, den) pair (den = 0 included at the full
-    quotient width, where an odd width makes one bit more than the dividend has) divides as
-    with one bit a cycle, in ``ceil(k / steps) + 1`` cycles a division."""
-    ready_probability, gap_probability = traffic
-    dut = SerialDivider(num_width=num_width, den_width=den_width,
-                        quotient_width=quotient_width, steps=steps)
-    k = quotient_width or num_width
-    pairs = [(a, b) for a in range(1 << num_width) for b in range(1 << den_width)
-             if (quotient_width is None or (b and a >> k < b))]
-    random.Random(5).shuffle(pairs)
-    outs, in_cycles, out_cycles = run_stream(dut, [{"num": a, "den": b} for a, b in pairs],
-                                             ready_probability=ready_probability,
-                                             gap_probability=gap_probability, seed=6)
-    assert len(outs) == len(pairs)
-    for (a, b), got in zip(pairs, outs):
-        want = (a // b, a % b) if b else ((1 << num_width) - 1, a % (1 << den_width))
-        assert (got.quotient, got.remainder) == want, (a, b, got)
-    latency = -(-k // steps) + 1
-    assert dut.latency == latency
-    if traffic == (1.0, 0.0):
-        assert [o - i for i, o in zip(in_cycles, out_cycles)] == [latency] * len(pairs)
-        assert in_cycles == [j * latency for j in range(len(pairs))]
+        assert [o - i for i, o in zip(in_cycles, out_cycles)] == [lat] * len(pairs)
+        assert in_cycles == [j * lat for j in range(len(pairs))]
 
 
 PIPE_CONFIGS = [(6, 4, 6), (8, 4, 5), (4, 6, 4)]
