@@ -118,10 +118,16 @@ class SerialDivider(wiring.Component):
     def steps(self):
         return self._steps
 
+    @staticmethod
+    def cycles(quotient_width, steps=1):
+        """The :attr:`latency` of a divider of ``quotient_width`` and ``steps``, without making
+        one (for the latency formulas of the blocks that use it)."""
+        return -(-quotient_width // steps) + 1
+
     @property
     def latency(self):
         """Cycles from the ``inp`` transfer to ``out.valid``."""
-        return -(-self._quotient_width // self._steps) + 1
+        return self.cycles(self._quotient_width, self._steps)
 
     def elaborate(self, platform):
         m = Module()

@@ -59,10 +59,16 @@ class Isqrt(wiring.Component):
     def steps(self):
         return self._steps
 
+    @staticmethod
+    def cycles(width, steps=1):
+        """The :attr:`latency` of an ``Isqrt(width=width, steps=steps)``, without making one
+        (for the latency formulas of the blocks that use it)."""
+        return -(-(width // 2) // steps)
+
     @property
     def latency(self):
         """Cycles from the ``inp`` transfer to ``out.valid``."""
-        return -(-(self._width // 2) // self._steps)
+        return self.cycles(self._width, self._steps)
 
     def elaborate(self, platform):
         m = Module()

@@ -20,8 +20,8 @@ QRECIP_BITS = 23         # Q <= 127 * 2**16
 #: Result bits a cycle of the square root and both dividers (radix 4): 8, 10 and 13 cycles
 #: instead of 16, 18 and 24 (docs/engine.md, "Dividers two bits a cycle").
 DIV_STEPS = 2
-ISQRT_CYCLES = -(-(ISQRT_WIDTH // 2) // DIV_STEPS)      # Isqrt.latency
-RECIP_CYCLES = -(-RECIP_BITS // DIV_STEPS) + 1          # SerialDivider.latency
+ISQRT_CYCLES = Isqrt.cycles(ISQRT_WIDTH, DIV_STEPS)
+RECIP_CYCLES = SerialDivider.cycles(RECIP_BITS, DIV_STEPS)
 T_LEFT = 14              # t's shift 1 + e/2 is at least -14 (e >= -30)
 Y_MAX, Y_MIN = (1 << (NORM_BITS - 1)) - 1, -(1 << (NORM_BITS - 1))
 
@@ -162,7 +162,7 @@ class NormQuant(wiring.Component):
 
     #: Of the fixed cycles below, the quantizer's reciprocal ``Q`` (left out with
     #: ``quantize = 0``).
-    QRECIP_CYCLES = -(-QRECIP_BITS // DIV_STEPS) + 1
+    QRECIP_CYCLES = SerialDivider.cycles(QRECIP_BITS, DIV_STEPS)
     #: Fixed cycles of a vector, beyond its three passes of ``n / width`` beats: 60.
     LATENCY = 29 + ISQRT_CYCLES + RECIP_CYCLES + QRECIP_CYCLES
     #: Fixed cycles of a vector with ``sum_in``, beyond its two passes of ``n / width`` beats:
