@@ -81,10 +81,12 @@ class Engine(wiring.Component):
     (into the q buffer, or back into the vector memory for a stand-alone RMSNorm); the rows
     of :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row a chunk, or
     ``2**group`` short rows a chunk where the image groups them; weights from ``tmem``) go
-    through :class:`~mmfree.hw.requantizer.Requantizer`; three
+    through :class:`~mmfree.hw.requantizer.Requantizer` (two rows a cycle from grouped chunks
+    of the GLU and of i, f and g, with the image's ``paired_glu`` and ``paired_plain``); three
     vector-memory element readers, a constant reader and an embedding reader feed the
     sigmoid/SiLU(/GELU) units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer
-    stores results in the vector memory (an element, or a beat of ``W``). The schedule and
+    stores results in the vector memory (an element, two of i, f or g, or a beat of ``W``).
+    The schedule and
     its cycle count are documented in ``docs/engine.md`` and computed by
     :func:`mmfree.sim.engine.step_cycles`.
 
@@ -174,13 +176,14 @@ class Engine(wiring.Component):
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
                                                   sum_in=image.fused_sums)
         groups = image.groups
-        # GLU in pairs: a gate row and its up row a cycle (docs/engine.md).
-        paired = image.paired_glu
-        m.submodules.tern = tern = TernaryAccumulate(lanes=lanes, n=image.n_max,
-                                                     packing=image.packing, groups=groups,
-                                                     pairs=paired, input_reg=image.weight_reg)
-        m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits,
-                                                     out_bits=ACT_BITS, pairs=paired)
+        # Rows in pairs (docs/engine.md): the GLU's gate row and its up row a cycle
+        # (`paired`), two rows of i, f or g a cycle, stored together (`paired_plain`).
+        paired, paired_plain = image.paired_glu, image.paired_plain
+        m.submodules.tern = tern = TernaryAccumulate(
+            lanes=lanes, n=image.n_max, packing=image.packing, groups=groups,
+            pairs=paired or paired_plain, input_reg=image.weight_reg)
+        m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits, out_bits=ACT_BITS,
+                                                     pairs=paired or paired_plain)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")
         m.submodules.silu = silu = Sigmoid(mode="silu")
         if cfg.hidden_act == "silu":
@@ -229,6 +232,10 @@ class Engine(wiring.Component):
                 "glu":      bl & instr.glu,
                 "add":      bl & ~instr.glu & instr.add,
                 "plain":    bl & ~instr.glu & ~instr.add,       # requantized rows stored
+                # rows in pairs: grouped rows of the GLU or of a plain BitLinear
+                "pair":     bl & (instr.group != 0) &
+                            ((instr.glu if paired else 0) |
+                             (~instr.glu & ~instr.add if paired_plain else 0)),
                 "product":  (instr.op == Op.MLGRU_O) | (bl & instr.glu),
             }
         is_ = {name: Signal(name=f"is_{name}") for name in op_flags(decoded)}
@@ -352,8 +359,8 @@ class Engine(wiring.Component):
         if groups:
             m.d.comb += [tern.inp.payload.group.eq(instr.group),
                          tern.inp.payload.rows.eq(t_rows)]
-        if paired:
-            m.d.comb += tern.inp.payload.pair.eq(instr.glu)
+        if paired or paired_plain:
+            m.d.comb += tern.inp.payload.pair.eq(is_["pair"])
         with m.If(state == _State.TERN):
             m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
                          rows_total.eq(instr.issues), rows_left.eq(instr.n_out)]
@@ -380,8 +387,8 @@ class Engine(wiring.Component):
         with m.If(state == _State.TERN):
             m.d.sync += row_out.eq(0)
         with m.Elif(tern.out.valid & tern.out.ready):
-            m.d.sync += row_out.eq(row_out + (Mux(instr.glu, 2, 1) if paired else 1))
-        if paired:
+            m.d.sync += row_out.eq(row_out + Mux(is_["pair"], 2, 1))
+        if paired or paired_plain:
             m.d.comb += [requant.inp.payload.acc.eq(tern.out.payload[0]),
                          requant.inp.payload.acc2.eq(tern.out.payload[1])]
         else:
@@ -521,10 +528,22 @@ class Engine(wiring.Component):
         # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
         y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
             (nq.out.valid, nq.out.payload.y)
+        # Two rows of a plain BitLinear in pairs: words v_addr and v_addr + 1 of one row
+        # (v_addr is even: the vector starts at a multiple of W >= 2, the count goes by 2).
+        pair_write = Signal()
+        if paired_plain:
+            m.d.comb += pair_write.eq(is_["plain"] & is_["pair"] & rq_out.valid)
         with m.If(is_["norm"] & y_valid):              # a whole beat of y
             m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(y_beat),
                          v_wr.en.eq((1 << W) - 1)]
             m.d.sync += count.eq(count + W)
+        if paired_plain:
+            with m.Elif(pair_write):
+                pair_word = Cat(result, rq_out.payload.data2)
+                m.d.comb += [v_wr.addr.eq(v_addr >> wbits),
+                             v_wr.data.eq(Cat(*[pair_word] * (W // 2))),
+                             v_wr.en.eq(Const(0b11, W) << v_addr[:wbits])]
+                m.d.sync += count.eq(count + 2)
         with m.Elif(result_valid):                          # one element
             m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(Cat(*[result] * W)),
                          v_wr.en.eq(Const(1, W) << v_addr[:wbits] if W > 1 else 1)]
@@ -535,7 +554,8 @@ class Engine(wiring.Component):
         # by an earlier instruction of the step (EngineImage checks it): the writer squares
         # what it writes to those addresses and keeps one sum per address, so NormQuant needs
         # no pass of its own over the vector. Stages: 0 the written words (an element in word
-        # 0), 1-2 the squares, 3 the beat's sum, then the address's sum.
+        # 0, a pair in words 0 and 1), 1-2 the squares, 3 the beat's sum, then the address's
+        # sum.
         if image.fused_sums:
             sums = image.norm_sources
             sum_bits = len(nq.ss)
@@ -556,7 +576,13 @@ class Engine(wiring.Component):
             squares = []
             for j in range(W):
                 word = nq.y_out.y[j]
-                m.d.sync += sq_x[j].eq(Mux(beat_write, word, result if j == 0 else 0))
+                if j == 0:
+                    elem = result
+                elif j == 1 and paired_plain:
+                    elem = Mux(pair_write, rq_out.payload.data2, 0)
+                else:
+                    elem = 0
+                m.d.sync += sq_x[j].eq(Mux(beat_write, word, elem))
                 square, partial, final = split_mul(sq_x[j], sq_x[j], f"sq{j}")
                 m.d.sync += [*partial, *final]
                 squares.append(square)

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
 from mmfree.sim import golden
-from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, step_cycles
+from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, is_plain, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
@@ -88,8 +88,12 @@ def test_image_memories_are_the_engines(lanes, width, packing):
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
                   pairs=True, weight_reg=False):
-    image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=pairs, weight_reg=weight_reg)
-    assert image.paired_glu == (pairs and lanes >= 64)
+    """``pairs``: rows in pairs, the GLU's and the plain BitLinears' (True), the GLU's only
+    ("glu") or none (False)."""
+    image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=bool(pairs),
+                        plain_pairs=pairs is True, weight_reg=weight_reg)
+    assert image.paired_glu == (bool(pairs) and lanes >= 64)
+    assert image.paired_plain == (pairs is True and lanes >= 64)
     dut = Engine(image)
     x0 = golden.sampler_x0(temperature) if temperature else 0
     steps = golden_run(im, prompt, count, x0, seed)
@@ -138,15 +142,16 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=Tr
     ("silu", 4, 0.0, True, True, False), ("gelu", 8, 0.8, True, True, False),
     ("silu", 64, 0.8, True, True, False), ("gelu", 64, 0.0, True, True, False),
     ("silu", 64, 0.0, True, False, False), ("silu", 8, 0.8, False, True, False),
-    ("gelu", 64, 0.8, True, True, True),
+    ("gelu", 64, 0.8, True, True, True), ("gelu", 64, 0.8, True, "glu", False),
 ], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
         "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused",
-        "gelu-l64-grouped-sampled-weight-reg"])
+        "gelu-l64-grouped-sampled-weight-reg", "gelu-l64-grouped-sampled-glu-pairs-only"])
 def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
-    grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows go
-    through in pairs unless ``pairs`` is off (``glu_pairs=False``, one row a cycle).
+    grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows and
+    the rows of i, f and g go through in pairs unless ``pairs`` is off (``glu_pairs=False``,
+    ``plain_pairs=False``: one row a cycle) or ``"glu"`` (the GLU's only).
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
     passes); ``weight-reg``: a register between the weight memory and the ternary unit
     (``weight_reg=True``, one more cycle a BitLinear)."""
@@ -168,6 +173,20 @@ def test_image_pairs():
     (glu,) = {i["n_out"] for i in paired.program if i["glu"]}
     assert step_cycles(unpaired) - step_cycles(paired) == \
         im.config.num_layers * (glu // 2 + max(41 - 1, 8) - PAIR_TAIL)
+
+
+def test_image_plain_pairs():
+    """The rows of i, f and g go in pairs where they are grouped, the vector width is at
+    least 2 and the image asks for it; its schedule halves their cycles (nothing else)."""
+    im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
+    paired, unpaired = (EngineImage(im, 128, 4, plain_pairs=p) for p in (True, False))
+    assert paired.paired_plain and not unpaired.paired_plain
+    assert paired.paired_glu and unpaired.paired_glu
+    assert not EngineImage(im, 16).paired_plain         # rows of d in chunks: one a cycle
+    assert not EngineImage(im, 128, 1).paired_plain     # the writer stores a pair in a row
+    plain = [i for i in paired.program if is_plain(i)]
+    assert len(plain) == 3 * im.config.num_layers and all(i["group"] for i in plain)
+    assert step_cycles(unpaired) - step_cycles(paired) == sum(i["n_out"] // 2 for i in plain)
 
 
 def test_image_weight_reg():
@@ -192,38 +211,43 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), the board's fused_sums, glu_pairs and weight_reg (the
-    # Amaranth runs above cover the other settings).
+    # written whole by the load port), the board's fused_sums, glu_pairs, plain_pairs and
+    # weight_reg (the Amaranth runs above cover the other settings).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.weight_reg),
+     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.plain_pairs, _ULX3S.weight_reg),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
-    # 75 rows end in a chunk of three; the GLU's gate and up rows in pairs.
+    # 75 rows end in a chunk of three; the GLU's gate and up rows and those of i, f and g in
+    # pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
-    # the board's fused_sums, glu_pairs and weight_reg.
+    # the board's fused_sums, glu_pairs, plain_pairs and weight_reg.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.weight_reg),
+     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.plain_pairs,
+     _ULX3S.weight_reg),
 ]
 
 
-@pytest.mark.parametrize("spec, lanes, tokens, load_seed, width, packing, fused, pairs, reg", [
-    pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, False)[len(c[6:]):]), id=c[0],
-                 marks=c[5])
-    for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, reg):
+@pytest.mark.parametrize(
+    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, plain, reg", [
+        pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, True, False)[len(c[6:]):]),
+                     id=c[0], marks=c[5])
+        for c in COCOTB])
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, plain,
+                       reg):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
     image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs,
-                        weight_reg=reg)
+                        plain_pairs=plain, weight_reg=reg)
     dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
            "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs)),
+           "ENGINE_PLAIN_PAIRS": str(int(plain)),
            "ENGINE_WEIGHT_REG": str(int(reg))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)

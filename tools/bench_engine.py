@@ -47,7 +47,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
 
     A BITLINEAR's or HEAD's ternary rows (:func:`row_cycles`) are split into the cycles its
     weights need at full lane use, ``ceil(rows * n / lanes)``, and the rest, which the engine
-    spends because it sends out one row a cycle (two for the GLU's paired rows) when a row has
+    spends because it sends out one row a cycle (two for paired rows) when a row has
     fewer weights than there are lanes. Its passes over the input are ``2 B`` (``3 B``
     without the image's ``fused_sums``; ``B = ceil(n / W)`` beats), a NORM's ``B`` (``3 B``);
     the adder tree is :func:`tree_latency`; an MLGRU op takes one element a cycle. What is
@@ -59,7 +59,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
         cycles, n = image.instr_cycles(instr), instr["n_in"]
         beats = -(-n // image.width)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
-            rows = row_cycles(instr, image.paired_glu)
+            rows = row_cycles(instr, image.paired_glu, image.paired_plain)
             busy = -(-instr["n_out"] * n // image.lanes)
             tree = tree_latency(image.lanes, image.weight_reg)
             out[PARTS[0]] += busy
