@@ -524,6 +524,12 @@ class Engine(wiring.Component):
             result.eq(_or_all(Mux(is_[flag], payload, 0) for flag, _, payload in sources)),
             result_valid.eq(_or_all(is_[flag] & port.valid for flag, port, _ in sources)),
         ]
+        # The load port's word, written the cycle after it is taken from a register; the
+        # port's ready is a register too (see "the load port" below).
+        load_word = Signal.like(self.load.payload)
+        loading = Signal()
+        load_region = load_word.addr[REGION_SHIFT:]
+        load_index = load_word.addr[:REGION_SHIFT]
         v_addr = instr.dst + count
         # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
         y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
@@ -599,66 +605,51 @@ class Engine(wiring.Component):
             m.d.comb += [nq.ss.eq(ss_src), nq.ss_valid.eq(~Cat(*sq_v).any())]
 
         # --- the load port --------------------------------------------------------------
-        # A word taken in cycle t is written in t + 1 from a register: neither the link's word
-        # nor the sequencer's state reach the write enables (tmem's staging register is a row
-        # of words) in the cycle they change. `load_open`, the port's ready, is a register:
-        # high only in a cycle where the sequencer is idle (it was idle a cycle before and took
-        # no step), and no step is taken in a cycle a word is offered or written, so every
-        # write lands while idle. Each memory has its own copy of the word and of its hit,
-        # loaded only by words of its region: the copies differ (so synthesis keeps them
-        # apart) and each is placed beside its block RAMs instead of one register driving
-        # every memory's address across the device.
+        # A word taken in cycle t is written in t + 1 from `load_word`: neither the link's
+        # word nor the sequencer's state reach the write enables (tmem's staging register is
+        # a row of words) in the cycle they change. `load_open`, the port's ready, is a
+        # register: high only in a cycle where the sequencer is idle (it was idle a cycle
+        # before and took no step), and no step is taken in a cycle a word is offered or
+        # written, so every write lands while idle.
         load_open = Signal()
-        loading = Signal()
         m.d.sync += [
             load_open.eq((state == _State.IDLE) & ~(self.step.valid & self.step.ready)),
+            load_word.eq(self.load.payload),
             loading.eq(self.load.valid & self.load.ready),
         ]
         m.d.comb += self.load.ready.eq(load_open)
-
-        def load_copy(region):
-            """The word of ``region`` taken a cycle before (held until the next), and its hit."""
-            word = Signal.like(self.load.payload, name=f"load_{region}_word")
-            hit = Signal(name=f"load_{region}_hit")
-            take = self.load.valid & self.load.ready & \
-                (self.load.payload.addr[REGION_SHIFT:] == REGION[region])
-            m.d.sync += hit.eq(take)
-            with m.If(take):
-                m.d.sync += word.eq(self.load.payload)
-            return word.addr[:REGION_SHIFT], word.data, hit
-
         # prog, cmem, emb: a row of `words` words at a stride of `stride` (a power of two)
         # addresses, written a word at a time.
         for memory, region, words, stride in ((prog, "prog", PROG_WORDS, INSTR_WORDS),
                                               (cmem, "cmem", W, W), (emb, "emb", 1, 1)):
-            index, word, hit = load_copy(region)
             port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
             sub_bits = (stride - 1).bit_length()
             m.d.comb += [
-                port.addr.eq(index >> sub_bits),
-                port.data.eq(Cat(*[word] * words)),
+                port.addr.eq(load_index >> sub_bits),
+                port.data.eq(Cat(*[load_word.data] * words)),
             ]
+            hit = loading & (load_region == REGION[region])
             if words > 1:
                 # Words past `words` (the stride's padding) are dropped.
-                m.d.comb += port.en.eq(Mux(hit, Const(1, words) << index[:sub_bits], 0))
+                m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
             else:
                 m.d.comb += port.en.eq(hit)
         # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
         # when their last word arrives, the words before it held in `t_stage`: a memory with
         # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a
         # row's words in order (EngineImage.load_words; the link applies chunks in order).
-        t_index, t_word, t_hit = load_copy("tmem")
         t_words = -(-image.chunk_bits // 32)
         t_sub_bits = (image.tmem_words - 1).bit_length()
-        t_sub = t_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
+        t_sub = load_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
+        t_hit = loading & (load_region == REGION["tmem"])
         t_stage = Signal(32 * max(1, t_words - 1))
         for k in range(t_words - 1):
             with m.If(t_hit & (t_sub == k)):
-                m.d.sync += t_stage.word_select(k, 32).eq(t_word)
+                m.d.sync += t_stage.word_select(k, 32).eq(load_word.data)
         t_wr = tmem.write_port()
         m.d.comb += [
-            t_wr.addr.eq(t_index >> t_sub_bits),
-            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], t_word)),
+            t_wr.addr.eq(load_index >> t_sub_bits),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], load_word.data)),
             t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
         ]
 
