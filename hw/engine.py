@@ -82,12 +82,11 @@ class Engine(wiring.Component):
     of :class:`~mmfree.hw.ternary.TernaryAccumulate` (``lanes`` lanes, one row a chunk, or
     ``2**group`` short rows a chunk where the image groups them; weights from ``tmem``) go
     through :class:`~mmfree.hw.requantizer.Requantizer` (two rows a cycle from grouped chunks
-    of the GLU and of i, f and g, with the image's ``paired_glu`` and ``paired_plain``); three
-    vector-memory element readers, a constant reader and an embedding reader feed the
-    sigmoid/SiLU(/GELU) units and the elementwise units of :mod:`mmfree.hw.mixer`; one writer
-    stores results in the vector memory (an element, two of i, f or g, or a beat of ``W``).
-    The schedule and
-    its cycle count are documented in ``docs/engine.md`` and computed by
+    of the GLU and of the other BitLinears, with the image's ``paired_glu`` and
+    ``paired_rows``); three vector-memory element readers, a constant reader and an embedding
+    reader feed the sigmoid/SiLU(/GELU) units and the elementwise units of
+    :mod:`mmfree.hw.mixer`; one writer stores results in the vector memory (an element, a pair
+    of rows or of residual sums, or a beat of ``W``). The schedule and its cycle count are documented in ``docs/engine.md`` and computed by
     :func:`mmfree.sim.engine.step_cycles`.
 
     Latency: a step takes :func:`~mmfree.sim.engine.step_cycles` cycles from the ``step``
@@ -161,7 +160,12 @@ class Engine(wiring.Component):
         # --- units ----------------------------------------------------------------------
         vbits = self._vbits
         m.submodules.r0 = r0 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
-        m.submodules.r1 = r1 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
+        # Rows in pairs (docs/engine.md): the GLU's gate row and its up row a cycle
+        # (`paired`), two rows of any other BitLinear a cycle, stored (or added to the
+        # residual, which r1 then reads two elements a transfer) together (`paired_rows`).
+        paired, paired_rows = image.paired_glu, image.paired_rows
+        m.submodules.r1 = r1 = VectorReader(
+            shape=unsigned(2 * ACT_BITS) if paired_rows else signed(ACT_BITS), addr_width=vbits)
         m.submodules.r2 = r2 = VectorReader(shape=signed(ACT_BITS), addr_width=vbits)
         cbits = max(1, (len(image.cmem) - 1).bit_length())
         m.submodules.rc = rc = VectorReader(shape=unsigned(32), addr_width=cbits)
@@ -176,14 +180,11 @@ class Engine(wiring.Component):
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
                                                   sum_in=image.fused_sums)
         groups = image.groups
-        # Rows in pairs (docs/engine.md): the GLU's gate row and its up row a cycle
-        # (`paired`), two rows of i, f or g a cycle, stored together (`paired_plain`).
-        paired, paired_plain = image.paired_glu, image.paired_plain
         m.submodules.tern = tern = TernaryAccumulate(
             lanes=lanes, n=image.n_max, packing=image.packing, groups=groups,
-            pairs=paired or paired_plain, input_reg=image.weight_reg)
+            pairs=paired or paired_rows, input_reg=image.weight_reg)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits, out_bits=ACT_BITS,
-                                                     pairs=paired or paired_plain)
+                                                     pairs=paired or paired_rows)
         m.submodules.sig = sig = Sigmoid(mode="sigmoid")
         m.submodules.silu = silu = Sigmoid(mode="silu")
         if cfg.hidden_act == "silu":
@@ -192,7 +193,7 @@ class Engine(wiring.Component):
             m.submodules.act = act = Sigmoid(mode="gelu")
         m.submodules.gate = gate = GateUnit()
         m.submodules.product = product = ProductUnit()
-        m.submodules.residual = residual = ResidualAdd()
+        m.submodules.residual = residual = ResidualAdd(pairs=paired_rows)
         m.submodules.embed = embed = EmbedUnit()
         m.submodules.sampler = sampler = Sampler(vocab=cfg.vocab_size, logit_width=LOGIT_BITS)
 
@@ -235,7 +236,7 @@ class Engine(wiring.Component):
                 # rows in pairs: grouped rows of the GLU or of a plain BitLinear
                 "pair":     bl & (instr.group != 0) &
                             ((instr.glu if paired else 0) |
-                             (~instr.glu & ~instr.add if paired_plain else 0)),
+                             (~instr.glu if paired_rows else 0)),
                 "product":  (instr.op == Op.MLGRU_O) | (bl & instr.glu),
             }
         is_ = {name: Signal(name=f"is_{name}") for name in op_flags(decoded)}
@@ -262,7 +263,10 @@ class Engine(wiring.Component):
         with m.Elif(is_["mlgru_o"]):
             m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
         with m.Elif(is_["tern"]):
-            m.d.comb += [r1.base.eq(instr.aux), r1.count.eq(Mux(instr.add, instr.n_out, 0))]
+            pairs_in = is_["pair"] if paired_rows else 0     # r1 counts pairs
+            m.d.comb += [r1.base.eq(Mux(pairs_in, instr.aux >> 1, instr.aux)),
+                         r1.count.eq(Mux(instr.add, Mux(pairs_in, instr.n_out >> 1, instr.n_out),
+                                         0))]
         with m.Elif(is_["embed"]):
             m.d.comb += [rc.base.eq(instr.cbase + token), rc.count.eq(state == _State.START)]
 
@@ -279,6 +283,10 @@ class Engine(wiring.Component):
             port = memory.read_port()
             words = len(port.data) // 32
             addr, en = reader.addr >> (words - 1).bit_length(), reader.en
+            # r1 in pairs (a residual add of rows in pairs): reader.addr counts pairs.
+            pair_mode = is_["pair"] & is_["add"] if reader is r1 and paired_rows else None
+            if pair_mode is not None:
+                addr = Mux(pair_mode, reader.addr >> (wbits - 1), addr)
             if beats_reader is not None:
                 addr = Mux(norm_ops, beats_reader.addr, addr)
                 en = Mux(norm_ops, beats_reader.en, en)
@@ -288,7 +296,14 @@ class Engine(wiring.Component):
                 word = Signal(range(words), name=f"{name}_word")
                 with m.If(reader.en):
                     m.d.sync += word.eq(reader.addr[:(words - 1).bit_length()])
-                m.d.comb += reader.data.eq(port.data.word_select(word, 32))
+                element = port.data.word_select(word, 32)
+                if pair_mode is not None:
+                    pair = Signal(range(max(2, words // 2)), name=f"{name}_pair")
+                    if wbits > 1:
+                        with m.If(reader.en):
+                            m.d.sync += pair.eq(reader.addr[:wbits - 1])
+                    element = Mux(pair_mode, port.data.word_select(pair, 64), element)
+                m.d.comb += reader.data.eq(element)
             else:
                 m.d.comb += reader.data.eq(port.data)
 
@@ -359,7 +374,7 @@ class Engine(wiring.Component):
         if groups:
             m.d.comb += [tern.inp.payload.group.eq(instr.group),
                          tern.inp.payload.rows.eq(t_rows)]
-        if paired or paired_plain:
+        if paired or paired_rows:
             m.d.comb += tern.inp.payload.pair.eq(is_["pair"])
         with m.If(state == _State.TERN):
             m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
@@ -388,7 +403,7 @@ class Engine(wiring.Component):
             m.d.sync += row_out.eq(0)
         with m.Elif(tern.out.valid & tern.out.ready):
             m.d.sync += row_out.eq(row_out + Mux(is_["pair"], 2, 1))
-        if paired or paired_plain:
+        if paired or paired_rows:
             m.d.comb += [requant.inp.payload.acc.eq(tern.out.payload[0]),
                          requant.inp.payload.acc2.eq(tern.out.payload[1])]
         else:
@@ -401,8 +416,10 @@ class Engine(wiring.Component):
             requant.inp.payload.k.eq(instr.k),
             requant.inp.payload.first.eq(row_out == 0),
             requant.inp.payload.last.eq(row_out == instr.n_out - 1),
-            residual.a.payload.eq(rq_out.payload.data),
             residual.b.payload.eq(r1.out.payload.data),
+            *([residual.a.payload[0].eq(rq_out.payload.data),
+               residual.a.payload[1].eq(rq_out.payload.data2)] if paired_rows else
+              [residual.a.payload.eq(rq_out.payload.data)]),
             sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
                                                     "logit")),
             sampler.logits.payload.first.eq(rq_out.payload.first),
@@ -469,7 +486,9 @@ class Engine(wiring.Component):
         with m.If(is_["mlgru_h"]):
             m.d.comb += [
                 sig.inp.valid.eq(r0.out.valid), r0.out.ready.eq(sig.inp.ready),
-                silu.inp.payload.eq(r1.out.payload),
+                silu.inp.payload.data.eq(r1.out.payload.data[:ACT_BITS]),
+                silu.inp.payload.first.eq(r1.out.payload.first),
+                silu.inp.payload.last.eq(r1.out.payload.last),
                 silu.inp.valid.eq(r1.out.valid), r1.out.ready.eq(silu.inp.ready),
                 gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
                 gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
@@ -482,7 +501,7 @@ class Engine(wiring.Component):
                 silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
                 product.a.payload.eq(silu.out.payload.data),
                 product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
-                product.b.payload.eq(r1.out.payload.data),
+                product.b.payload.eq(r1.out.payload.data[:ACT_BITS]),
                 product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
             ]
         with m.Elif(is_["embed"]):
@@ -515,7 +534,8 @@ class Engine(wiring.Component):
         # One source at a time (the flags are exclusive): an AND-OR of registered selects.
         sources = (("embed", embed.out, embed.out.payload), ("mlgru_h", gate.out, gate.out.payload),
                    ("product", product.out, product.out.payload),
-                   ("add", residual.out, residual.out.payload),
+                   ("add", residual.out,
+                    residual.out.payload[0] if paired_rows else residual.out.payload),
                    ("plain", rq_out, rq_out.payload.data))
         for flag, port, payload in sources:
             with m.If(is_[flag]):
@@ -534,18 +554,23 @@ class Engine(wiring.Component):
         # A NORM's y: from pass 2 with the writer's sums (y_out), else from pass 3 (out).
         y_valid, y_beat = (nq.y_out.valid, nq.y_out.y) if image.fused_sums else \
             (nq.out.valid, nq.out.payload.y)
-        # Two rows of a plain BitLinear in pairs: words v_addr and v_addr + 1 of one row
-        # (v_addr is even: the vector starts at a multiple of W >= 2, the count goes by 2).
+        # A pair (two rows of i, f or g, or two residual sums of o_proj or down_proj): words
+        # v_addr and v_addr + 1 of one row (v_addr is even: the vector starts at a multiple of
+        # W >= 2, the count goes by 2).
         pair_write = Signal()
-        if paired_plain:
-            m.d.comb += pair_write.eq(is_["plain"] & is_["pair"] & rq_out.valid)
+        result2 = Signal(signed(ACT_BITS))
+        if paired_rows:
+            m.d.comb += [
+                pair_write.eq(is_["pair"] & ~is_["glu"] & result_valid),
+                result2.eq(Mux(is_["add"], residual.out.payload[1], rq_out.payload.data2)),
+            ]
         with m.If(is_["norm"] & y_valid):              # a whole beat of y
             m.d.comb += [v_wr.addr.eq(v_addr >> wbits), v_wr.data.eq(y_beat),
                          v_wr.en.eq((1 << W) - 1)]
             m.d.sync += count.eq(count + W)
-        if paired_plain:
+        if paired_rows:
             with m.Elif(pair_write):
-                pair_word = Cat(result, rq_out.payload.data2)
+                pair_word = Cat(result, result2)
                 m.d.comb += [v_wr.addr.eq(v_addr >> wbits),
                              v_wr.data.eq(Cat(*[pair_word] * (W // 2))),
                              v_wr.en.eq(Const(0b11, W) << v_addr[:wbits])]
@@ -584,8 +609,8 @@ class Engine(wiring.Component):
                 word = nq.y_out.y[j]
                 if j == 0:
                     elem = result
-                elif j == 1 and paired_plain:
-                    elem = Mux(pair_write, rq_out.payload.data2, 0)
+                elif j == 1 and paired_rows:
+                    elem = Mux(pair_write, result2, 0)
                 else:
                     elem = 0
                 m.d.sync += sq_x[j].eq(Mux(beat_write, word, elem))

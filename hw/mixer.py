@@ -9,7 +9,7 @@ stream of 32-bit results. Golden model: the expressions of :func:`mmfree.sim.gol
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from mmfree.hw.arith import carried, split_mul
@@ -40,11 +40,11 @@ class _Joined(wiring.Component):
 
     STAGES = 1
 
-    def __init__(self, inputs, extra=None):
+    def __init__(self, inputs, extra=None, out_shape=signed(ACT_BITS)):
         self._inputs = list(inputs)
         members = {name: In(stream.Signature(shape)) for name, shape in inputs.items()}
         members.update(extra or {})
-        members["out"] = Out(stream.Signature(signed(ACT_BITS)))
+        members["out"] = Out(stream.Signature(out_shape))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -154,20 +154,32 @@ class ProductUnit(_Joined):
 class ResidualAdd(_Joined):
     """``saturate(a + b, 32)`` (golden: the residual adds of
     :func:`~mmfree.sim.golden.decode_step`). Latency 2 cycles (inputs registered, then the
-    saturating sum), one element per cycle."""
+    saturating sum), one element per cycle; with ``pairs``, two: ``a``, ``b`` and ``out`` are
+    ``ArrayLayout(signed(32), 2)`` and each element is added on its own (the engine's rows
+    in pairs)."""
 
     STAGES = 2
 
-    def __init__(self):
-        super().__init__({"a": signed(ACT_BITS), "b": signed(ACT_BITS)})
+    def __init__(self, *, pairs=False):
+        self._pairs = bool(pairs)
+        shape = data.ArrayLayout(signed(ACT_BITS), 2) if pairs else signed(ACT_BITS)
+        super().__init__({"a": shape, "b": shape}, out_shape=shape)
+
+    @property
+    def pairs(self):
+        return self._pairs
 
     def _datapath(self, m, advance, p):
-        a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
-        with m.If(advance):
-            m.d.sync += [
-                a1.eq(p["a"]), b1.eq(p["b"]),
-                self.out.payload.eq(saturate(m, a1 + b1, ACT_BITS, "sum_sat")),
-            ]
+        lanes = ((p["a"][k], p["b"][k], self.out.payload[k]) for k in range(2)) \
+            if self._pairs else ((p["a"], p["b"], self.out.payload),)
+        for k, (a, b, out) in enumerate(lanes):
+            a1, b1 = Signal(signed(ACT_BITS), name=f"a1_{k}"), Signal(signed(ACT_BITS),
+                                                                        name=f"b1_{k}")
+            with m.If(advance):
+                m.d.sync += [
+                    a1.eq(a), b1.eq(b),
+                    out.eq(saturate(m, a1 + b1, ACT_BITS, f"sum_sat{k}")),
+                ]
 
 
 class EmbedUnit(_Joined):

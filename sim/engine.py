@@ -34,7 +34,7 @@ import numpy as np
 from mmfree.sim import golden
 from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "is_plain", "op_cycles",
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
            "row_cycles", "step_cycles"]
 
 
@@ -110,9 +110,10 @@ class EngineImage:
     ``glu_pairs``: where the gate/up rows are grouped (``lanes >= 2 n``), a gate row and its up
     row leave the ternary unit together, through a requantizer of two (docs/engine.md):
     half the cycles of the GLU's rows. Without it, one row a cycle.
-    ``plain_pairs``: the same for the BitLinears whose rows are stored as they are (``i``,
-    ``f``, ``g``: no GLU, no residual add) where grouped: two rows leave the ternary unit
-    together and the writer stores both in one cycle (needs ``width >= 2``; docs/engine.md).
+    ``row_pairs``: the same for the other BitLinears (``i``, ``f``, ``g``, ``o_proj``,
+    ``down_proj``) where grouped: two rows leave the ternary unit together, and the writer
+    stores both in one cycle, or both are added to two residual elements read together
+    (needs ``width >= 2``; docs/engine.md).
     ``weight_reg``: a second register between the weight memory's read and the ternary unit's
     decoders (:class:`~mmfree.hw.ternary.TernaryAccumulate`'s ``input_reg``), for a board whose
     weight block RAMs are far from the lanes: one more cycle for every BITLINEAR and HEAD.
@@ -123,7 +124,7 @@ class EngineImage:
     packing: str = ""
     fused_sums: bool = True
     glu_pairs: bool = True
-    plain_pairs: bool = True
+    row_pairs: bool = True
     weight_reg: bool = False
     regions: dict = field(init=False)
     program: list = field(init=False)
@@ -212,13 +213,14 @@ class EngineImage:
         return self.glu_pairs and any(instr["glu"] and instr["group"] for instr in self.program)
 
     @property
-    def paired_plain(self) -> bool:
-        """Whether the rows of plain BitLinears (:func:`is_plain`) leave the ternary unit and
-        reach ``vmem`` in pairs: ``plain_pairs``, ``width >= 2`` (the writer stores two
-        adjacent words of a row of ``vmem``), some of them grouped and all of those an even
-        number of rows."""
-        grouped = [instr for instr in self.program if is_plain(instr) and instr["group"]]
-        return (self.plain_pairs and self.width >= 2 and bool(grouped)
+    def paired_rows(self) -> bool:
+        """Whether the rows of the BitLinears without a GLU leave the ternary unit and reach
+        ``vmem`` in pairs: ``row_pairs``, ``width >= 2`` (the writer stores two adjacent words
+        of a row of ``vmem``, the residual reader reads them), some of them grouped and all of
+        those an even number of rows."""
+        grouped = [instr for instr in self.program
+                   if instr["op"] == Op.BITLINEAR and not instr["glu"] and instr["group"]]
+        return (self.row_pairs and self.width >= 2 and bool(grouped)
                 and all(instr["n_out"] % 2 == 0 for instr in grouped))
 
     @property
@@ -420,9 +422,9 @@ class EngineImage:
 
     def instr_cycles(self, instr: dict, *, token: int = 0, sampled: bool = False) -> int:
         """:func:`op_cycles` of ``instr`` in this image's engine: its lanes, vector width,
-        ``fused_sums``, ``paired_glu``, ``paired_plain``, ``weight_reg`` and vocabulary."""
+        ``fused_sums``, ``paired_glu``, ``paired_rows``, ``weight_reg`` and vocabulary."""
         return op_cycles(instr, self.lanes, self.width, fused=self.fused_sums,
-                         pairs=self.paired_glu, plain_pairs=self.paired_plain,
+                         pairs=self.paired_glu, row_pairs=self.paired_rows,
                          weight_reg=self.weight_reg,
                          vocab=self.im.config.vocab_size, token=token, sampled=sampled)
 
@@ -463,24 +465,19 @@ def tree_latency(lanes: int, input_reg: bool = False) -> int:
 PAIR_TAIL = 41
 
 
-def is_plain(instr: dict) -> bool:
-    """Whether ``instr`` is a BITLINEAR whose requantized rows are stored as they are (no GLU,
-    no residual add: the MLGRU's ``i``, ``f`` and ``g``)."""
-    return instr["op"] == Op.BITLINEAR and not instr["glu"] and not instr["add"]
-
-
-def row_cycles(instr: dict, pairs: bool = False, plain_pairs: bool = False) -> int:
+def row_cycles(instr: dict, pairs: bool = False, row_pairs: bool = False) -> int:
     """Cycles of a BITLINEAR's or HEAD's ternary rows: ``rows * chunks``, one row a cycle, or
     ``rows / 2`` for rows in pairs: the GLU's gate/up rows with ``pairs`` (the image's
-    :attr:`~EngineImage.paired_glu`), a plain BitLinear's with ``plain_pairs`` (the image's
-    :attr:`~EngineImage.paired_plain`); grouped rows only."""
-    if instr["group"] and ((pairs and instr["glu"]) or (plain_pairs and is_plain(instr))):
+    :attr:`~EngineImage.paired_glu`), another BITLINEAR's with ``row_pairs`` (the image's
+    :attr:`~EngineImage.paired_rows`); grouped rows only (never the lm_head's)."""
+    if instr["group"] and ((pairs and instr["glu"]) or
+                           (row_pairs and instr["op"] == Op.BITLINEAR and not instr["glu"])):
         return instr["n_out"] // 2
     return instr["n_out"] * instr["chunks"]
 
 
 def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
-              pairs: bool = False, plain_pairs: bool = False, weight_reg: bool = False,
+              pairs: bool = False, row_pairs: bool = False, weight_reg: bool = False,
               vocab: int = 0, token: int = 0, sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
@@ -495,8 +492,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     - BITLINEAR: ``2 B + rows * chunks + 72 + tree_latency(lanes, weight_reg) + 2 add``
       (``add``: 1 with the residual add; ``weight_reg``: the image's);
       ``3 B + rows * chunks + 75 + ...`` without ``fused``; ``rows / 2`` for ``rows * chunks``
-      with ``plain_pairs`` (the image's :attr:`~EngineImage.paired_plain`), grouped rows and
-      neither GLU nor add: two rows a cycle, the same cycles after the last pair;
+      with ``row_pairs`` (the image's :attr:`~EngineImage.paired_rows`), grouped rows and no
+      GLU: two rows a cycle, the same cycles after the last pair;
     - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
       Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
@@ -515,7 +512,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
         return beats + 37 if fused else 3 * beats + 52
     if op in (Op.BITLINEAR, Op.HEAD):
         front = 2 * beats + 72 if fused else 3 * beats + 75
-        cycles = (front + row_cycles(instr, pairs, plain_pairs) + tree_latency(lanes, weight_reg)
+        cycles = (front + row_cycles(instr, pairs, row_pairs) + tree_latency(lanes, weight_reg)
                   + 2 * instr["add"])
         if pairs and instr["glu"] and instr["group"]:
             cycles += PAIR_TAIL

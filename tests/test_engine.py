@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
 from mmfree.sim import golden
-from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, is_plain, step_cycles
+from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
@@ -88,12 +88,12 @@ def test_image_memories_are_the_engines(lanes, width, packing):
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
                   pairs=True, weight_reg=False):
-    """``pairs``: rows in pairs, the GLU's and the plain BitLinears' (True), the GLU's only
+    """``pairs``: rows in pairs, the GLU's and the other BitLinears' (True), the GLU's only
     ("glu") or none (False)."""
     image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=bool(pairs),
-                        plain_pairs=pairs is True, weight_reg=weight_reg)
+                        row_pairs=pairs is True, weight_reg=weight_reg)
     assert image.paired_glu == (bool(pairs) and lanes >= 64)
-    assert image.paired_plain == (pairs is True and lanes >= 64)
+    assert image.paired_rows == (pairs is True and lanes >= 64)
     dut = Engine(image)
     x0 = golden.sampler_x0(temperature) if temperature else 0
     steps = golden_run(im, prompt, count, x0, seed)
@@ -150,8 +150,8 @@ def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
     grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows and
-    the rows of i, f and g go through in pairs unless ``pairs`` is off (``glu_pairs=False``,
-    ``plain_pairs=False``: one row a cycle) or ``"glu"`` (the GLU's only).
+    the other BitLinears' rows (the residual adds too) go through in pairs unless ``pairs`` is off (``glu_pairs=False``,
+    ``row_pairs=False``: one row a cycle) or ``"glu"`` (the GLU's only).
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
     passes); ``weight-reg``: a register between the weight memory and the ternary unit
     (``weight_reg=True``, one more cycle a BitLinear)."""
@@ -175,18 +175,21 @@ def test_image_pairs():
         im.config.num_layers * (glu // 2 + max(41 - 1, 8) - PAIR_TAIL)
 
 
-def test_image_plain_pairs():
-    """The rows of i, f and g go in pairs where they are grouped, the vector width is at
-    least 2 and the image asks for it; its schedule halves their cycles (nothing else)."""
+def test_image_row_pairs():
+    """The rows of the BitLinears without a GLU go in pairs where they are grouped, the vector
+    width is at least 2 and the image asks for it; its schedule halves their cycles (nothing
+    else)."""
     im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
-    paired, unpaired = (EngineImage(im, 128, 4, plain_pairs=p) for p in (True, False))
-    assert paired.paired_plain and not unpaired.paired_plain
+    paired, unpaired = (EngineImage(im, 128, 4, row_pairs=p) for p in (True, False))
+    assert paired.paired_rows and not unpaired.paired_rows
     assert paired.paired_glu and unpaired.paired_glu
-    assert not EngineImage(im, 16).paired_plain         # rows of d in chunks: one a cycle
-    assert not EngineImage(im, 128, 1).paired_plain     # the writer stores a pair in a row
-    plain = [i for i in paired.program if is_plain(i)]
-    assert len(plain) == 3 * im.config.num_layers and all(i["group"] for i in plain)
-    assert step_cycles(unpaired) - step_cycles(paired) == sum(i["n_out"] // 2 for i in plain)
+    assert not EngineImage(im, 16).paired_rows         # rows of d in chunks: one a cycle
+    assert not EngineImage(im, 128, 1).paired_rows     # the writer stores a pair in a row
+    # i, f, g, o_proj (rows of d = 24, four a chunk), down_proj (rows of I = 60, two).
+    rows = [i for i in paired.program if i["op"] == Op.BITLINEAR and not i["glu"]]
+    assert len(rows) == 5 * im.config.num_layers and all(i["group"] for i in rows)
+    assert sum(i["add"] for i in rows) == 2 * im.config.num_layers
+    assert step_cycles(unpaired) - step_cycles(paired) == sum(i["n_out"] // 2 for i in rows)
 
 
 def test_image_weight_reg():
@@ -211,30 +214,29 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), the board's fused_sums, glu_pairs, plain_pairs and
+    # written whole by the load port), the board's fused_sums, glu_pairs, row_pairs and
     # weight_reg (the Amaranth runs above cover the other settings).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.plain_pairs, _ULX3S.weight_reg),
+     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs, _ULX3S.weight_reg),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
-    # 75 rows end in a chunk of three; the GLU's gate and up rows and those of i, f and g in
-    # pairs.
+    # 75 rows end in a chunk of three; the rows of every BitLinear in pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
-    # the board's fused_sums, glu_pairs, plain_pairs and weight_reg.
+    # the board's fused_sums, glu_pairs, row_pairs and weight_reg.
     ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
-     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.plain_pairs,
+     (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs,
      _ULX3S.weight_reg),
 ]
 
 
 @pytest.mark.parametrize(
-    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, plain, reg", [
+    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows, reg", [
         pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, True, False)[len(c[6:]):]),
                      id=c[0], marks=c[5])
         for c in COCOTB])
-def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, plain,
+def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows,
                        reg):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
@@ -242,12 +244,12 @@ def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pa
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
     image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs,
-                        plain_pairs=plain, weight_reg=reg)
+                        row_pairs=rows, weight_reg=reg)
     dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
            "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs)),
-           "ENGINE_PLAIN_PAIRS": str(int(plain)),
+           "ENGINE_ROW_PAIRS": str(int(rows)),
            "ENGINE_WEIGHT_REG": str(int(reg))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)

@@ -122,6 +122,19 @@ def test_residual_add():
     assert outs == [int(saturate(np.int64(e["a"] + e["b"]), ACT_BITS)) for e in words]
 
 
+def test_residual_add_pairs():
+    """Two elements a transfer (the engine's rows in pairs), each added on its own."""
+    rng = random.Random(4)
+
+    def value():
+        return rng.choice([LO, HI, rng.randint(LO, HI), rng.randint(-9, 9)])
+    words = [{"a": [value(), value()], "b": [value(), value()]} for _ in range(300)]
+    outs, _, _ = run_joined(ResidualAdd(pairs=True), words, {}, gap=0.3, ready=0.7, seed=4)
+    assert [[o[0], o[1]] for o in outs] == [
+        [int(saturate(np.int64(e["a"][k] + e["b"][k]), ACT_BITS)) for k in range(2)]
+        for e in words]
+
+
 @pytest.mark.parametrize("shift", [-15, -1, 0, 1, 9, 63])
 def test_embed_unit(shift):
     rng = random.Random(shift + 100)
@@ -134,12 +147,16 @@ def test_embed_unit(shift):
     assert outs == want
 
 
-@pytest.mark.parametrize("unit", [GateUnit, ProductUnit, ResidualAdd, EmbedUnit])
+@pytest.mark.parametrize("unit", [GateUnit, ProductUnit, ResidualAdd, EmbedUnit, "pairs"])
 def test_latency_and_rate(unit):
-    """With inputs every cycle and out.ready high: one result a cycle, ``STAGES`` cycles
-    after its inputs."""
+    """With inputs every cycle and out.ready high: one result a cycle (a pair, with
+    ``pairs``), ``STAGES`` cycles after its inputs."""
     rng = random.Random(5)
-    if unit is GateUnit:
+    dut = ResidualAdd(pairs=True) if unit == "pairs" else unit()
+    if unit == "pairs":
+        words, held = [{"a": [rng.randint(LO, HI)] * 2, "b": [rng.randint(LO, HI)] * 2}
+                       for _ in range(40)], {}
+    elif unit is GateUnit:
         words, held = gate_inputs(rng, 40), {"has_lb": 1}
     elif unit is ResidualAdd:
         words, held = [{"a": rng.randint(LO, HI), "b": rng.randint(LO, HI)}
@@ -150,6 +167,6 @@ def test_latency_and_rate(unit):
     else:
         words, held = [{"a": rng.randint(LO, HI), "b": rng.randint(LO, HI)}
                        for _ in range(40)], {"shift": 9}
-    _, in_cycles, out_cycles = run_joined(unit(), words, held)
+    _, in_cycles, out_cycles = run_joined(dut, words, held)
     assert in_cycles == list(range(len(words)))
-    assert [o - i for i, o in zip(in_cycles, out_cycles)] == [unit.STAGES] * len(words)
+    assert [o - i for i, o in zip(in_cycles, out_cycles)] == [dut.STAGES] * len(words)

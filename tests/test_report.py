@@ -316,10 +316,10 @@ def test_the_limit_at_the_largest_row_is_named():
     model = golden.prepare(load_model("tools/models/ulx3s-85f.safetensors"))
     image = EngineImage(model, 1024, **BOARD_CONFIGS["ulx3s-85f"].engine_options)
     name, cycles = report._limit(bench_engine.breakdown(image))
-    # Row cycles a layer: i, f, g 64 each (128 rows in pairs), o 128, gate/up 512 (pairs),
-    # down 128 (two rows of 512 a chunk, one a cycle); the lm_head 256; the lanes' own work
-    # 1,343,488 / 1024 = 1,312 of them.
-    assert name == bench_engine.PARTS[1] and cycles == 5 * (3 * 64 + 128 + 512 + 128) + 256 - 1_312
+    # Row cycles a layer, every BitLinear's rows in pairs: i, f, g and o 64 each (128 rows),
+    # gate/up 512 (1,024 rows), down 64 (128 rows, two of 512 weights a chunk); the lm_head
+    # 256 (one a cycle); the lanes' own work 1,343,488 / 1024 = 1,312 of them.
+    assert name == bench_engine.PARTS[1] and cycles == 5 * (4 * 64 + 512 + 64) + 256 - 1_312
 
 
 def test_a_serial_row_is_rendered_with_its_cycles(tmp_path):

@@ -59,7 +59,7 @@ def breakdown(image: EngineImage) -> dict[str, int]:
         cycles, n = image.instr_cycles(instr), instr["n_in"]
         beats = -(-n // image.width)
         if instr["op"] in (Op.BITLINEAR, Op.HEAD):
-            rows = row_cycles(instr, image.paired_glu, image.paired_plain)
+            rows = row_cycles(instr, image.paired_glu, image.paired_rows)
             busy = -(-instr["n_out"] * n // image.lanes)
             tree = tree_latency(image.lanes, image.weight_reg)
             out[PARTS[0]] += busy

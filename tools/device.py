@@ -33,7 +33,7 @@ class BoardConfig:
     its lanes, vector width and weight packing — how the engine stores the ternary weights,
     whatever the model file's, and whether its writer keeps the norms' sums of squares
     (``fused_sums``, docs/engine.md), whether the GLU's gate and up rows go through in pairs
-    (``glu_pairs``), whether the rows of i, f and g do (``plain_pairs``) and whether a
+    (``glu_pairs``), whether the other BitLinears' rows do (``row_pairs``) and whether a
     register splits the weight memory's read from the ternary unit (``weight_reg``); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
     DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
@@ -46,7 +46,7 @@ class BoardConfig:
     engine: str = "parallel"
     fused_sums: bool = True
     glu_pairs: bool = True
-    plain_pairs: bool = True
+    row_pairs: bool = True
     weight_reg: bool = False
 
     @property
@@ -55,7 +55,7 @@ class BoardConfig:
         parallel engine (all but the lanes)."""
         return dict(vector_width=self.vector_width, packing=self.packing,
                     fused_sums=self.fused_sums, glu_pairs=self.glu_pairs,
-                    plain_pairs=self.plain_pairs, weight_reg=self.weight_reg)
+                    row_pairs=self.row_pairs, weight_reg=self.weight_reg)
 
     @property
     def divisor(self) -> int:

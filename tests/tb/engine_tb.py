@@ -9,8 +9,8 @@ Run from tests/test_engine.py through :func:`mmfree.sim.toolchain.run_cocotb`. E
 ``ENGINE_MODEL`` (``random:d,L,I,V,seed[,act]`` or a model file), ``ENGINE_LANES``,
 ``ENGINE_TOKENS`` (new tokens per run), ``ENGINE_WIDTH`` and ``ENGINE_PACKING`` (optional: the
 image's vector width and weight packing), ``ENGINE_FUSED``, ``ENGINE_PAIRS`` and
-``ENGINE_PLAIN_PAIRS`` (optional, ``1`` by default: the image's ``fused_sums``, ``glu_pairs``
-and ``plain_pairs``), ``ENGINE_WEIGHT_REG``
+``ENGINE_ROW_PAIRS`` (optional, ``1`` by default: the image's ``fused_sums``, ``glu_pairs``
+and ``row_pairs``), ``ENGINE_WEIGHT_REG``
 (optional, ``0`` by default: the image's ``weight_reg``), ``ENGINE_LOAD_SEED``
 (optional: the seed of a second random model of the same shape, written through the load port
 by the last test).
@@ -159,7 +159,7 @@ def _image(im, lanes):
                        os.environ.get("ENGINE_PACKING", ""),
                        fused_sums=os.environ.get("ENGINE_FUSED", "1") == "1",
                        glu_pairs=os.environ.get("ENGINE_PAIRS", "1") == "1",
-                       plain_pairs=os.environ.get("ENGINE_PLAIN_PAIRS", "1") == "1",
+                       row_pairs=os.environ.get("ENGINE_ROW_PAIRS", "1") == "1",
                        weight_reg=os.environ.get("ENGINE_WEIGHT_REG", "0") == "1")
 
 
