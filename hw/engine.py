@@ -233,11 +233,11 @@ class Engine(wiring.Component):
                 "glu":      bl & instr.glu,
                 "add":      bl & ~instr.glu & instr.add,
                 "plain":    bl & ~instr.glu & ~instr.add,       # requantized rows stored
-                # rows in pairs: grouped rows of the GLU or of a plain BitLinear
-                "pair":     bl & (instr.group != 0) &
-                            ((instr.glu if paired else 0) |
-                             (~instr.glu if paired_rows else 0)),
                 "product":  (instr.op == Op.MLGRU_O) | (bl & instr.glu),
+                # rows in pairs: grouped rows of the GLU (with `paired`) or of another
+                # BitLinear (without `paired_rows`, the GLU's pairs follow `glu` alone)
+                **({"pair": bl & (instr.group != 0) & ((instr.glu if paired else 0) | ~instr.glu)}
+                   if paired_rows else {}),
             }
         is_ = {name: Signal(name=f"is_{name}") for name in op_flags(decoded)}
         m.d.comb += self.busy.eq(state != _State.IDLE)
@@ -263,10 +263,13 @@ class Engine(wiring.Component):
         with m.Elif(is_["mlgru_o"]):
             m.d.comb += [r1.base.eq(regions["GN"]), r1.count.eq(instr.n_in)]
         with m.Elif(is_["tern"]):
-            pairs_in = is_["pair"] if paired_rows else 0     # r1 counts pairs
-            m.d.comb += [r1.base.eq(Mux(pairs_in, instr.aux >> 1, instr.aux)),
-                         r1.count.eq(Mux(instr.add, Mux(pairs_in, instr.n_out >> 1, instr.n_out),
-                                         0))]
+            if paired_rows:                                   # r1 counts pairs
+                m.d.comb += [r1.base.eq(Mux(is_["pair"], instr.aux >> 1, instr.aux)),
+                             r1.count.eq(Mux(instr.add, Mux(is_["pair"], instr.n_out >> 1,
+                                                            instr.n_out), 0))]
+            else:
+                m.d.comb += [r1.base.eq(instr.aux),
+                             r1.count.eq(Mux(instr.add, instr.n_out, 0))]
         with m.Elif(is_["embed"]):
             m.d.comb += [rc.base.eq(instr.cbase + token), rc.count.eq(state == _State.START)]
 
@@ -374,8 +377,10 @@ class Engine(wiring.Component):
         if groups:
             m.d.comb += [tern.inp.payload.group.eq(instr.group),
                          tern.inp.payload.rows.eq(t_rows)]
+        # The pair bit: the registered flag, or (without `paired_rows`) the GLU's bit.
+        pair_bit = is_["pair"] if paired_rows else instr.glu
         if paired or paired_rows:
-            m.d.comb += tern.inp.payload.pair.eq(is_["pair"])
+            m.d.comb += tern.inp.payload.pair.eq(pair_bit)
         with m.If(state == _State.TERN):
             m.d.sync += [issue.eq(0), chunk.eq(0), t_addr.eq(instr.tbase), t_valid.eq(0),
                          rows_total.eq(instr.issues), rows_left.eq(instr.n_out)]
@@ -402,7 +407,8 @@ class Engine(wiring.Component):
         with m.If(state == _State.TERN):
             m.d.sync += row_out.eq(0)
         with m.Elif(tern.out.valid & tern.out.ready):
-            m.d.sync += row_out.eq(row_out + Mux(is_["pair"], 2, 1))
+            m.d.sync += row_out.eq(row_out + (Mux(pair_bit, 2, 1) if paired or paired_rows
+                                              else 1))
         if paired or paired_rows:
             m.d.comb += [requant.inp.payload.acc.eq(tern.out.payload[0]),
                          requant.inp.payload.acc2.eq(tern.out.payload[1])]
@@ -416,10 +422,10 @@ class Engine(wiring.Component):
             requant.inp.payload.k.eq(instr.k),
             requant.inp.payload.first.eq(row_out == 0),
             requant.inp.payload.last.eq(row_out == instr.n_out - 1),
-            residual.b.payload.eq(r1.out.payload.data),
             *([residual.a.payload[0].eq(rq_out.payload.data),
                residual.a.payload[1].eq(rq_out.payload.data2)] if paired_rows else
               [residual.a.payload.eq(rq_out.payload.data)]),
+            residual.b.payload.eq(r1.out.payload.data),
             sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
                                                     "logit")),
             sampler.logits.payload.first.eq(rq_out.payload.first),
@@ -486,9 +492,10 @@ class Engine(wiring.Component):
         with m.If(is_["mlgru_h"]):
             m.d.comb += [
                 sig.inp.valid.eq(r0.out.valid), r0.out.ready.eq(sig.inp.ready),
-                silu.inp.payload.data.eq(r1.out.payload.data[:ACT_BITS]),
-                silu.inp.payload.first.eq(r1.out.payload.first),
-                silu.inp.payload.last.eq(r1.out.payload.last),
+                *([silu.inp.payload.data.eq(r1.out.payload.data[:ACT_BITS]),
+                   silu.inp.payload.first.eq(r1.out.payload.first),
+                   silu.inp.payload.last.eq(r1.out.payload.last)] if paired_rows else
+                  [silu.inp.payload.eq(r1.out.payload)]),
                 silu.inp.valid.eq(r1.out.valid), r1.out.ready.eq(silu.inp.ready),
                 gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
                 gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
@@ -501,7 +508,8 @@ class Engine(wiring.Component):
                 silu.inp.valid.eq(r2.out.valid), r2.out.ready.eq(silu.inp.ready),
                 product.a.payload.eq(silu.out.payload.data),
                 product.a.valid.eq(silu.out.valid), silu.out.ready.eq(product.a.ready),
-                product.b.payload.eq(r1.out.payload.data[:ACT_BITS]),
+                product.b.payload.eq(r1.out.payload.data[:ACT_BITS] if paired_rows else
+                                     r1.out.payload.data),
                 product.b.valid.eq(r1.out.valid), r1.out.ready.eq(product.b.ready),
             ]
         with m.Elif(is_["embed"]):
@@ -557,9 +565,9 @@ class Engine(wiring.Component):
         # A pair (two rows of i, f or g, or two residual sums of o_proj or down_proj): words
         # v_addr and v_addr + 1 of one row (v_addr is even: the vector starts at a multiple of
         # W >= 2, the count goes by 2).
-        pair_write = Signal()
-        result2 = Signal(signed(ACT_BITS))
         if paired_rows:
+            pair_write = Signal()
+            result2 = Signal(signed(ACT_BITS))
             m.d.comb += [
                 pair_write.eq(is_["pair"] & ~is_["glu"] & result_valid),
                 result2.eq(Mux(is_["add"], residual.out.payload[1], rq_out.payload.data2)),

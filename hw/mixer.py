@@ -173,12 +173,16 @@ class ResidualAdd(_Joined):
         lanes = ((p["a"][k], p["b"][k], self.out.payload[k]) for k in range(2)) \
             if self._pairs else ((p["a"], p["b"], self.out.payload),)
         for k, (a, b, out) in enumerate(lanes):
-            a1, b1 = Signal(signed(ACT_BITS), name=f"a1_{k}"), Signal(signed(ACT_BITS),
-                                                                        name=f"b1_{k}")
+            suffix = f"_{k}" if self._pairs else ""
+            if self._pairs:
+                a1 = Signal(signed(ACT_BITS), name=f"a1{suffix}")
+                b1 = Signal(signed(ACT_BITS), name=f"b1{suffix}")
+            else:
+                a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
             with m.If(advance):
                 m.d.sync += [
                     a1.eq(a), b1.eq(b),
-                    out.eq(saturate(m, a1 + b1, ACT_BITS, f"sum_sat{k}")),
+                    out.eq(saturate(m, a1 + b1, ACT_BITS, f"sum_sat{suffix}")),
                 ]
 
 

@@ -316,10 +316,12 @@ def test_the_limit_at_the_largest_row_is_named():
     model = golden.prepare(load_model("tools/models/ulx3s-85f.safetensors"))
     image = EngineImage(model, 1024, **BOARD_CONFIGS["ulx3s-85f"].engine_options)
     name, cycles = report._limit(bench_engine.breakdown(image))
-    # Row cycles a layer, every BitLinear's rows in pairs: i, f, g and o 64 each (128 rows),
-    # gate/up 512 (1,024 rows), down 64 (128 rows, two of 512 weights a chunk); the lm_head
-    # 256 (one a cycle); the lanes' own work 1,343,488 / 1024 = 1,312 of them.
-    assert name == bench_engine.PARTS[1] and cycles == 5 * (4 * 64 + 512 + 64) + 256 - 1_312
+    # Row cycles a layer: i, f, g and o 128 rows each, down 128 (two rows of 512 weights a
+    # chunk), half as many cycles in pairs (the board's row_pairs); gate/up 512 (1,024 rows in
+    # pairs); the lm_head 256 (one a cycle); the lanes' own work 1,343,488 / 1024 = 1,312.
+    rows = 5 * 128 // (2 if image.paired_rows else 1)
+    assert image.paired_glu and image.paired_rows == BOARD_CONFIGS["ulx3s-85f"].row_pairs
+    assert name == bench_engine.PARTS[1] and cycles == 5 * (rows + 512) + 256 - 1_312
 
 
 def test_a_serial_row_is_rendered_with_its_cycles(tmp_path):

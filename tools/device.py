@@ -73,10 +73,13 @@ BOARD_CONFIGS = {
     # decoded into registered flags and the load port registered, routes with nextpnr's
     # placement and routing not timing-driven at seed 7 (DEFAULT_PNR in boards/build.py) at
     # 38.69 MHz (docs/boards.md). At 39 MHz (UART divisor 13: another netlist) router2
-    # stalled at seeds 7 and 8 before the dividers, so the clock stays at 36 MHz.
+    # stalled at seeds 7 and 8 before the dividers, so the clock stays at 36 MHz. The other
+    # BitLinears' rows in pairs (row_pairs: 13,416 cycles a token) do not route here: router2
+    # stalled at seeds 7 and 8 (best 409 and 167 overused wires), and the i/f/g pairs alone at
+    # seed 7 (best 363), so the board leaves them off (docs/boards.md).
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=512, vector_width=4,
                              clock_hz=36_000_000, baud=3_000_000, packing="1.6bit",
-                             weight_reg=True),
+                             row_pairs=False, weight_reg=True),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).
