@@ -86,7 +86,8 @@ class Engine(wiring.Component):
     ``paired_rows``); three vector-memory element readers, a constant reader and an embedding
     reader feed the sigmoid/SiLU(/GELU) units and the elementwise units of
     :mod:`mmfree.hw.mixer`; one writer stores results in the vector memory (an element, a pair
-    of rows or of residual sums, or a beat of ``W``). The schedule and its cycle count are documented in ``docs/engine.md`` and computed by
+    of rows or of residual sums, or a beat of ``W``). The schedule and its cycle count are
+    documented in ``docs/engine.md`` and computed by
     :func:`mmfree.sim.engine.step_cycles`.
 
     Latency: a step takes :func:`~mmfree.sim.engine.step_cycles` cycles from the ``step``
@@ -163,6 +164,9 @@ class Engine(wiring.Component):
         # Rows in pairs (docs/engine.md): the GLU's gate row and its up row a cycle
         # (`paired`), two rows of any other BitLinear a cycle, stored (or added to the
         # residual, which r1 then reads two elements a transfer) together (`paired_rows`).
+        # Without `paired_rows` the engine elaborates to the netlist it had before them
+        # (the `if paired_rows` choices below): the ULX3S-85F's routed SoC, which a netlist of
+        # the same logic but other signals does not reproduce (docs/boards.md).
         paired, paired_rows = image.paired_glu, image.paired_rows
         m.submodules.r1 = r1 = VectorReader(
             shape=unsigned(2 * ACT_BITS) if paired_rows else signed(ACT_BITS), addr_width=vbits)

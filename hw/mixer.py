@@ -173,16 +173,19 @@ class ResidualAdd(_Joined):
         lanes = ((p["a"][k], p["b"][k], self.out.payload[k]) for k in range(2)) \
             if self._pairs else ((p["a"], p["b"], self.out.payload),)
         for k, (a, b, out) in enumerate(lanes):
-            suffix = f"_{k}" if self._pairs else ""
             if self._pairs:
-                a1 = Signal(signed(ACT_BITS), name=f"a1{suffix}")
-                b1 = Signal(signed(ACT_BITS), name=f"b1{suffix}")
+                a1 = Signal(signed(ACT_BITS), name=f"a1_{k}")
+                b1 = Signal(signed(ACT_BITS), name=f"b1_{k}")
+                sum_name = f"sum_sat_{k}"
             else:
+                # Unnamed, as before pairs: the ULX3S-85F's routed SoC is this exact netlist,
+                # and a renamed one places and routes otherwise (docs/boards.md).
                 a1, b1 = Signal(signed(ACT_BITS)), Signal(signed(ACT_BITS))
+                sum_name = "sum_sat"
             with m.If(advance):
                 m.d.sync += [
                     a1.eq(a), b1.eq(b),
-                    out.eq(saturate(m, a1 + b1, ACT_BITS, f"sum_sat{suffix}")),
+                    out.eq(saturate(m, a1 + b1, ACT_BITS, sum_name)),
                 ]
 
 

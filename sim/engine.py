@@ -34,8 +34,8 @@ import numpy as np
 from mmfree.sim import golden
 from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles",
-           "row_cycles", "step_cycles"]
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles", "row_cycles",
+           "step_cycles"]
 
 
 class Op(enum.IntEnum):

@@ -150,8 +150,9 @@ def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
     grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows and
-    the other BitLinears' rows (the residual adds too) go through in pairs unless ``pairs`` is off (``glu_pairs=False``,
-    ``row_pairs=False``: one row a cycle) or ``"glu"`` (the GLU's only).
+    the other BitLinears' rows (the residual adds too) go through in pairs unless ``pairs``
+    is off (``glu_pairs=False``, ``row_pairs=False``: one row a cycle) or ``"glu"`` (the
+    GLU's only).
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
     passes); ``weight-reg``: a register between the weight memory and the ternary unit
     (``weight_reg=True``, one more cycle a BitLinear)."""

@@ -34,8 +34,9 @@ class BoardConfig:
     whatever the model file's, and whether its writer keeps the norms' sums of squares
     (``fused_sums``, docs/engine.md), whether the GLU's gate and up rows go through in pairs
     (``glu_pairs``), whether the other BitLinears' rows do (``row_pairs``) and whether a
-    register splits the weight memory's read from the ternary unit (``weight_reg``); or ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its
-    DOT unit's 4 and whose weights are 2-bit words in SPRAM), engine clock, UART baud rate."""
+    register splits the weight memory's read from the ternary unit (``weight_reg``); or
+    ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its DOT unit's 4 and whose weights
+    are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
     board: proto.Board
     lanes: int
