@@ -16,8 +16,8 @@ from mmfree.hw.sigmoid import Sigmoid
 from mmfree.hw.skid import SkidBuffer
 from mmfree.hw.ternary import TernaryAccumulate
 from mmfree.hw.vector_reader import VectorReader
-from mmfree.sim.engine import (INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION, REGION_SHIFT, EngineImage,
-                               Op)
+from mmfree.sim.engine import (CMEM_BITS, INSTR_FIELDS, INSTR_WORDS, PROG_WORDS, REGION,
+                               REGION_SHIFT, EngineImage, Op)
 from mmfree.sim.golden import ACT_BITS, LOGIT_BITS, NORM_W_BITS, SAMPLER_N
 from mmfree.hw.shiftmax import x0_shape
 
@@ -147,7 +147,7 @@ class Engine(wiring.Component):
                                           depth=len(image.program), init=image.prog_init())
         W = image.width
         wbits = (W - 1).bit_length()
-        m.submodules.cmem = cmem = Memory(shape=unsigned(32 * W), depth=len(image.cmem) // W,
+        m.submodules.cmem = cmem = Memory(shape=unsigned(CMEM_BITS * W), depth=len(image.cmem) // W,
                                           init=image.cmem_rows())
         m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
                                         init=image.emb)
@@ -179,7 +179,7 @@ class Engine(wiring.Component):
         rows_bits = max(1, (image.vmem_depth // W).bit_length())
         m.submodules.rw = rw = VectorReader(shape=unsigned(32 * W), addr_width=rows_bits)
         crow_bits = max(1, (len(image.cmem) // W).bit_length())
-        m.submodules.rcw = rcw = VectorReader(shape=unsigned(32 * W), addr_width=crow_bits)
+        m.submodules.rcw = rcw = VectorReader(shape=unsigned(CMEM_BITS * W), addr_width=crow_bits)
 
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
                                                   sum_in=image.fused_sums)
@@ -288,7 +288,8 @@ class Engine(wiring.Component):
                                                    ("r2", r2, vmem, None), ("rc", rc, cmem, rcw),
                                                    ("re", re, emb, None)):
             port = memory.read_port()
-            words = len(port.data) // 32
+            bits = CMEM_BITS if memory is cmem else 32
+            words = len(port.data) // bits
             addr, en = reader.addr >> (words - 1).bit_length(), reader.en
             # r1 in pairs (a residual add of rows in pairs): reader.addr counts pairs.
             pair_mode = is_["pair"] & is_["add"] if reader is r1 and paired_rows else None
@@ -303,7 +304,7 @@ class Engine(wiring.Component):
                 word = Signal(range(words), name=f"{name}_word")
                 with m.If(reader.en):
                     m.d.sync += word.eq(reader.addr[:(words - 1).bit_length()])
-                element = port.data.word_select(word, 32)
+                element = port.data.word_select(word, bits)
                 if pair_mode is not None:
                     pair = Signal(range(max(2, words // 2)), name=f"{name}_pair")
                     if wbits > 1:
@@ -325,7 +326,7 @@ class Engine(wiring.Component):
             nq.out_shift.eq(instr.out_shift),
             nq.quantize.eq(~is_["norm"]),          # a stand-alone RMSNorm writes y alone
             nq.inp.payload.last.eq(rw.out.payload.last),
-            nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, 32)[:NORM_W_BITS]
+            nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, CMEM_BITS)[:NORM_W_BITS]
                                   for j in range(W)])),
         ]
         for j in range(W):
@@ -658,7 +659,7 @@ class Engine(wiring.Component):
         # prog, cmem, emb: a row of `words` words at a stride of `stride` (a power of two)
         # addresses, written a word at a time.
         for memory, region, words, stride in ((prog, "prog", PROG_WORDS, INSTR_WORDS),
-                                              (cmem, "cmem", W, W), (emb, "emb", 1, 1)):
+                                              (emb, "emb", 1, 1)):
             port = memory.write_port(granularity=32) if words > 1 else memory.write_port()
             sub_bits = (stride - 1).bit_length()
             m.d.comb += [
@@ -671,6 +672,23 @@ class Engine(wiring.Component):
                 m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
             else:
                 m.d.comb += port.en.eq(hit)
+        # cmem: rows of W words of CMEM_BITS (the low bits of the load port's words), written
+        # whole when their last word arrives, the words before it held in `c_stage`, as tmem's
+        # below: with a write granule per word every granule would take block RAM columns of
+        # its own (4 of 36 bits for a row of 4 x 24, against 3 written whole).
+        c_hit = loading & (load_region == REGION["cmem"])
+        c_wr = cmem.write_port()
+        if W > 1:
+            c_stage = Signal(CMEM_BITS * (W - 1))
+            for k in range(W - 1):
+                with m.If(c_hit & (load_index[:wbits] == k)):
+                    m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(load_word.data[:CMEM_BITS])
+            m.d.comb += [c_wr.addr.eq(load_index >> wbits),
+                         c_wr.data.eq(Cat(c_stage, load_word.data[:CMEM_BITS])),
+                         c_wr.en.eq(c_hit & (load_index[:wbits] == W - 1))]
+        else:
+            m.d.comb += [c_wr.addr.eq(load_index), c_wr.data.eq(load_word.data[:CMEM_BITS]),
+                         c_wr.en.eq(c_hit)]
         # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
         # when their last word arrives, the words before it held in `t_stage`: a memory with
         # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a

@@ -87,6 +87,12 @@ INSTR_WORDS = 1 << math.ceil(math.log2(PROG_WORDS))
 REGION_SHIFT = 24
 REGION = {"prog": 0, "cmem": 1, "emb": 2, "tmem": 3}
 
+#: Bits of a cmem word on chip: the norm weights' signed ``NORM_W_BITS``, which holds the
+#: other constants too (lower bounds up to ``2**F_GATE``, embedding multipliers under
+#: ``2**MANT_BITS``). The load port takes 32-bit words and the engine keeps their low bits;
+#: a row of ``W`` words fills ``ceil(24 W / 36)`` block RAM columns instead of ``W``.
+CMEM_BITS = golden.NORM_W_BITS
+
 
 def _pow2_words(bits: int) -> int:
     return 1 << max(0, math.ceil(math.log2(-(-bits // 32))))
@@ -183,7 +189,9 @@ class EngineImage:
         """Append ``values`` to cmem at the next multiple of ``width``; returns its address."""
         self._cmem.extend([0] * (self._align(len(self._cmem)) - len(self._cmem)))
         base = len(self._cmem)
-        self._cmem.extend(int(v) for v in values)
+        for v in values:
+            self._cmem.append(self._check("a constant in cmem", int(v),
+                                          -(1 << (CMEM_BITS - 1)), (1 << (CMEM_BITS - 1)) - 1))
         return base
 
     def _check(self, name, value, lo, hi):
@@ -372,11 +380,12 @@ class EngineImage:
         """32-bit words per tmem row (a power of two)."""
         return _pow2_words(self.chunk_bits)
 
-    def cmem_rows(self) -> list[int]:
+    def cmem_rows(self, bits: int = CMEM_BITS) -> list[int]:
         """cmem as ``width``-word rows (element ``i`` in word ``i % width`` of row
-        ``i // width``), 32-bit two's complement words."""
-        W = self.width
-        return [sum((self.cmem[r * W + j] & 0xFFFF_FFFF) << (32 * j) for j in range(W))
+        ``i // width``), ``bits``-bit two's complement words: the engine's memory
+        (``CMEM_BITS``), or the load port's 32-bit words."""
+        W, mask = self.width, (1 << bits) - 1
+        return [sum((self.cmem[r * W + j] & mask) << (bits * j) for j in range(W))
                 for r in range(len(self.cmem) // W)]
 
     @staticmethod
@@ -395,7 +404,7 @@ class EngineImage:
         port: every memory, row by row, low word first."""
         words = []
         for name, rows, per_row in (("prog", self.prog_init(), INSTR_WORDS),
-                                    ("cmem", self.cmem_rows(), self.width),
+                                    ("cmem", self.cmem_rows(32), self.width),
                                     ("emb", self.emb, 1),
                                     ("tmem", self.tmem, self.tmem_words)):
             for row, value in enumerate(rows):
@@ -413,7 +422,7 @@ class EngineImage:
         W = self.width
         return {
             "prog": (32 * PROG_WORDS, len(self.program), 1, 32),
-            "cmem": (32 * W, len(self.cmem) // W, 1, 32),
+            "cmem": (CMEM_BITS * W, len(self.cmem) // W, 1, CMEM_BITS * W),
             "emb":  (32, len(self.emb), 1, 32),
             "tmem": (self.chunk_bits, len(self.tmem), 1, self.chunk_bits),
             "vmem": (32 * W, self.vmem_depth // W, 3, 32),
@@ -438,7 +447,7 @@ class EngineImage:
         """Bits of every engine memory (before the synthesizer rounds them to block RAMs)."""
         return {
             "prog": len(self.program) * PROG_WORDS * 32,
-            "cmem": len(self.cmem) * 32,
+            "cmem": len(self.cmem) * CMEM_BITS,
             "emb": len(self.emb) * 32,
             "tmem": len(self.tmem) * self.chunk_bits,
             "vmem": self.vmem_depth * 32,

@@ -197,14 +197,15 @@ def test_block_ram_estimate_is_what_yosys_maps():
     of their own, distributed RAM."""
     model = load_model(cli.default_model_path())
     assert BOARD_CONFIGS["ulx3s-85f"].lanes == 512
-    assert sum(soc_blocks(engine_image(model, BOARD_CONFIGS["ulx3s-85f"])).values()) == 208
+    assert sum(soc_blocks(engine_image(model, BOARD_CONFIGS["ulx3s-85f"])).values()) == 203
     image = engine_image(model, dataclasses.replace(BOARD_CONFIGS["ulx3s-85f"], lanes=128))
     assert soc_blocks(image) == {
-        "tmem": 132, "cmem": 20, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,
+        "tmem": 132, "cmem": 15, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,
         "exp tables": 4, "sampler.probs": 1, "sampler.softmax.buf": 1, "up_fifo": 1,
         "qbuf": 0}
     assert ram_blocks(208, 10496) == 132            # 12 x 11 of 1024 x 18 (not 6 x 21 of 512 x 36)
     assert ram_blocks(128, 2336, granularity=32) == 20      # 4 granules x 5 of 512 x 36
+    assert ram_blocks(96, 2336) == 15                       # 3 columns x 5 of 512 x 36
     assert ram_blocks(128, 384, granularity=32, copies=3) == 12
     assert ram_blocks(1024, 4, granularity=8) == 0          # distributed RAM
     assert ram_blocks(16, 256, family="ice40") == 1 and ram_blocks(32, 1024, family="ice40") == 8
