@@ -185,8 +185,8 @@ def test_build_refuses_too_many_block_rams(tmp_path, monkeypatch, capsys):
     status = cli.main(["build", "--board", "ulx3s-85f", "--vector-width", "8", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == cli.EXIT_DATA, err
-    assert err == ["mmfree: error: the model does not fit the ulx3s-85f: 261 of 208 block "
-                   "RAMs: tmem 171, cmem 24, vmem 24, ..."], err
+    assert err == ["mmfree: error: the model does not fit the ulx3s-85f: 255 of 208 block "
+                   "RAMs: tmem 171, vmem 24, cmem 18, ..."], err
     assert not out.exists()
 
 

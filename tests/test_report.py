@@ -24,19 +24,19 @@ def _no_tools(monkeypatch):
 
 
 def test_lanes_that_do_not_fit_are_refused_before_any_tool(tmp_path, monkeypatch, capsys):
-    """The default model at 256 and 2048 lanes needs more block RAM than the LFE5U-85F has:
+    """The default model at 32 and 2048 lanes needs more block RAM than the LFE5U-85F has:
     rows that say so, with the schedule's cycles, and a report, a plot and its data."""
     _no_tools(monkeypatch)
     monkeypatch.setattr(report, "tool_versions", lambda family: {"yosys": "not run"})
     out = tmp_path / "docs"
-    assert cli.main(["report", "--lanes", "256", "2048", "--out", str(out),
+    assert cli.main(["report", "--lanes", "32", "2048", "--out", str(out),
                      "--work", str(tmp_path / "work")]) == cli.EXIT_OK
     assert not (tmp_path / "work").exists()
     data = json.loads((out / "performance.json").read_text())
     rows = [report.Row(**row) for row in data["rows"]]
     model = load_model(cli.default_model_path().with_name("ulx3s-85f.safetensors"))
     config = BOARD_CONFIGS["ulx3s-85f"]
-    for row, lanes in zip(rows, (256, 2048), strict=True):
+    for row, lanes in zip(rows, (32, 2048), strict=True):
         image = EngineImage(golden.prepare(model), lanes, **config.engine_options)
         assert (row.board, row.lanes, row.status) == ("ulx3s-85f", lanes, "does not fit")
         assert "block RAMs" in row.detail and row.fmax_mhz is None, row
@@ -45,12 +45,12 @@ def test_lanes_that_do_not_fit_are_refused_before_any_tool(tmp_path, monkeypatch
         assert row.tokens_per_s is None
         assert sum(row.overhead.values()) == row.cycles
     text = (out / "performance.md").read_text()
-    assert "| 256 | does not fit: 211 of 208 block RAMs" in text, text
+    assert "| 32 | does not fit: 212 of 208 block RAMs" in text, text
     for peer in ("MatMul-free LM paper", "TerEffic", "TeLLMe", "ZyboGPT", "Trinity"):
         assert peer in text
     assert "100 MHz post-route with at least 1024 lanes on the ULX3S-85F: **not met**" in text
     assert (out / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["meta"]["command"] == (f"mmfree report --lanes 256 2048 --out {out} "
+    assert data["meta"]["command"] == (f"mmfree report --lanes 32 2048 --out {out} "
                                        f"--work {tmp_path / 'work'}")
 
     # --render-only redraws the same report from the data.
