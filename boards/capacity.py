@@ -113,30 +113,41 @@ RAM_SHAPES = {
     "ice40": ((2, 2048), (4, 1024), (8, 512), (16, 256)),
 }
 #: Yosys's cost of one block RAM and of one 16 x 4 distributed RAM (ECP5 TRELLIS_DPR16X4;
-#: the iCE40 has none), as in its memory_libmap libraries.
-_BLOCK_COST, _LUTRAM_COST = 128, 4
+#: the iCE40 has none), as in its memory_libmap libraries, and of a bit of read multiplexer
+#: (memory_libmap's FACTOR_MUX).
+_BLOCK_COST, _LUTRAM_COST, _MUX_COST = 128, 4, 0.5
+#: The ECP5 block RAM's byte lanes (9 bits): memory_libmap packs a memory's rows of every
+#: depth slice side by side in byte lanes ("swizzle"), so slices share a block's lanes.
+_ECP5_BYTE = 9
 
 
 def ram_blocks(width: int, depth: int, *, granularity: int | None = None, copies: int = 1,
                family: str = "ecp5") -> int:
     """Block RAMs for one memory of ``width`` x ``depth`` with ``copies`` read ports, written
     in granules of ``granularity`` bits (``None``: whole rows), as Yosys's memory_libmap maps it:
-    the cheapest shape, a block costing 128 and a row of blocks past the first costing one
-    output multiplexer per data bit; a memory that is cheaper as ECP5 distributed RAM
-    (4 per 16 x 4 cell, plus its multiplexers) takes no block."""
+    the cheapest shape, a block costing 128 and a slice of the depth past the first costing
+    half an output multiplexer per data bit; a memory that is cheaper as ECP5 distributed RAM
+    (4 per 16 x 4 cell, plus its multiplexers) takes no block. In the ECP5's 9, 18 and 36-bit
+    shapes the slices' rows share blocks in 9-bit byte lanes: 96 x 2176 is 5 slices of 512
+    rows, 5 x 11 lanes in 14 blocks of 4, not 5 x 3 (tests/test_boards.py has the shapes
+    checked against Yosys)."""
     granules, grain = 1, width
     if granularity is not None and granularity < width:
         granules, grain = width // granularity, granularity
     best_cost, best_blocks = None, 0
     for bits, rows in RAM_SHAPES[family]:
-        columns = granules * -(-grain // bits)
-        row_blocks = -(-depth // rows)
-        cost = _BLOCK_COST * columns * row_blocks + width * (row_blocks - 1)
+        slices = -(-depth // rows)
+        if family == "ecp5" and bits >= _ECP5_BYTE:
+            lanes = granules * -(-grain // _ECP5_BYTE)
+            blocks = -(-slices * lanes // (bits // _ECP5_BYTE))
+        else:
+            blocks = granules * -(-grain // bits) * slices
+        cost = _BLOCK_COST * blocks + _MUX_COST * width * (slices - 1)
         if best_cost is None or cost < best_cost:
-            best_cost, best_blocks = cost, columns * row_blocks
+            best_cost, best_blocks = cost, blocks
     if family == "ecp5":
         cells = -(-depth // 16)
-        lutram = _LUTRAM_COST * -(-width // 4) * cells + width * (cells - 1)
+        lutram = _LUTRAM_COST * -(-width // 4) * cells + _MUX_COST * width * (cells - 1)
         if lutram < best_cost:
             return 0
     return copies * best_blocks
