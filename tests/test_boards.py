@@ -192,12 +192,14 @@ def test_build_refuses_too_many_block_rams(tmp_path, monkeypatch, capsys):
 
 def test_block_ram_estimate_is_what_yosys_maps():
     """capacity.soc_blocks for the ULX3S SoC with its shipped model, memory by memory at 128
-    lanes and in all at the board's 512, equals the DP16KD cells Yosys 0.70 (synth_ecp5) made
-    (docs/boards.md), and the shapes behind it: a whole-row memory, depth slices sharing byte
-    lanes, write granules, distributed RAM."""
+    lanes and in all at the board's 256 (and at 512), equals the DP16KD cells Yosys 0.70
+    (synth_ecp5) made (docs/boards.md), and the shapes behind it: a whole-row memory, depth
+    slices sharing byte lanes, write granules, distributed RAM."""
     model = load_model(cli.default_model_path())
-    assert BOARD_CONFIGS["ulx3s-85f"].lanes == 512
-    assert sum(soc_blocks(engine_image(model, BOARD_CONFIGS["ulx3s-85f"])).values()) == 202
+    assert BOARD_CONFIGS["ulx3s-85f"].lanes == 256
+    assert sum(soc_blocks(engine_image(model, BOARD_CONFIGS["ulx3s-85f"])).values()) == 205
+    image = engine_image(model, dataclasses.replace(BOARD_CONFIGS["ulx3s-85f"], lanes=512))
+    assert sum(soc_blocks(image).values()) == 202
     image = engine_image(model, dataclasses.replace(BOARD_CONFIGS["ulx3s-85f"], lanes=128))
     assert soc_blocks(image) == {
         "tmem": 132, "cmem": 14, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,

@@ -13,7 +13,7 @@ from mmfree.sim.model import ModelConfig, random_state_dict
 from mmfree.tools.checkpoint import save_checkpoint
 from mmfree.tools.cli import main
 
-# Not a multiple of the lane count anywhere: d=48, I=80 with the ULX3S's 512 lanes.
+# Not a multiple of the lane count anywhere: d=48, I=80 with the ULX3S's 256 lanes.
 CONFIG = ModelConfig(vocab_size=256, hidden_size=48, num_layers=2, intermediate_size=80)
 
 
@@ -130,7 +130,7 @@ def test_missing_serial_port_is_one_line(model_file, capsys, tmp_path):
                          ids=["greedy", "t0.8-seed3"])
 def test_shipped_model_on_the_simulated_board(capsys, sampling):
     """The default model (tools/models/ulx3s-85f.safetensors) on the simulated ULX3S-85F,
-    512 lanes, as `mmfree generate` runs it with no options."""
+    256 lanes, as `mmfree generate` runs it with no options."""
     argv = ["generate", "--prompt", "ROMEO:", "--max-new-tokens", 24, *sampling]
     status, golden_out, err = run_cli(capsys, *argv, "--backend", "golden")
     assert status == 0, err

@@ -207,7 +207,7 @@ def test_image_weight_reg():
 
 
 _ULX3S = BOARD_CONFIGS["ulx3s-85f"]
-assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (512, 4, "1.6bit"), _ULX3S
+assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (256, 4, "1.6bit"), _ULX3S
 
 # Verilator runs: (id, model spec, lanes, new tokens per run, load-port seed, marks).
 COCOTB = [
@@ -224,9 +224,9 @@ COCOTB = [
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
-    # The shipped ULX3S-85F model in the board's engine: 512 lanes, vector width 4, 1.6-bit,
+    # The shipped ULX3S-85F model in the board's engine: 256 lanes, vector width 4, 1.6-bit,
     # the board's fused_sums, glu_pairs, row_pairs and weight_reg.
-    ("ulx3s-85f-l512-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 512, 32, None,
+    ("ulx3s-85f-l256-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 256, 32, None,
      (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs,
      _ULX3S.weight_reg),
 ]

@@ -279,6 +279,7 @@ def test_serial_schedule_counts_the_machine_cycles():
 @pytest.mark.parametrize("lanes, options", [
     (64, {}),
     (64, {"fused_sums": False}),
+    (256, BOARD_CONFIGS["ulx3s-85f"].engine_options),
     (512, BOARD_CONFIGS["ulx3s-85f"].engine_options),
     (1024, BOARD_CONFIGS["ulx3s-85f"].engine_options),
 ])
