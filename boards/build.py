@@ -11,7 +11,9 @@ A route that stops converging is stopped too: router2 gives up by itself only at
 1,000, hours into a stalled route of the default-model ULX3S SoC, so the build watches its log
 and ends it, with one line, once the count of overused wires has risen well past its best
 (:data:`ROUTER_PATIENCE`). The static placer's strict legaliser is watched the same way: on a
-nearly full device it can search without end, printing nothing (:data:`LEGALISE_PATIENCE`).
+nearly full device it can search without end, printing nothing (:data:`LEGALISE_PATIENCE`);
+and so is its spreading, which on some netlists leaves the block RAMs piled up for thousands
+of iterations (:data:`SPREAD_PATIENCE`).
 With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
 placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
 performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
@@ -224,15 +226,16 @@ def _placement_fmax(log: Path) -> dict[str, float]:
 
 
 def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
-               poll: float = 5.0, patience: int = 0,
-               legalise_patience: float = 0) -> subprocess.CompletedProcess:
+               poll: float = 5.0, patience: int = 0, legalise_patience: float = 0,
+               spread_patience: int = 0) -> subprocess.CompletedProcess:
     """Run the build script; stop it as soon as nextpnr's log reports a device utilization
     over 100% (nextpnr-ecp5 goes on placing such a design for a long time before it fails),
     so that the caller reports it as not fitting (:func:`_over_capacity`), or, with
     ``patience``, as soon as router2 has gone that many iterations without a new best
     (:func:`_router_stall`; router2 itself gives up only at iteration 1,000), or, with
     ``legalise_patience``, once the static placer's strict legaliser has run that many
-    seconds (:func:`_legaliser_stall`)."""
+    seconds (:func:`_legaliser_stall`), or, with ``spread_patience``, once its spreading has
+    gone that many iterations without progress (:func:`_spreading_stall`)."""
     import signal
     import tempfile
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -247,12 +250,14 @@ def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
                 stall = _router_stall(log, patience) if patience else ""
                 legalising = _legaliser_stall(log, legalise_patience) \
                     if legalise_patience else ""
-                if over or stall or legalising:
+                spreading = _spreading_stall(log, spread_patience) if spread_patience else ""
+                if over or stall or legalising or spreading:
                     os.killpg(process.pid, signal.SIGTERM)
                     returncode = process.wait()
                     err.write(f"\nstopped: {over} is over the device\n" if over else
                               f"\nstopped: {STALL_MARK} {stall}\n" if stall else
-                              f"\nstopped: {LEGALISE_MARK} {legalising}\n")
+                              f"\nstopped: {LEGALISE_MARK} {legalising}\n" if legalising else
+                              f"\nstopped: {SPREAD_MARK} {spreading}\n")
                     break
             except BaseException:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -320,6 +325,43 @@ def _legaliser_stall(log: Path, patience: float, now: float | None = None) -> st
     if match is None or idle < patience:
         return ""
     return f"{int(match[1]):,} cells, {idle / 60:.0f} minutes"
+
+
+#: What :func:`_run_tools` writes when it stops the static placer's spreading.
+SPREAD_MARK = "placer stalled:"
+#: Iterations of the static placer's spreading (its "overlap: COMB=..%, FF=..%, RAM=..%,
+#: MUL=..%" lines) without the largest overlap falling by :data:`SPREAD_STEP` points, after
+#: which a build stops it. The default-model ULX3S SoCs that placed went at most 138
+#: iterations without such a step; those whose block RAMs stayed piled up (22.8% and 27.9%,
+#: where the placer legalises them only below 15%) went 1,800 to 2,900 before they were
+#: stopped by hand (docs/boards.md).
+SPREAD_PATIENCE = 1000
+SPREAD_STEP = 0.05
+
+
+def _spreading_stall(log: Path, patience: int) -> str:
+    """``"BEL overlap X% for N iterations"`` when nextpnr's log ``log`` ends in the static
+    placer's spreading and its largest overlap (of ``BEL``: COMB, FF, RAM, MUL) has not fallen
+    by :data:`SPREAD_STEP` points below its lowest for ``patience`` iterations, else ``""``.
+    The spreading after a strict legalisation is a new one."""
+    if not log.is_file():
+        return ""
+    text = log.read_text(errors="replace")
+    text = text[text.rfind("Strict legalising") + 1:]
+    if "Running simulated annealing" in text or "Running router" in text:
+        return ""
+    best, since, bel, value = None, 0, "", 0.0
+    for match in re.finditer(r"^Info: overlap: COMB=([\d.]+)%, FF=([\d.]+)%, RAM=([\d.]+)%, "
+                             r"MUL=([\d.]+)%", text, re.MULTILINE):
+        overlaps = dict(zip(("COMB", "FF", "RAM", "MUL"), map(float, match.groups())))
+        bel, value = max(overlaps.items(), key=lambda item: item[1])
+        if best is None or value < best - SPREAD_STEP:
+            best, since = value, 0
+        else:
+            since += 1
+    if best is None or since < patience:
+        return ""
+    return f"{bel} overlap {value:.1f}% for {since:,} iterations"
 
 
 def _over_capacity(log: Path) -> str:
@@ -404,7 +446,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     start = time.monotonic()
     result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim",
                         patience=router_patience if router == "router2" else 0,
-                        legalise_patience=legalise_patience if placer == "static" else 0)
+                        legalise_patience=legalise_patience if placer == "static" else 0,
+                        spread_patience=SPREAD_PATIENCE
+                        if placer == "static" and legalise_patience else 0)
     seconds = time.monotonic() - start
     (out_dir / "build.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -412,9 +456,16 @@ def build(board_name: str, model, *, lanes: int | None = None,
             if (out_dir / log).is_file():
                 break
         over = _over_capacity(out_dir / log)
-        stall, legalising = (next((line.split(mark, 1)[1].strip()
-                                   for line in result.stderr.splitlines() if mark in line), "")
-                             for mark in (STALL_MARK, LEGALISE_MARK))
+        stall, legalising, spreading = (
+            next((line.split(mark, 1)[1].strip()
+                  for line in result.stderr.splitlines() if mark in line), "")
+            for mark in (STALL_MARK, LEGALISE_MARK, SPREAD_MARK))
+        if spreading:
+            raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "
+                             f"placer went on spreading the cells without progress "
+                             f"({spreading}) and was stopped; another --seed or fewer --lanes "
+                             f"may place, --legalise-patience 0 lets it go on (log: "
+                             f"{out_dir / TOP_NAME}.tim)")
         if legalising:
             cells, minutes = legalising.split(", ")
             raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "

@@ -388,6 +388,66 @@ def test_legaliser_stall_is_read_from_the_nextpnr_log(tmp_path):
     assert board_build._legaliser_stall(tmp_path / "missing.tim", 0, now) == ""
 
 
+def _spreading_log(ram: list[float]) -> str:
+    """A static placer's log whose block RAM overlap goes through ``ram``, an iteration each."""
+    return "Info: Running Static placer...\n" + "".join(
+        f"Info: overlap: COMB=2.2%, FF=0.8%, RAM={value}%, MUL=0.0%\n"
+        f"Info: iter={i} steplen=1.35 a=1198.27 penalty=[1829.17, 1829.17, 1829.17, 1829.17]\n"
+        for i, value in enumerate(ram))
+
+
+def test_spreading_stall_is_read_from_the_nextpnr_log(tmp_path):
+    """The largest overlap not falling by 0.05 points for the patience: a stall, naming it; a
+    log still spreading, one that has legalised and moved on, or none: not. Taken from the
+    512-lane SoC whose block RAMs stayed at 22.8% (docs/boards.md)."""
+    log = tmp_path / "top.tim"
+    stuck = [97.6, 80.0, 50.0, 30.0, 23.0] + [22.8, 22.81, 22.79] * 400
+    log.write_text(_spreading_log(stuck))
+    assert board_build._spreading_stall(log, 1000) == "RAM overlap 22.8% for 1,199 iterations"
+    assert board_build._spreading_stall(log, 1200) == ""
+    falling = [97.6 - 0.06 * i for i in range(1300)]
+    log.write_text(_spreading_log(falling))
+    assert board_build._spreading_stall(log, 1000) == ""
+    log.write_text(_spreading_log(stuck) + "Info: Strict legalising 338 cells...\n")
+    assert board_build._spreading_stall(log, 1000) == ""     # a new spreading, not stuck yet
+    log.write_text(_spreading_log(stuck) + "Info: Strict legalising 338 cells...\n"
+                   + _spreading_log([10.0] * 1200))
+    assert board_build._spreading_stall(log, 1000) == "RAM overlap 10.0% for 1,199 iterations"
+    log.write_text(_spreading_log(stuck) + "Info: Running simulated annealing placer for "
+                   "refinement.\n")
+    assert board_build._spreading_stall(log, 1000) == ""
+    assert board_build._spreading_stall(tmp_path / "missing.tim", 1000) == ""
+
+
+def test_build_reports_a_stalled_spreading(tmp_path, tiny_model, monkeypatch, capsys):
+    """The static placer stopped in its spreading is one line: the overlap, what to change,
+    the log; its watch goes with the legaliser's (off with --legalise-patience 0)."""
+    from mmfree.sim.modelfile import save_model
+    given = []
+
+    def run_tools(cmd, cwd, env, log, spread_patience=0, **kwargs):
+        given.append(spread_patience)
+        return subprocess.CompletedProcess(
+            cmd, -15, "", f"\nstopped: {board_build.SPREAD_MARK} RAM overlap 22.8% for 1,000 "
+                          f"iterations\n")
+
+    monkeypatch.setattr(board_build, "_run_tools", run_tools)
+    save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "b"
+    argv = ["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
+            "--lanes", "8", "--vector-width", "1", "--out", str(out)]
+    status = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and err == [
+        f"mmfree: error: placement did not finish on the ulx3s-85f: nextpnr's static placer "
+        f"went on spreading the cells without progress (RAM overlap 22.8% for 1,000 "
+        f"iterations) and was stopped; another --seed or fewer --lanes may place, "
+        f"--legalise-patience 0 lets it go on (log: {out / 'top.tim'})"], err
+    cli.main(argv + ["--legalise-patience", "0", "--force"])
+    capsys.readouterr()
+    assert given == [board_build.SPREAD_PATIENCE, 0]
+
+
 def test_tools_are_stopped_when_the_legaliser_stalls(tmp_path):
     """A script that writes the stalled legaliser's log, then would sleep a minute: stopped
     once the log has not changed for the patience (a second here); without it, not."""

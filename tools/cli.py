@@ -592,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legalise-patience", type=_minutes, default=LEGALISE_PATIENCE / 60,
                    metavar="MINUTES",
                    help="stop the static placer, and fail the build, once its strict legaliser "
-                        "has run MINUTES (on a nearly full device it can search without end; "
-                        "0: let it go on; default %(default)g)")
+                        "has run MINUTES (on a nearly full device it can search without end), "
+                        "or once its spreading has gone 1,000 iterations without progress "
+                        "(0: let it go on; default %(default)g)")
     p.add_argument("--program", action="store_true",
                    help="program the board with openFPGALoader after the build")
     p.add_argument("--allow-timing-fail", action="store_true",
