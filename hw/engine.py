@@ -147,8 +147,8 @@ class Engine(wiring.Component):
                                           depth=len(image.program), init=image.prog_init())
         W = image.width
         wbits = (W - 1).bit_length()
-        m.submodules.cmem = cmem = Memory(shape=unsigned(CMEM_BITS * W), depth=len(image.cmem) // W,
-                                          init=image.cmem_rows())
+        m.submodules.cmem = cmem = Memory(shape=unsigned(CMEM_BITS * W),
+                                          depth=len(image.cmem) // W, init=image.cmem_rows())
         m.submodules.emb = emb = Memory(shape=unsigned(32), depth=len(image.emb),
                                         init=image.emb)
         m.submodules.tmem = tmem = Memory(shape=unsigned(image.chunk_bits), depth=len(image.tmem),
@@ -674,8 +674,8 @@ class Engine(wiring.Component):
                 m.d.comb += port.en.eq(hit)
         # cmem: rows of W words of CMEM_BITS (the low bits of the load port's words), written
         # whole when their last word arrives, the words before it held in `c_stage`, as tmem's
-        # below: with a write granule per word every granule would take block RAM columns of
-        # its own (4 of 36 bits for a row of 4 x 24, against 3 written whole).
+        # below: a write granule per word would take 3 of the block RAMs' 9-bit byte lanes a
+        # word (12 a row of 4, 15 blocks for the default model), a whole row 11 (14 blocks).
         c_hit = loading & (load_region == REGION["cmem"])
         c_wr = cmem.write_port()
         if W > 1:

@@ -89,8 +89,8 @@ REGION = {"prog": 0, "cmem": 1, "emb": 2, "tmem": 3}
 
 #: Bits of a cmem word on chip: the norm weights' signed ``NORM_W_BITS``, which holds the
 #: other constants too (lower bounds up to ``2**F_GATE``, embedding multipliers under
-#: ``2**MANT_BITS``). The load port takes 32-bit words and the engine keeps their low bits;
-#: a row of ``W`` words fills ``ceil(24 W / 36)`` block RAM columns instead of ``W``.
+#: ``2**MANT_BITS``). The load port takes 32-bit words and the engine keeps their low bits:
+#: a row of 4 words fills 11 of the ECP5 block RAMs' 9-bit byte lanes instead of 16.
 CMEM_BITS = golden.NORM_W_BITS
 
 

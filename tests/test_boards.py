@@ -205,7 +205,8 @@ def test_block_ram_estimate_is_what_yosys_maps():
         "tmem": 132, "cmem": 14, "emb": 16, "vmem": 12, "prog": 9, "nq.buf": 4, "link.rx": 2,
         "exp tables": 4, "sampler.probs": 1, "sampler.softmax.buf": 1, "up_fifo": 1,
         "qbuf": 0}
-    assert ram_blocks(208, 10496) == 132    # 24 lanes x 11 slices of 1024 x 18 (not 126 of 512 x 36)
+    assert ram_blocks(208, 10496) == 132    # 24 lanes x 11 slices of 1024 x 18 (126 of 512 x 36
+                                            # cost more in read multiplexers)
     assert ram_blocks(128, 2336, granularity=32) == 20      # 4 x 4 lanes x 5 slices of 512 x 36
     # The depth slices' rows share blocks in 9-bit byte lanes (memory_libmap's swizzle): each
     # shape checked against Yosys 0.70's synth_ecp5 of one memory (2026-11-26).
