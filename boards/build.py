@@ -56,7 +56,8 @@ PLACERS = ("heap", "static")
 # default-model ULX3S SoC does not route when HeAP packs it into part of the device (router2
 # stays at about 25,000 overused wires); the static placer spreads it over the whole device.
 # Its router2 then converges, with timing-driven placement and routing off, at seed 8 (the
-# 256-lane SoC of 2026-11-26, 44.69 MHz; seed 7 stalled; seed 7 routed the 512-lane SoCs of
+# 256-lane SoC of 2026-11-26: 44.76 MHz at its 42 MHz clock, 44.69 MHz at 36 MHz; seed 7
+# stalled at 36 MHz and placed below 42 MHz at 42; seed 7 routed the 512-lane SoCs of
 # 2026-11-25 and -26, seed 6 the one before them); other seeds tried stalled (docs/boards.md).
 # ``timing_driven``: nextpnr's timing-driven placement and routing (``--no-tmdriv`` turns both
 # off: wirelength alone then decides, which can route a congested netlist that timing-driven
