@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
 
-__all__ = ["BOARD_FAMILIES", "BuildError", "TimingError", "BuildResult", "make_top", "build",
-           "program", "ProgramError", "REPORT_NAME", "last_build_file", "gateware_fingerprint"]
+__all__ = ["BOARD_FAMILIES", "BuildError", "SeedError", "TimingError", "BuildResult", "make_top",
+           "build", "program", "ProgramError", "REPORT_NAME", "last_build_file", "gateware_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class TimingError(BuildError):
     def __init__(self, message: str, result: BuildResult):
         super().__init__(message)
         self.result = result
+
+
+class SeedError(BuildError):
+    """nextpnr was stopped at a stall of its placer or of router2 (:func:`_run_tools`): the
+    netlist may place and route at another seed."""
 
 
 class ProgramError(Exception):
@@ -462,20 +467,20 @@ def build(board_name: str, model, *, lanes: int | None = None,
                   for line in result.stderr.splitlines() if mark in line), "")
             for mark in (STALL_MARK, LEGALISE_MARK, SPREAD_MARK))
         if spreading:
-            raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "
+            raise SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
                              f"placer went on spreading the cells without progress "
                              f"({spreading}) and was stopped; another --seed or fewer --lanes "
                              f"may place, --legalise-patience 0 lets it go on (log: "
                              f"{out_dir / TOP_NAME}.tim)")
         if legalising:
             cells, minutes = legalising.split(", ")
-            raise BuildError(f"placement did not finish on the {board_name}: nextpnr's static "
+            raise SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
                              f"placer was still legalising {cells} after {minutes} and was "
                              f"stopped; the design is too full for it: fewer --lanes may "
                              f"place, --legalise-patience 0 lets it go on (log: "
                              f"{out_dir / TOP_NAME}.tim)")
         if stall:
-            raise BuildError(f"routing did not converge on the {board_name}: router2 went "
+            raise SeedError(f"routing did not converge on the {board_name}: router2 went "
                              f"{router_patience} iterations without progress ({stall}) and "
                              f"was stopped; another --seed may route it (docs/boards.md), "
                              f"--router-patience 0 lets it go on (log: {out_dir / TOP_NAME}.tim)")

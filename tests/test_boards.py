@@ -420,6 +420,53 @@ def test_spreading_stall_is_read_from_the_nextpnr_log(tmp_path):
     assert board_build._spreading_stall(tmp_path / "missing.tim", 1000) == ""
 
 
+def test_build_tries_the_seeds_in_turn(tmp_path, tiny_model, monkeypatch, capsys):
+    """``--seed 3,4,5``: a stalled route or a timing failure goes on to the next seed (one line
+    each, the build directory replaced), a success ends the list; the last seed's failure is
+    the error. Any other failure is not retried."""
+    from mmfree.sim.modelfile import save_model
+    save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "b"
+    argv = ["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
+            "--lanes", "8", "--vector-width", "1", "--out", str(out)]
+    result = board_build.BuildResult("ulx3s-85f", out / "top.bit", out / "build-report.json",
+                                     42_000_000, 8, {"clk": 40.0}, {}, 1.0, False)
+    calls, outcomes = [], []
+
+    def build(board, model, *, seed, force, **kwargs):
+        calls.append((seed, force))
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(board_build, "build", build)
+    stall = board_build.SeedError("routing did not converge on the ulx3s-85f: router2 ...")
+    slow = board_build.TimingError("timing not met on the ulx3s-85f: 40.00 MHz ...", result)
+    outcomes[:] = [stall, slow, dataclasses.replace(result, fmax_mhz={"clk": 44.0},
+                                                    timing_met=True)]
+    assert cli.main(argv + ["--seed", "3,4,5"]) == cli.EXIT_OK
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls == [(3, False), (4, True), (5, True)]
+    assert err == [f"mmfree: seed 3: {stall}; trying seed 4",
+                   f"mmfree: seed 4: {slow}; trying seed 5"], err
+    calls.clear()
+    outcomes[:] = [stall, stall]
+    assert cli.main(argv + ["--seed", "3,4"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls == [(3, False), (4, True)]
+    assert err == [f"mmfree: seed 3: {stall}; trying seed 4", f"mmfree: error: {stall}"], err
+    calls.clear()
+    outcomes[:] = [board_build.BuildError("the design does not fit the ulx3s-85f: ...")]
+    assert cli.main(argv + ["--seed", "3,4"]) == 1
+    assert calls == [(3, False)]
+    capsys.readouterr()
+    for bad in ("3,3", "x", "3,", ""):
+        with pytest.raises(SystemExit):
+            cli.main(argv + ["--seed", bad])
+        assert "is not a seed or a list of different seeds" in capsys.readouterr().err
+
+
 def test_build_reports_a_stalled_spreading(tmp_path, tiny_model, monkeypatch, capsys):
     """The static placer stopped in its spreading is one line: the overlap, what to change,
     the log; its watch goes with the legaliser's (off with --legalise-patience 0)."""

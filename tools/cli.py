@@ -358,7 +358,7 @@ def _last_bitstream(board: str) -> Path:
 
 
 def cmd_build(args) -> int:
-    from ..boards.build import BuildError, ProgramError, TimingError, build
+    from ..boards.build import BuildError, ProgramError, SeedError, TimingError, build
     from ..boards.toolchain import ToolchainError
     from .device import DeviceSetupError
 
@@ -371,14 +371,27 @@ def cmd_build(args) -> int:
     vw = args.vector_width
     out = Path(args.out if args.out is not None else Path("build") / f"board-{args.board}")
     logger.info("building for the %s in %s (takes minutes)", args.board, out)
+    seeds = args.seed or [None]
     try:
-        result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
-                       program=args.program, allow_timing_fail=args.allow_timing_fail,
-                       seed=args.seed, router=args.router, placer=args.placer,
-                       timing_driven=args.tmdriv, router_patience=args.router_patience,
-                       legalise_patience=args.legalise_patience * 60,
-                       force=args.force, model_path=model_path,
-                       command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
+        for attempt, seed in enumerate(seeds, 1):
+            try:
+                result = build(args.board, model, lanes=args.lanes, vector_width=vw,
+                               out_dir=out, program=args.program,
+                               allow_timing_fail=args.allow_timing_fail, seed=seed,
+                               router=args.router, placer=args.placer,
+                               timing_driven=args.tmdriv,
+                               router_patience=args.router_patience,
+                               legalise_patience=args.legalise_patience * 60,
+                               force=args.force or attempt > 1, model_path=model_path,
+                               command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
+                break
+            except (SeedError, TimingError) as error:
+                if attempt == len(seeds):
+                    raise
+                # One line a seed, as the final error would be; the next seed's build
+                # replaces this one in the same directory.
+                print(f"mmfree: seed {seed}: {error}; trying seed {seeds[attempt]}",
+                      file=sys.stderr)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
     except ToolchainError as error:
@@ -439,6 +452,18 @@ def _minutes(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
     return value
+
+
+def _seeds(text: str) -> list[int]:
+    """``8`` or ``8,9,10``: nextpnr seeds, tried in turn by ``mmfree build``."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a list of different seeds "
+                                         f"separated by commas")
+    return seeds
 
 
 def _iterations(text: str) -> int:
@@ -567,10 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "serial engine has none: 1, fixed)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/board-BOARD)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_seeds, default=None, metavar="SEED[,SEED...]",
                    help=f"nextpnr placement seed (default: the board's, {ulx3s.seed} on the "
                         f"ULX3S-85F, the seed its default SoC routes at; {ice.seed} on the "
-                        "iCEBreaker)")
+                        "iCEBreaker); several, separated by commas, are tried in turn until "
+                        "one places and routes with timing met (another model or option makes "
+                        "another netlist, which may not route at the board's seed)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help=f"nextpnr's placer (default: the board's, {ulx3s.placer} on the "
                         "ULX3S-85F, whose default-model SoC does not route when HeAP places it; "
