@@ -431,11 +431,20 @@ class Engine(wiring.Component):
                residual.a.payload[1].eq(rq_out.payload.data2)] if paired_rows else
               [residual.a.payload.eq(rq_out.payload.data)]),
             residual.b.payload.eq(r1.out.payload.data),
-            sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
-                                                    "logit")),
-            sampler.logits.payload.first.eq(rq_out.payload.first),
-            sampler.logits.payload.last.eq(rq_out.payload.last),
         ]
+        # The logits reach the sampler through a register (one cycle a token): the saturation
+        # and the sampler's compare in one cycle were the SoC's longest path.
+        logit_valid = Signal()        # a logit from the requantizer, into the register
+        logit_ready = Signal()
+        m.d.comb += logit_ready.eq(~sampler.logits.valid | sampler.logits.ready)
+        with m.If(logit_ready):
+            m.d.sync += [
+                sampler.logits.valid.eq(logit_valid),
+                sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
+                                                        "logit")),
+                sampler.logits.payload.first.eq(rq_out.payload.first),
+                sampler.logits.payload.last.eq(rq_out.payload.last),
+            ]
         # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
         # that holds them while their gate is in the activation's pipeline.
         m.submodules.up_fifo = up_fifo = SyncFIFOBuffered(width=ACT_BITS, depth=64)
@@ -447,8 +456,7 @@ class Engine(wiring.Component):
                 m.d.sync += parity.eq(~parity)
         m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
         with m.If(is_["head"]):
-            m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
-                         rq_out.ready.eq(sampler.logits.ready)]
+            m.d.comb += [logit_valid.eq(rq_out.valid), rq_out.ready.eq(logit_ready)]
         if paired:
             with m.Elif(is_["glu"]):
                 # A gate and its up row together: the gate into the activation, the up row
@@ -672,40 +680,56 @@ class Engine(wiring.Component):
                 m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
             else:
                 m.d.comb += port.en.eq(hit)
+        # cmem and tmem have registers of their own, loaded only with their region's words,
+        # and their enables are decoded from the port's word a cycle early: the address and
+        # staging enables of tmem's hundreds of blocks are not one net with prog's and cmem's,
+        # and no compare lies between a register and a write enable.
+        taken = self.load.valid & self.load.ready
+        next_region = self.load.payload.addr[REGION_SHIFT:]
+        next_index = self.load.payload.addr[:REGION_SHIFT]
+
+        def region_port(region, sub_bits, name):
+            """The region's own copy of the word, and one-hot enables for its sub-index."""
+            word = Signal.like(self.load.payload, name=f"{name}_word")
+            sel = Signal(1 << sub_bits, name=f"{name}_sel")
+            hit = taken & (next_region == REGION[region])
+            sub = next_index[:sub_bits] if sub_bits else Const(0, 1)
+            m.d.sync += sel.eq(Mux(hit, Const(1, len(sel)) << sub, 0))
+            with m.If(hit):
+                m.d.sync += word.eq(self.load.payload)
+            return word, sel
+
         # cmem: rows of W words of CMEM_BITS (the low bits of the load port's words), written
         # whole when their last word arrives, the words before it held in `c_stage`, as tmem's
         # below: a write granule per word would take 3 of the block RAMs' 9-bit byte lanes a
         # word (12 a row of 4, 15 blocks for the default model), a whole row 11 (14 blocks).
-        c_hit = loading & (load_region == REGION["cmem"])
+        c_word, c_sel = region_port("cmem", wbits, "c_load")
+        c_index = c_word.addr[:REGION_SHIFT]
         c_wr = cmem.write_port()
-        if W > 1:
-            c_stage = Signal(CMEM_BITS * (W - 1))
-            for k in range(W - 1):
-                with m.If(c_hit & (load_index[:wbits] == k)):
-                    m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(load_word.data[:CMEM_BITS])
-            m.d.comb += [c_wr.addr.eq(load_index >> wbits),
-                         c_wr.data.eq(Cat(c_stage, load_word.data[:CMEM_BITS])),
-                         c_wr.en.eq(c_hit & (load_index[:wbits] == W - 1))]
-        else:
-            m.d.comb += [c_wr.addr.eq(load_index), c_wr.data.eq(load_word.data[:CMEM_BITS]),
-                         c_wr.en.eq(c_hit)]
+        c_stage = Signal(CMEM_BITS * max(1, W - 1))
+        for k in range(W - 1):
+            with m.If(c_sel[k]):
+                m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(c_word.data[:CMEM_BITS])
+        m.d.comb += [c_wr.addr.eq(c_index >> wbits),
+                     c_wr.data.eq(Cat(c_stage[:CMEM_BITS * (W - 1)], c_word.data[:CMEM_BITS])),
+                     c_wr.en.eq(c_sel[W - 1])]
         # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
         # when their last word arrives, the words before it held in `t_stage`: a memory with
         # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a
         # row's words in order (EngineImage.load_words; the link applies chunks in order).
+        # Sub-indices past the row's words (the stride's padding) write nothing.
         t_words = -(-image.chunk_bits // 32)
         t_sub_bits = (image.tmem_words - 1).bit_length()
-        t_sub = load_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
-        t_hit = loading & (load_region == REGION["tmem"])
+        t_word, t_sel = region_port("tmem", t_sub_bits, "t_load")
         t_stage = Signal(32 * max(1, t_words - 1))
         for k in range(t_words - 1):
-            with m.If(t_hit & (t_sub == k)):
-                m.d.sync += t_stage.word_select(k, 32).eq(load_word.data)
+            with m.If(t_sel[k]):
+                m.d.sync += t_stage.word_select(k, 32).eq(t_word.data)
         t_wr = tmem.write_port()
         m.d.comb += [
-            t_wr.addr.eq(load_index >> t_sub_bits),
-            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], load_word.data)),
-            t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
+            t_wr.addr.eq(t_word.addr[:REGION_SHIFT] >> t_sub_bits),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], t_word.data)),
+            t_wr.en.eq(t_sel[t_words - 1]),
         ]
 
         if self._debug:

@@ -135,7 +135,7 @@ def test_residual_add_pairs():
         for e in words]
 
 
-@pytest.mark.parametrize("shift", [-15, -1, 0, 1, 9, 63])
+@pytest.mark.parametrize("shift", [-15, -1, 0, 1, 9, 22, 23, 24, 25, 63])
 def test_embed_unit(shift):
     rng = random.Random(shift + 100)
     mult = rng.choice([1, (1 << 15) - 1, rng.randrange(1 << 15)])
