@@ -315,6 +315,17 @@ class Engine(wiring.Component):
             else:
                 m.d.comb += reader.data.eq(port.data)
 
+        # rc's elements (lower bounds, embedding multipliers) go through a register: the read
+        # multiplexer over cmem's blocks spans the die (the clock). One cycle more an EMBED;
+        # an MLGRU_H's lower bounds wait on the sigmoid anyway.
+        rc_out = stream.Signature(unsigned(21)).create(path=("rc_out",))
+        m.d.comb += rc.out.ready.eq(~rc_out.valid | rc_out.ready)
+        with m.If(start):
+            m.d.sync += rc_out.valid.eq(0)
+        with m.Elif(~rc_out.valid | rc_out.ready):
+            m.d.sync += [rc_out.valid.eq(rc.out.valid),
+                         rc_out.payload.eq(rc.out.payload.data[:21])]
+
         # --- NormQuant (RMSNorm, quantizer) -> q buffer or vmem ---------------------------
         beats = (instr.n_in + (W - 1)) >> wbits
         tail = instr.n_in[:wbits] if W > 1 else Const(0, 1)     # elements of a partial beat
@@ -496,7 +507,7 @@ class Engine(wiring.Component):
             gate.sig.payload.eq(sig.out.payload.data),
             gate.silu.payload.eq(silu.out.payload.data),
             gate.h.payload.eq(Mux(layer_valid, r2.out.payload.data, 0)),
-            gate.lb.payload.eq(rc.out.payload.data[:21]),
+            gate.lb.payload.eq(rc_out.payload),
             gate.has_lb.eq(instr.has_lb),
             product.shift.eq(instr.shift[:6]),
         ]
@@ -513,7 +524,7 @@ class Engine(wiring.Component):
                 gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
                 gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
                 gate.h.valid.eq(r2.out.valid), r2.out.ready.eq(gate.h.ready),
-                gate.lb.valid.eq(rc.out.valid), rc.out.ready.eq(gate.lb.ready),
+                gate.lb.valid.eq(rc_out.valid), rc_out.ready.eq(gate.lb.ready),
             ]
         with m.Elif(is_["mlgru_o"]):
             m.d.comb += [
@@ -614,7 +625,7 @@ class Engine(wiring.Component):
             beat_write = is_["norm"] & nq.y_out.valid
             elem_write = ~beat_write & result_valid
             hits = Cat(*[instr.dst == base for base in sums])
-            sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
+            sq_x = [Signal(signed(32), name=f"sq_x{j}", reset_less=True) for j in range(W)]
             sq_v = [Signal(name=f"sq_v{k}") for k in range(5)]
             sq_hit = [Signal(len(sums), name=f"sq_hit{k}") for k in range(4)]
             sq_first = [Signal(name=f"sq_first{k}") for k in range(4)]
@@ -690,7 +701,7 @@ class Engine(wiring.Component):
 
         def region_port(region, sub_bits, name):
             """The region's own copy of the word, and one-hot enables for its sub-index."""
-            word = Signal.like(self.load.payload, name=f"{name}_word")
+            word = Signal.like(self.load.payload, name=f"{name}_word", reset_less=True)
             sel = Signal(1 << sub_bits, name=f"{name}_sel")
             hit = taken & (next_region == REGION[region])
             sub = next_index[:sub_bits] if sub_bits else Const(0, 1)
@@ -706,7 +717,7 @@ class Engine(wiring.Component):
         c_word, c_sel = region_port("cmem", wbits, "c_load")
         c_index = c_word.addr[:REGION_SHIFT]
         c_wr = cmem.write_port()
-        c_stage = Signal(CMEM_BITS * max(1, W - 1))
+        c_stage = Signal(CMEM_BITS * max(1, W - 1), reset_less=True)
         for k in range(W - 1):
             with m.If(c_sel[k]):
                 m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(c_word.data[:CMEM_BITS])
@@ -721,7 +732,7 @@ class Engine(wiring.Component):
         t_words = -(-image.chunk_bits // 32)
         t_sub_bits = (image.tmem_words - 1).bit_length()
         t_word, t_sel = region_port("tmem", t_sub_bits, "t_load")
-        t_stage = Signal(32 * max(1, t_words - 1))
+        t_stage = Signal(32 * max(1, t_words - 1), reset_less=True)
         for k in range(t_words - 1):
             with m.If(t_sel[k]):
                 m.d.sync += t_stage.word_select(k, 32).eq(t_word.data)
@@ -763,9 +774,9 @@ class Engine(wiring.Component):
                 m.d.comb += start.eq(1)
                 m.d.sync += state.eq(Mux(is_["embed"], _State.EMB_M, _State.RUN))
             with m.Case(_State.EMB_M):
-                m.d.comb += rc.out.ready.eq(1)
-                with m.If(rc.out.valid):
-                    m.d.sync += mult.eq(rc.out.payload.data[:15])
+                m.d.comb += rc_out.ready.eq(1)
+                with m.If(rc_out.valid):
+                    m.d.sync += mult.eq(rc_out.payload[:15])
                     m.d.comb += start.eq(1)
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.RUN):

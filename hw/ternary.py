@@ -226,11 +226,12 @@ class TernaryAccumulate(wiring.Component):
         m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - delivered)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine);
-        # with input_reg, registered twice.
-        chunk = Signal.like(self.inp.payload, name="chunk")
+        # with input_reg, registered twice. The data registers of the pipeline have no reset
+        # (only their valid and control bits do): thousands of them on the reset net.
+        chunk = Signal.like(self.inp.payload, name="chunk", reset_less=True)
         chunk_valid = Signal(name="chunk_valid")
         if self._input_reg:
-            chunk_in = Signal.like(self.inp.payload, name="chunk_in")
+            chunk_in = Signal.like(self.inp.payload, name="chunk_in", reset_less=True)
             chunk_in_valid = Signal(name="chunk_in_valid")
             m.d.sync += [chunk_in.eq(self.inp.payload), chunk_in_valid.eq(accept),
                          chunk.eq(chunk_in), chunk_valid.eq(chunk_in_valid)]
@@ -250,13 +251,13 @@ class TernaryAccumulate(wiring.Component):
         for j in range(self.lanes):
             q = chunk.q[j]
             if j % seg_min == seg_min - 1:
-                term = Signal(signed(9), name=f"term{j}")
+                term = Signal(signed(9), name=f"term{j}", reset_less=True)
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
                 carry = None
             else:
-                term = Signal(signed(8), name=f"term{j}")
+                term = Signal(signed(8), name=f"term{j}", reset_less=True)
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], ~q, 0)))
-                carry = Signal(name=f"neg{j}")
+                carry = Signal(name=f"neg{j}", reset_less=True)
                 m.d.sync += carry.eq(decoder.neg[j])
             values.append(term)
             carries.append(carry)
@@ -280,13 +281,13 @@ class TernaryAccumulate(wiring.Component):
             domain = m.d.sync if registered else m.d.comb
             sums, passed = [], []
             for k in range(len(values) // 2):
-                s = Signal(signed(width), name=f"sum{level}_{k}")
+                s = Signal(signed(width), name=f"sum{level}_{k}", reset_less=True)
                 carry = carries[2 * k]
                 domain += s.eq(values[2 * k] + values[2 * k + 1] + (0 if carry is None else carry))
                 sums.append(s)
                 carry = carries[2 * k + 1]
                 if carry is not None and registered:
-                    carry_next = Signal(name=f"neg{level}_{k}")
+                    carry_next = Signal(name=f"neg{level}_{k}", reset_less=True)
                     m.d.sync += carry_next.eq(carry)
                     carry = carry_next
                 passed.append(carry)

@@ -493,7 +493,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
-    - EMBED: ``n + 10``;
+    - EMBED: ``n + 11`` (the multiplier read from cmem through a register, the elements);
     - NORM: ``B + 37`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
       without the quantizer, ``y`` written as pass 2 makes it: ``B + 32``, plus the beat
       readers and the sequencer); ``3 B + 52`` without ``fused`` (the image's ``fused_sums``:
@@ -517,7 +517,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
     if op == Op.EMBED:
-        return n + 10
+        return n + 11
     if op == Op.NORM:
         return beats + 37 if fused else 3 * beats + 52
     if op in (Op.BITLINEAR, Op.HEAD):

@@ -45,6 +45,7 @@ def test_bit_length(width):
     (unsigned(4), unsigned(3)),                                   # exhaustive
     (signed(32), signed(32)), (signed(32), signed(24)), (unsigned(32), unsigned(23)),
     (signed(32), unsigned(21)), (unsigned(21), unsigned(21)), (unsigned(32), unsigned(24)),
+    (signed(33), signed(19)), (unsigned(19), signed(41)),
 ])
 def test_split_mul(a_shape, b_shape):
     """The product appears two cycles after its operands, every cycle, and equals ``a * b``."""
@@ -78,5 +79,29 @@ def test_split_mul(a_shape, b_shape):
             if len(history) >= 2:                   # the product of the operands 2 ticks ago
                 x2, y2 = history[-2]
                 assert ctx.get(product) == x2 * y2, (x2, y2)
+
+    _run(m, bench)
+
+
+@pytest.mark.parametrize("shape", [signed(32), unsigned(24), signed(19), signed(6)])
+def test_split_mul_square(shape):
+    """A square (``a`` twice) shares its cross product; two cycles, equal to ``a * a``."""
+    m = Module()
+    a = Signal(shape)
+    product, first, second = split_mul(a, a, "p")
+    m.d.sync += [*first, *second]
+    assert product.shape() == (a * a).shape()
+    lo = -(1 << (shape.width - 1)) if shape.signed else 0
+    hi = (1 << (shape.width - 1)) - 1 if shape.signed else (1 << shape.width) - 1
+    rng = random.Random(shape.width)
+    values = [lo, lo + 1, -1 if lo else 0, 0, 1, hi] + [rng.randint(lo, hi) for _ in range(300)]
+
+    async def bench(ctx):
+        feed = values + [0]
+        for i, x in enumerate(feed):
+            ctx.set(a, x)
+            await ctx.tick()
+            if i >= 1:                      # the square of the value set 2 ticks ago
+                assert ctx.get(product) == feed[i - 1] ** 2, feed[i - 1]
 
     _run(m, bench)
