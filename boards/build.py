@@ -75,6 +75,7 @@ DEFAULT_PNR = {"ulx3s-85f": PnrDefaults("static", "router2", seed=8, timing_driv
 _MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
               "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
 TOP_NAME = "top"
+SDF_NAME = f"{TOP_NAME}.sdf"      # nextpnr's delays (mmfree.tools.routed_paths)
 
 # board: (family, bitstream suffix, openFPGALoader arguments, what to call it in errors)
 BOARD_FAMILIES = {
@@ -438,7 +439,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
-    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed),
+    # --sdf: every path's delays, for python -m mmfree.tools.routed_paths.
+    nextpnr_opts = ["--report", "report.json", "--sdf", SDF_NAME, "--timing-allow-fail",
+                    "--seed", str(seed),
                     "--placer", placer, "--router", router] + \
         ([] if timing_driven else ["--no-tmdriv"]) + (["--no-route"] if place_only else [])
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
@@ -446,7 +449,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
                             debug_verilog=False)
     plan.extract(out_dir)
-    for stale in ("report.json", f"{TOP_NAME}.rpt", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}"):
+    for stale in ("report.json", f"{TOP_NAME}.rpt", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}",
+                  SDF_NAME):
         (out_dir / stale).unlink(missing_ok=True)
     logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
     start = time.monotonic()
@@ -549,7 +553,8 @@ def build(board_name: str, model, *, lanes: int | None = None,
         raise TimingError(
             f"timing not met on the {board_name}: Fmax {achieved} < {target_mhz:g} MHz "
             f"({config.lanes} lanes{where}); --allow-timing-fail keeps the bitstream "
-            f"(report: {report_path})", built)
+            f"(report: {report_path}; every slow path: python -m mmfree.tools.routed_paths "
+            f"{out_dir})", built)
     if program:
         _program(board_name, bitstream)
     return built

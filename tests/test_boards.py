@@ -21,7 +21,7 @@ from mmfree.boards.pll import ecp5_pll, ice40_pll
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim import serial
 from mmfree.sim.modelfile import load_model
-from mmfree.tools import cli
+from mmfree.tools import cli, routed_paths
 from mmfree.tools.device import BOARD_CONFIGS, engine_image
 
 TINY = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, intermediate_size=16)
@@ -668,6 +668,11 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     log = (result.report.parent / "top.tim").read_text()
     assert "ignoring clock constraint" not in log, log[:2000]
     assert f"Derived frequency constraint of {clock_mhz:.1f} MHz for net" in log, log[:4000]
+    # Every path's delays in the SDF: its worst path is nextpnr's critical path.
+    groups = routed_paths.worst_paths(routed_paths.parse_sdf(
+        (result.report.parent / board_build.SDF_NAME).read_text()))
+    worst = max(groups, key=lambda g: g.delay)
+    assert worst.mhz == pytest.approx(result.min_fmax_mhz, rel=1e-3), (worst, result)
 
     # The performance report's row of this build: the schedule's cycles against the Fmax.
     from mmfree.sim import golden
