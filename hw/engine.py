@@ -315,17 +315,6 @@ class Engine(wiring.Component):
             else:
                 m.d.comb += reader.data.eq(port.data)
 
-        # rc's elements (lower bounds, embedding multipliers) go through a register: the read
-        # multiplexer over cmem's blocks spans the die (the clock). One cycle more an EMBED;
-        # an MLGRU_H's lower bounds wait on the sigmoid anyway.
-        rc_out = stream.Signature(unsigned(21)).create(path=("rc_out",))
-        m.d.comb += rc.out.ready.eq(~rc_out.valid | rc_out.ready)
-        with m.If(start):
-            m.d.sync += rc_out.valid.eq(0)
-        with m.Elif(~rc_out.valid | rc_out.ready):
-            m.d.sync += [rc_out.valid.eq(rc.out.valid),
-                         rc_out.payload.eq(rc.out.payload.data[:21])]
-
         # --- NormQuant (RMSNorm, quantizer) -> q buffer or vmem ---------------------------
         beats = (instr.n_in + (W - 1)) >> wbits
         tail = instr.n_in[:wbits] if W > 1 else Const(0, 1)     # elements of a partial beat
@@ -442,20 +431,11 @@ class Engine(wiring.Component):
                residual.a.payload[1].eq(rq_out.payload.data2)] if paired_rows else
               [residual.a.payload.eq(rq_out.payload.data)]),
             residual.b.payload.eq(r1.out.payload.data),
+            sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
+                                                    "logit")),
+            sampler.logits.payload.first.eq(rq_out.payload.first),
+            sampler.logits.payload.last.eq(rq_out.payload.last),
         ]
-        # The logits reach the sampler through a register (one cycle a token): the saturation
-        # and the sampler's compare in one cycle were the SoC's longest path.
-        logit_valid = Signal()        # a logit from the requantizer, into the register
-        logit_ready = Signal()
-        m.d.comb += logit_ready.eq(~sampler.logits.valid | sampler.logits.ready)
-        with m.If(logit_ready):
-            m.d.sync += [
-                sampler.logits.valid.eq(logit_valid),
-                sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
-                                                        "logit")),
-                sampler.logits.payload.first.eq(rq_out.payload.first),
-                sampler.logits.payload.last.eq(rq_out.payload.last),
-            ]
         # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
         # that holds them while their gate is in the activation's pipeline.
         m.submodules.up_fifo = up_fifo = SyncFIFOBuffered(width=ACT_BITS, depth=64)
@@ -467,7 +447,8 @@ class Engine(wiring.Component):
                 m.d.sync += parity.eq(~parity)
         m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
         with m.If(is_["head"]):
-            m.d.comb += [logit_valid.eq(rq_out.valid), rq_out.ready.eq(logit_ready)]
+            m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
+                         rq_out.ready.eq(sampler.logits.ready)]
         if paired:
             with m.Elif(is_["glu"]):
                 # A gate and its up row together: the gate into the activation, the up row
@@ -507,7 +488,7 @@ class Engine(wiring.Component):
             gate.sig.payload.eq(sig.out.payload.data),
             gate.silu.payload.eq(silu.out.payload.data),
             gate.h.payload.eq(Mux(layer_valid, r2.out.payload.data, 0)),
-            gate.lb.payload.eq(rc_out.payload),
+            gate.lb.payload.eq(rc.out.payload.data[:21]),
             gate.has_lb.eq(instr.has_lb),
             product.shift.eq(instr.shift[:6]),
         ]
@@ -524,7 +505,7 @@ class Engine(wiring.Component):
                 gate.sig.valid.eq(sig.out.valid), sig.out.ready.eq(gate.sig.ready),
                 gate.silu.valid.eq(silu.out.valid), silu.out.ready.eq(gate.silu.ready),
                 gate.h.valid.eq(r2.out.valid), r2.out.ready.eq(gate.h.ready),
-                gate.lb.valid.eq(rc_out.valid), rc_out.ready.eq(gate.lb.ready),
+                gate.lb.valid.eq(rc.out.valid), rc.out.ready.eq(gate.lb.ready),
             ]
         with m.Elif(is_["mlgru_o"]):
             m.d.comb += [
@@ -625,7 +606,7 @@ class Engine(wiring.Component):
             beat_write = is_["norm"] & nq.y_out.valid
             elem_write = ~beat_write & result_valid
             hits = Cat(*[instr.dst == base for base in sums])
-            sq_x = [Signal(signed(32), name=f"sq_x{j}", reset_less=True) for j in range(W)]
+            sq_x = [Signal(signed(32), name=f"sq_x{j}") for j in range(W)]
             sq_v = [Signal(name=f"sq_v{k}") for k in range(5)]
             sq_hit = [Signal(len(sums), name=f"sq_hit{k}") for k in range(4)]
             sq_first = [Signal(name=f"sq_first{k}") for k in range(4)]
@@ -691,56 +672,40 @@ class Engine(wiring.Component):
                 m.d.comb += port.en.eq(Mux(hit, Const(1, words) << load_index[:sub_bits], 0))
             else:
                 m.d.comb += port.en.eq(hit)
-        # cmem and tmem have registers of their own, loaded only with their region's words,
-        # and their enables are decoded from the port's word a cycle early: the address and
-        # staging enables of tmem's hundreds of blocks are not one net with prog's and cmem's,
-        # and no compare lies between a register and a write enable.
-        taken = self.load.valid & self.load.ready
-        next_region = self.load.payload.addr[REGION_SHIFT:]
-        next_index = self.load.payload.addr[:REGION_SHIFT]
-
-        def region_port(region, sub_bits, name):
-            """The region's own copy of the word, and one-hot enables for its sub-index."""
-            word = Signal.like(self.load.payload, name=f"{name}_word", reset_less=True)
-            sel = Signal(1 << sub_bits, name=f"{name}_sel")
-            hit = taken & (next_region == REGION[region])
-            sub = next_index[:sub_bits] if sub_bits else Const(0, 1)
-            m.d.sync += sel.eq(Mux(hit, Const(1, len(sel)) << sub, 0))
-            with m.If(hit):
-                m.d.sync += word.eq(self.load.payload)
-            return word, sel
-
         # cmem: rows of W words of CMEM_BITS (the low bits of the load port's words), written
         # whole when their last word arrives, the words before it held in `c_stage`, as tmem's
         # below: a write granule per word would take 3 of the block RAMs' 9-bit byte lanes a
         # word (12 a row of 4, 15 blocks for the default model), a whole row 11 (14 blocks).
-        c_word, c_sel = region_port("cmem", wbits, "c_load")
-        c_index = c_word.addr[:REGION_SHIFT]
+        c_hit = loading & (load_region == REGION["cmem"])
         c_wr = cmem.write_port()
-        c_stage = Signal(CMEM_BITS * max(1, W - 1), reset_less=True)
-        for k in range(W - 1):
-            with m.If(c_sel[k]):
-                m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(c_word.data[:CMEM_BITS])
-        m.d.comb += [c_wr.addr.eq(c_index >> wbits),
-                     c_wr.data.eq(Cat(c_stage[:CMEM_BITS * (W - 1)], c_word.data[:CMEM_BITS])),
-                     c_wr.en.eq(c_sel[W - 1])]
+        if W > 1:
+            c_stage = Signal(CMEM_BITS * (W - 1))
+            for k in range(W - 1):
+                with m.If(c_hit & (load_index[:wbits] == k)):
+                    m.d.sync += c_stage.word_select(k, CMEM_BITS).eq(load_word.data[:CMEM_BITS])
+            m.d.comb += [c_wr.addr.eq(load_index >> wbits),
+                         c_wr.data.eq(Cat(c_stage, load_word.data[:CMEM_BITS])),
+                         c_wr.en.eq(c_hit & (load_index[:wbits] == W - 1))]
+        else:
+            m.d.comb += [c_wr.addr.eq(load_index), c_wr.data.eq(load_word.data[:CMEM_BITS]),
+                         c_wr.en.eq(c_hit)]
         # tmem: rows of chunk_bits (not a multiple of 32 with 1.6-bit packing), written whole
         # when their last word arrives, the words before it held in `t_stage`: a memory with
         # no write granularity fills the block RAMs' 36-bit columns. The load port delivers a
         # row's words in order (EngineImage.load_words; the link applies chunks in order).
-        # Sub-indices past the row's words (the stride's padding) write nothing.
         t_words = -(-image.chunk_bits // 32)
         t_sub_bits = (image.tmem_words - 1).bit_length()
-        t_word, t_sel = region_port("tmem", t_sub_bits, "t_load")
-        t_stage = Signal(32 * max(1, t_words - 1), reset_less=True)
+        t_sub = load_index[:t_sub_bits] if t_sub_bits else Const(0, 1)
+        t_hit = loading & (load_region == REGION["tmem"])
+        t_stage = Signal(32 * max(1, t_words - 1))
         for k in range(t_words - 1):
-            with m.If(t_sel[k]):
-                m.d.sync += t_stage.word_select(k, 32).eq(t_word.data)
+            with m.If(t_hit & (t_sub == k)):
+                m.d.sync += t_stage.word_select(k, 32).eq(load_word.data)
         t_wr = tmem.write_port()
         m.d.comb += [
-            t_wr.addr.eq(t_word.addr[:REGION_SHIFT] >> t_sub_bits),
-            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], t_word.data)),
-            t_wr.en.eq(t_sel[t_words - 1]),
+            t_wr.addr.eq(load_index >> t_sub_bits),
+            t_wr.data.eq(Cat(t_stage[:32 * (t_words - 1)], load_word.data)),
+            t_wr.en.eq(t_hit & (t_sub == t_words - 1)),
         ]
 
         if self._debug:
@@ -774,9 +739,9 @@ class Engine(wiring.Component):
                 m.d.comb += start.eq(1)
                 m.d.sync += state.eq(Mux(is_["embed"], _State.EMB_M, _State.RUN))
             with m.Case(_State.EMB_M):
-                m.d.comb += rc_out.ready.eq(1)
-                with m.If(rc_out.valid):
-                    m.d.sync += mult.eq(rc_out.payload[:15])
+                m.d.comb += rc.out.ready.eq(1)
+                with m.If(rc.out.valid):
+                    m.d.sync += mult.eq(rc.out.payload.data[:15])
                     m.d.comb += start.eq(1)
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.RUN):

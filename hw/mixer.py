@@ -193,8 +193,7 @@ class EmbedUnit(_Joined):
     """``shift_round(q * mult, shift)`` (golden :func:`~mmfree.sim.golden.embed`) for int8
     ``q``, a 15-bit ``mult`` and ``-15 <= shift <= 63`` (a left shift when ``shift <= 0``),
     truncated to 32 bits. Latency 3 cycles (input registered, product, shift), one element per
-    cycle; ``mult`` and ``shift`` are held for the vector (``shift`` from at least a cycle
-    before its first element: its decoding is registered)."""
+    cycle; ``mult`` and ``shift`` are held for the vector."""
 
     STAGES = 3
 
@@ -205,25 +204,11 @@ class EmbedUnit(_Joined):
     def _datapath(self, m, advance, p):
         q1 = Signal(signed(8))
         product = Signal(signed(24))
-        # ``shift`` is held for the vector, so its decoding is registered (the clock): a right
-        # shift of at least 24 rounds every product to 0 (|product| < 2**22 <= half), so
-        # min(shift, 24) gives the same results in 26-bit arithmetic.
-        go_right = Signal()
-        right_amt = Signal(range(25))
-        half = Signal(unsigned(24))
-        left_amt = Signal(4)
-        amt = Mux(self.shift > 24, 24, self.shift.as_unsigned()[:5])
-        m.d.sync += [
-            go_right.eq(self.shift > 0),
-            right_amt.eq(amt),
-            half.eq((Const(1, 25) << amt)[1:25]),
-            left_amt.eq((-self.shift).as_unsigned()[:4]),
-        ]
-        right = (product + half) >> right_amt
-        left = product << left_amt
+        right = shift_round(product, self.shift.as_unsigned()[:6])
+        left = product << (-self.shift).as_unsigned()[:4]
         with m.If(advance):
             m.d.sync += [
                 q1.eq(p["q"]),
                 product.eq(q1 * self.mult),
-                self.out.payload.eq(Mux(go_right, right, left)),
+                self.out.payload.eq(Mux(self.shift > 0, right, left)),
             ]

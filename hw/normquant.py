@@ -294,7 +294,7 @@ class NormQuant(wiring.Component):
                 m.d.sync += seen_last.eq(0)
             with m.If(issue2 & self.inp.payload.last):
                 m.d.sync += [seen_last.eq(1), count.eq(index + 1)]
-            x1 = Signal(32 * W, reset_less=True)
+            x1 = Signal(32 * W)
             m.d.sync += x1.eq(self.inp.payload.data)
             x_beat = x1
             pass2_end = seen_last
@@ -392,10 +392,7 @@ class NormQuant(wiring.Component):
         e6 = [Signal(8, name=f"qe6_{j}") for j in range(W)]
         e7 = [Signal(8, name=f"qe7_{j}") for j in range(W)]
         lhs7 = [Signal(32 + 8, name=f"ql7_{j}") for j in range(W)]
-        # (2 e + 1) ymax in two halves of ymax (each one DSP block with its register, no
-        # adder behind it in the stage); their sum is part of the output stage's comparison.
-        rhs7_lo = [Signal(16 + 9, name=f"qr7_lo{j}") for j in range(W)]
-        rhs7_hi = [Signal(16 + 9, name=f"qr7_hi{j}") for j in range(W)]
+        rhs7 = [Signal(32 + 9, name=f"qr7_{j}") for j in range(W)]
         with m.If(state != _State.NORM):
             m.d.comb += [rd.addr.eq(index), rd.en.eq(advance)]
         with m.Else():
@@ -415,7 +412,7 @@ class NormQuant(wiring.Component):
             for j in range(W):
                 y1 = rd.data.word_select(j, 32).as_signed()
                 prod4, partial, final = split_mul(mag[0][j], qrecip, f"qp4_{j}")
-                up = lhs7[j] >= (rhs7_hi[j] << 16) + rhs7_lo[j]
+                up = lhs7[j] >= rhs7[j]
                 q = Mux(ymax == 0, 0, e7[j] + up)[:8]
                 m.d.sync += [
                     ys[0][j].eq(y1), mag[0][j].eq(abs(y1)),
@@ -426,8 +423,7 @@ class NormQuant(wiring.Component):
                     e6[j].eq((r5[j] + 1) >> 1),
                     e7[j].eq(e6[j]),
                     lhs7[j].eq(mag[4][j] * 254),
-                    rhs7_lo[j].eq((e6[j] * 2 + 1) * ymax[:16]),
-                    rhs7_hi[j].eq((e6[j] * 2 + 1) * ymax[16:]),
+                    rhs7[j].eq((e6[j] * 2 + 1) * ymax),
                     self.out.payload.q[j].eq(Mux(ys[5][j] < 0, -q, q)),
                     self.out.payload.y[j].eq(ys[5][j]),
                 ]

@@ -226,12 +226,11 @@ class TernaryAccumulate(wiring.Component):
         m.d.sync += pending.eq(pending + Mux(accept, rows_in, 0) - delivered)
 
         # Stage 0: the chunk registered (it comes straight out of block RAM in the engine);
-        # with input_reg, registered twice. The data registers of the pipeline have no reset
-        # (only their valid and control bits do): thousands of them on the reset net.
-        chunk = Signal.like(self.inp.payload, name="chunk", reset_less=True)
+        # with input_reg, registered twice.
+        chunk = Signal.like(self.inp.payload, name="chunk")
         chunk_valid = Signal(name="chunk_valid")
         if self._input_reg:
-            chunk_in = Signal.like(self.inp.payload, name="chunk_in", reset_less=True)
+            chunk_in = Signal.like(self.inp.payload, name="chunk_in")
             chunk_in_valid = Signal(name="chunk_in_valid")
             m.d.sync += [chunk_in.eq(self.inp.payload), chunk_in_valid.eq(accept),
                          chunk.eq(chunk_in), chunk_valid.eq(chunk_in_valid)]
@@ -251,13 +250,13 @@ class TernaryAccumulate(wiring.Component):
         for j in range(self.lanes):
             q = chunk.q[j]
             if j % seg_min == seg_min - 1:
-                term = Signal(signed(9), name=f"term{j}", reset_less=True)
+                term = Signal(signed(9), name=f"term{j}")
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], -q, 0)))
                 carry = None
             else:
-                term = Signal(signed(8), name=f"term{j}", reset_less=True)
+                term = Signal(signed(8), name=f"term{j}")
                 m.d.sync += term.eq(Mux(decoder.pos[j], q, Mux(decoder.neg[j], ~q, 0)))
-                carry = Signal(name=f"neg{j}", reset_less=True)
+                carry = Signal(name=f"neg{j}")
                 m.d.sync += carry.eq(decoder.neg[j])
             values.append(term)
             carries.append(carry)
@@ -281,13 +280,13 @@ class TernaryAccumulate(wiring.Component):
             domain = m.d.sync if registered else m.d.comb
             sums, passed = [], []
             for k in range(len(values) // 2):
-                s = Signal(signed(width), name=f"sum{level}_{k}", reset_less=True)
+                s = Signal(signed(width), name=f"sum{level}_{k}")
                 carry = carries[2 * k]
                 domain += s.eq(values[2 * k] + values[2 * k + 1] + (0 if carry is None else carry))
                 sums.append(s)
                 carry = carries[2 * k + 1]
                 if carry is not None and registered:
-                    carry_next = Signal(name=f"neg{level}_{k}", reset_less=True)
+                    carry_next = Signal(name=f"neg{level}_{k}")
                     m.d.sync += carry_next.eq(carry)
                     carry = carry_next
                 passed.append(carry)

@@ -493,7 +493,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
     ``rows`` = ``n_out``, ``chunks`` = ``ceil(n / lanes)``:
 
-    - EMBED: ``n + 11`` (the multiplier read from cmem through a register, the elements);
+    - EMBED: ``n + 10``;
     - NORM: ``B + 37`` (:class:`~mmfree.hw.normquant.NormQuant` with ``sum_in`` and
       without the quantizer, ``y`` written as pass 2 makes it: ``B + 32``, plus the beat
       readers and the sequencer); ``3 B + 52`` without ``fused`` (the image's ``fused_sums``:
@@ -503,9 +503,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       ``3 B + rows * chunks + 75 + ...`` without ``fused``; ``rows / 2`` for ``rows * chunks``
       with ``row_pairs`` (the image's :attr:`~EngineImage.paired_rows`), grouped rows and no
       GLU: two rows a cycle, the same cycles after the last pair;
-    - HEAD: as BITLINEAR plus 1 (the logits' register in front of the sampler), plus
-      ``2 V + 35 + token`` when sampling (the sampler's Shiftmax, draw and scan,
-      :class:`~mmfree.hw.sampler.Sampler`);
+    - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
+      Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
       ``max(41 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (35 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
@@ -517,7 +516,7 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
     if op == Op.EMBED:
-        return n + 11
+        return n + 10
     if op == Op.NORM:
         return beats + 37 if fused else 3 * beats + 52
     if op in (Op.BITLINEAR, Op.HEAD):
@@ -528,8 +527,6 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
             cycles += PAIR_TAIL
         elif instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)
-        if op == Op.HEAD:
-            cycles += 1               # the logits' register in front of the sampler
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 35 + token
         return cycles
