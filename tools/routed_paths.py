@@ -7,7 +7,8 @@ nextpnr reports one critical path a clock; a design held back by a dozen unrelat
 needs a dozen place-and-route runs to learn them that way. This reads them all from one run.
 The worst path's delay equals nextpnr's (the same delays, summed the same way: the worst of
 the minimum/typical/maximum triples, setup included); clock skew is not modelled (nextpnr's
-ECP5 global clock has none).
+ECP5 global clock has none). A placed-only build (``--place-only``) writes the SDF too, with
+nextpnr's estimates for the unrouted nets in place of their delays.
 
     python -m mmfree.tools.routed_paths build/ulx3s-85f [--groups 30] [--clock-mhz 45] [-v]
 """
