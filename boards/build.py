@@ -44,7 +44,8 @@ from typing import NamedTuple
 from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
 
 __all__ = ["BOARD_FAMILIES", "BuildError", "SeedError", "TimingError", "BuildResult", "make_top",
-           "build", "program", "ProgramError", "REPORT_NAME", "last_build_file", "gateware_fingerprint"]
+           "build", "program", "ProgramError", "REPORT_NAME", "SDF_NAME", "last_build_file",
+           "gateware_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -441,8 +442,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
 
     # --sdf: every path's delays, for python -m mmfree.tools.routed_paths.
     nextpnr_opts = ["--report", "report.json", "--sdf", SDF_NAME, "--timing-allow-fail",
-                    "--seed", str(seed),
-                    "--placer", placer, "--router", router] + \
+                    "--seed", str(seed), "--placer", placer, "--router", router] + \
         ([] if timing_driven else ["--no-tmdriv"]) + (["--no-route"] if place_only else [])
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
