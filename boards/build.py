@@ -13,7 +13,9 @@ and ends it, with one line, once the count of overused wires has risen well past
 (:data:`ROUTER_PATIENCE`). The static placer's strict legaliser is watched the same way: on a
 nearly full device it can search without end, printing nothing (:data:`LEGALISE_PATIENCE`);
 and so is its spreading, which on some netlists leaves the block RAMs piled up for thousands
-of iterations (:data:`SPREAD_PATIENCE`).
+of iterations (:data:`SPREAD_PATIENCE`). Since most seeds stall on a congested netlist, a build
+can search several (:func:`_search_seeds`): Yosys once, then nextpnr a seed a core at a time,
+the first to route with timing met kept.
 With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
 placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
 performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
@@ -39,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolchain_env
 
@@ -233,6 +235,65 @@ def _placement_fmax(log: Path) -> dict[str, float]:
                          log.read_text(errors="replace"))}
 
 
+class _Tools:
+    """The build script ``command`` running in ``cwd``, its output in temporary files, and the
+    watches of :func:`_run_tools` on nextpnr's log ``log``."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str] | None, log: Path,
+                 patience: int = 0, legalise_patience: float = 0, spread_patience: int = 0):
+        import tempfile
+        self.command, self.log = command, log
+        self.patience, self.legalise_patience = patience, legalise_patience
+        self.spread_patience = spread_patience
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._out,
+                                        stderr=self._err, text=True, start_new_session=True)
+
+    def poll(self, timeout: float = 0) -> subprocess.CompletedProcess | None:
+        """The finished run (its status, output and errors), or ``None`` while it runs; a run
+        a watch sees stalled or over the device is stopped first, with a line on its errors
+        saying why. Waits up to ``timeout`` seconds for the script to end."""
+        try:
+            returncode = self.process.wait(timeout=timeout) if timeout else self.process.poll()
+        except subprocess.TimeoutExpired:
+            returncode = None
+        if returncode is None:
+            log = self.log
+            over = _over_capacity(log)
+            stall = _router_stall(log, self.patience) if self.patience else ""
+            legalising = _legaliser_stall(log, self.legalise_patience) \
+                if self.legalise_patience else ""
+            spreading = _spreading_stall(log, self.spread_patience) \
+                if self.spread_patience else ""
+            if not (over or stall or legalising or spreading):
+                return None
+            returncode = self.stop()
+            self._err.write(f"\nstopped: {over} is over the device\n" if over else
+                            f"\nstopped: {STALL_MARK} {stall}\n" if stall else
+                            f"\nstopped: {LEGALISE_MARK} {legalising}\n" if legalising else
+                            f"\nstopped: {SPREAD_MARK} {spreading}\n")
+        self._out.seek(0)
+        self._err.seek(0)
+        result = subprocess.CompletedProcess(self.command, returncode, self._out.read(),
+                                             self._err.read())
+        self.close()
+        return result
+
+    def stop(self) -> int:
+        """Ends the script and every tool it started; its status."""
+        import signal
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return self.process.wait()
+
+    def close(self) -> None:
+        """Drops the output (a run given up: :meth:`stop` it first)."""
+        self._out.close()
+        self._err.close()
+
+
 def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
                poll: float = 5.0, patience: int = 0, legalise_patience: float = 0,
                spread_patience: int = 0) -> subprocess.CompletedProcess:
@@ -244,36 +305,169 @@ def _run_tools(command: list[str], cwd: Path, env: dict[str, str], log: Path,
     ``legalise_patience``, once the static placer's strict legaliser has run that many
     seconds (:func:`_legaliser_stall`), or, with ``spread_patience``, once its spreading has
     gone that many iterations without progress (:func:`_spreading_stall`)."""
-    import signal
-    import tempfile
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
-                                   text=True, start_new_session=True)
-        while True:
-            try:
-                returncode = process.wait(timeout=poll)
-                break
-            except subprocess.TimeoutExpired:
-                over = _over_capacity(log)
-                stall = _router_stall(log, patience) if patience else ""
-                legalising = _legaliser_stall(log, legalise_patience) \
-                    if legalise_patience else ""
-                spreading = _spreading_stall(log, spread_patience) if spread_patience else ""
-                if over or stall or legalising or spreading:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    returncode = process.wait()
-                    err.write(f"\nstopped: {over} is over the device\n" if over else
-                              f"\nstopped: {STALL_MARK} {stall}\n" if stall else
-                              f"\nstopped: {LEGALISE_MARK} {legalising}\n" if legalising else
-                              f"\nstopped: {SPREAD_MARK} {spreading}\n")
+    tools = _Tools(command, cwd, env, log, patience, legalise_patience, spread_patience)
+    try:
+        while (result := tools.poll(poll)) is None:
+            pass
+    except BaseException:
+        tools.stop()
+        tools.close()
+        raise
+    return result
+
+
+def _failure(result: subprocess.CompletedProcess, board_name: str, work: Path,
+             router_patience: int) -> BuildError:
+    """The one-line error of a failed build script run in ``work``: a stall its watches
+    stopped (:class:`SeedError`), a design over the device, or the failing tool's last line."""
+    family = BOARD_FAMILIES[board_name][0]
+    for log, tool in ((f"{TOP_NAME}.tim", f"nextpnr-{family}"), (f"{TOP_NAME}.rpt", "yosys")):
+        if (work / log).is_file():
+            break
+    over = _over_capacity(work / log)
+    stall, legalising, spreading = (
+        next((line.split(mark, 1)[1].strip()
+              for line in result.stderr.splitlines() if mark in line), "")
+        for mark in (STALL_MARK, LEGALISE_MARK, SPREAD_MARK))
+    if spreading:
+        return SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
+                         f"placer went on spreading the cells without progress "
+                         f"({spreading}) and was stopped; another --seed or fewer --lanes "
+                         f"may place, --legalise-patience 0 lets it go on (log: "
+                         f"{work / TOP_NAME}.tim)")
+    if legalising:
+        cells, minutes = legalising.split(", ")
+        return SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
+                         f"placer was still legalising {cells} after {minutes} and was "
+                         f"stopped; the design is too full for it: fewer --lanes may "
+                         f"place, --legalise-patience 0 lets it go on (log: "
+                         f"{work / TOP_NAME}.tim)")
+    if stall:
+        return SeedError(f"routing did not converge on the {board_name}: router2 went "
+                         f"{router_patience} iterations without progress ({stall}) and "
+                         f"was stopped; another --seed may route it (docs/boards.md), "
+                         f"--router-patience 0 lets it go on (log: {work / TOP_NAME}.tim)")
+    if over:
+        return BuildError(f"the design does not fit the {board_name}: {over} "
+                          f"(log: {work / log})")
+    detail = _log_tail(work / log) or " ".join(result.stderr.strip().splitlines()[-1:])
+    return BuildError(f"{tool} failed: {detail} (log: {work / log})")
+
+
+def _read_fmax(work: Path, place_only: bool) -> dict[str, float]:
+    """Achieved Fmax per clock of the nextpnr run in ``work``: its report's, or after
+    placement alone its log's estimate."""
+    report = json.loads((work / "report.json").read_text())
+    fmax = {clock: round(float(value["achieved"]), 2)
+            for clock, value in report.get("fmax", {}).items()}
+    if place_only:
+        fmax = fmax or _placement_fmax(work / f"{TOP_NAME}.tim")
+    return fmax
+
+
+#: Where :func:`_search_seeds` runs nextpnr for seed ``S``, inside the build directory.
+SEED_DIR = "seed-{}"
+
+
+def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
+                  env: dict[str, str] | None, board_name: str, watches: dict, *,
+                  router_patience: int, target_mhz: float | None, place_only: bool,
+                  on_seed: Callable[[int, BuildError], None] | None = None,
+                  poll: float = 5.0) -> tuple[int, list[dict]]:
+    """Run the build script ``script`` of ``out_dir`` (Yosys, then nextpnr and the packer)
+    with Yosys once and nextpnr once for each of ``seeds``, ``jobs`` runs at a time, each in
+    ``out_dir/seed-S`` with the netlist and constraints linked in (hard links) and
+    ``watches`` on its log (as :func:`_run_tools`). The first run to finish at ``target_mhz`` or above (``None``:
+    any run that finishes) is the build: its files move into ``out_dir``, the runs still
+    going are stopped and their directories removed. A run stopped at a stall, or one below
+    ``target_mhz``, goes to ``on_seed(seed, error)`` and keeps its directory (its log);
+    any other failure is raised at once. When every seed has finished without a build, the
+    fastest routed run is moved in all the same (the caller reports its timing), or, if none
+    routed, the last error is raised. Returns the seed built and what each seed tried did
+    (``[{"seed": S, "outcome": "..."}]``, in the order they finished)."""
+    import shutil
+    for stale in out_dir.glob(SEED_DIR.format("*")):
+        shutil.rmtree(stale)
+    lines = (out_dir / script).read_text().splitlines()
+    tools = [k for k, line in enumerate(lines) if line.startswith('"$')]
+    header, synth, pnr = lines[:tools[0]], lines[tools[0]], lines[tools[0] + 1:]
+    if not pnr or not re.search(r"--seed \d+", pnr[0]):
+        raise BuildError(f"{out_dir / script}: no nextpnr command with --seed in it")
+    inputs = (f"{TOP_NAME}.json", f"{TOP_NAME}.lpf", f"{TOP_NAME}.pcf")   # what nextpnr reads
+
+    synth_script = f"synth_{TOP_NAME}.sh"
+    (out_dir / synth_script).write_text("\n".join(header + [synth]) + "\n")
+    logger.info("running yosys in %s", out_dir)
+    result = _run_tools(["sh", synth_script], out_dir, env, out_dir / f"{TOP_NAME}.tim",
+                        poll=poll)
+    (out_dir / "build.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise _failure(result, board_name, out_dir, router_patience)
+
+    def start(seed: int) -> _Tools:
+        work = out_dir / SEED_DIR.format(seed)
+        work.mkdir()
+        for name in inputs:
+            # Hard links: the WebAssembly nextpnr opens no path outside its directory.
+            if (out_dir / name).is_file():
+                try:
+                    os.link(out_dir / name, work / name)
+                except OSError:
+                    shutil.copyfile(out_dir / name, work / name)
+        commands = [re.sub(r"--seed \d+", f"--seed {seed}", pnr[0]), *pnr[1:]]
+        (work / script).write_text("\n".join(header + commands) + "\n")
+        logger.info("running nextpnr at seed %d in %s", seed, work)
+        return _Tools(["sh", script], work, env, work / f"{TOP_NAME}.tim", **watches)
+
+    pending, running, searched, routed = list(seeds), {}, [], []
+    built, error = None, None
+    try:
+        while built is None and (pending or running):
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                running[seed] = start(seed)
+            time.sleep(poll)
+            for seed, tools in list(running.items()):
+                if (result := tools.poll()) is None:
+                    continue
+                del running[seed]
+                work = out_dir / SEED_DIR.format(seed)
+                (work / "build.log").write_text(result.stdout + result.stderr)
+                if result.returncode != 0:
+                    error = _failure(result, board_name, work, router_patience)
+                    searched.append({"seed": seed, "outcome": str(error)})
+                    if not isinstance(error, SeedError):
+                        raise error
+                    if on_seed is not None:
+                        on_seed(seed, error)
+                    continue
+                fmax = _read_fmax(work, place_only)
+                if target_mhz is None or (fmax and min(fmax.values()) >= target_mhz):
+                    searched.append({"seed": seed, "outcome": "built"})
+                    built = seed
                     break
-            except BaseException:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait()
-                raise
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
+                achieved = f"{min(fmax.values()):.2f} MHz" if fmax else "unknown"
+                error = BuildError(f"timing not met on the {board_name}: Fmax {achieved} < "
+                                   f"{target_mhz:g} MHz (log: {work / TOP_NAME}.tim)")
+                searched.append({"seed": seed, "outcome": str(error)})
+                routed.append((min(fmax.values()) if fmax else 0.0, seed))
+                if on_seed is not None:
+                    on_seed(seed, error)
+    finally:
+        for seed, tools in running.items():
+            tools.stop()
+            tools.close()
+            shutil.rmtree(out_dir / SEED_DIR.format(seed), ignore_errors=True)
+    if built is None:
+        if not routed:
+            raise error
+        built = max(routed)[1]
+    work = out_dir / SEED_DIR.format(built)
+    for path in work.iterdir():
+        if path.name not in (script, *inputs):
+            os.replace(path, out_dir / path.name)
+    shutil.rmtree(work)
+    return built, searched
 
 
 #: What :func:`_run_tools` writes when it stops a stalled router2 (:func:`build` looks for it).
@@ -387,12 +581,14 @@ def _over_capacity(log: Path) -> str:
 
 def build(board_name: str, model, *, lanes: int | None = None,
           vector_width: int | None = None, out_dir: str | os.PathLike,
-          program: bool = False, allow_timing_fail: bool = False, seed: int | None = None,
+          program: bool = False, allow_timing_fail: bool = False,
+          seed: int | Sequence[int] | None = None, jobs: int = 1,
           router: str | None = None, placer: str | None = None,
           timing_driven: bool | None = None, router_patience: int = ROUTER_PATIENCE,
           legalise_patience: float = LEGALISE_PATIENCE, force: bool = False,
-          model_path: str | None = None,
-          command: list[str] | None = None, place_only: bool = False) -> BuildResult:
+          model_path: str | None = None, command: list[str] | None = None,
+          place_only: bool = False,
+          on_seed: Callable[[int, BuildError], None] | None = None) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
     Raises :class:`~mmfree.tools.device.DeviceSetupError` (the model does not fit; before any
@@ -410,12 +606,26 @@ def build(board_name: str, model, *, lanes: int | None = None,
     0 leaves it to router2 (which gives up at iteration 1,000). ``legalise_patience``: the
     static placer is stopped, and the build fails, once its strict legaliser has run that
     many seconds (:func:`_legaliser_stall`); 0 leaves it be.
+
+    ``seed`` may be a list of seeds: Yosys then runs once and nextpnr once a seed, ``jobs``
+    at a time, each in ``out_dir/seed-S``; the first seed to route with timing met (to route
+    at all with ``allow_timing_fail``, to place with ``place_only``) is the build, and the runs
+    still going are stopped (:func:`_search_seeds`). A seed that stalls (:class:`SeedError`)
+    or misses timing goes to ``on_seed(seed, error)``; any other failure ends the search.
+    When no seed meets timing, the fastest routed one is the build (and the
+    :class:`TimingError`); when none routes, the last seed's error is raised.
     """
     _check_board(board_name)
     defaults = DEFAULT_PNR[board_name]
     placer = defaults.placer if placer is None else placer
     router = defaults.router if router is None else router
-    seed = defaults.seed if seed is None else seed
+    seeds = [defaults.seed] if seed is None else [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or len(set(seeds)) != len(seeds) or \
+            not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise BuildError(f"seeds must be different integers, not {seed!r}", 2)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise BuildError(f"jobs must be 1 or more, not {jobs!r}", 2)
+    seed = seeds[0]
     timing_driven = defaults.timing_driven if timing_driven is None else timing_driven
     if router not in ROUTERS:
         raise BuildError(f"unknown router {router!r}; nextpnr has {', '.join(ROUTERS)}")
@@ -452,53 +662,28 @@ def build(board_name: str, model, *, lanes: int | None = None,
     for stale in ("report.json", f"{TOP_NAME}.rpt", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}",
                   SDF_NAME):
         (out_dir / stale).unlink(missing_ok=True)
-    logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
+    watches = dict(patience=router_patience if router == "router2" else 0,
+                   legalise_patience=legalise_patience if placer == "static" else 0,
+                   spread_patience=SPREAD_PATIENCE
+                   if placer == "static" and legalise_patience else 0)
     start = time.monotonic()
-    result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env, out_dir / f"{TOP_NAME}.tim",
-                        patience=router_patience if router == "router2" else 0,
-                        legalise_patience=legalise_patience if placer == "static" else 0,
-                        spread_patience=SPREAD_PATIENCE
-                        if placer == "static" and legalise_patience else 0)
+    searched = None
+    if len(seeds) == 1:
+        logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
+        result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env,
+                            out_dir / f"{TOP_NAME}.tim", **watches)
+        (out_dir / "build.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise _failure(result, board_name, out_dir, router_patience)
+    else:
+        seed, searched = _search_seeds(
+            out_dir, f"{plan.script}.sh", seeds, jobs, env, board_name, watches,
+            router_patience=router_patience, place_only=place_only, on_seed=on_seed,
+            target_mhz=None if place_only or allow_timing_fail else config.clock_hz / 1e6)
     seconds = time.monotonic() - start
-    (out_dir / "build.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        for log, tool in ((f"{TOP_NAME}.tim", f"nextpnr-{family}"), (f"{TOP_NAME}.rpt", "yosys")):
-            if (out_dir / log).is_file():
-                break
-        over = _over_capacity(out_dir / log)
-        stall, legalising, spreading = (
-            next((line.split(mark, 1)[1].strip()
-                  for line in result.stderr.splitlines() if mark in line), "")
-            for mark in (STALL_MARK, LEGALISE_MARK, SPREAD_MARK))
-        if spreading:
-            raise SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
-                             f"placer went on spreading the cells without progress "
-                             f"({spreading}) and was stopped; another --seed or fewer --lanes "
-                             f"may place, --legalise-patience 0 lets it go on (log: "
-                             f"{out_dir / TOP_NAME}.tim)")
-        if legalising:
-            cells, minutes = legalising.split(", ")
-            raise SeedError(f"placement did not finish on the {board_name}: nextpnr's static "
-                             f"placer was still legalising {cells} after {minutes} and was "
-                             f"stopped; the design is too full for it: fewer --lanes may "
-                             f"place, --legalise-patience 0 lets it go on (log: "
-                             f"{out_dir / TOP_NAME}.tim)")
-        if stall:
-            raise SeedError(f"routing did not converge on the {board_name}: router2 went "
-                             f"{router_patience} iterations without progress ({stall}) and "
-                             f"was stopped; another --seed may route it (docs/boards.md), "
-                             f"--router-patience 0 lets it go on (log: {out_dir / TOP_NAME}.tim)")
-        if over:
-            raise BuildError(f"the design does not fit the {board_name}: {over} "
-                             f"(log: {out_dir / log})")
-        detail = _log_tail(out_dir / log) or " ".join(result.stderr.strip().splitlines()[-1:])
-        raise BuildError(f"{tool} failed: {detail} (log: {out_dir / log})")
 
     report = json.loads((out_dir / "report.json").read_text())
-    fmax = {clock: round(float(value["achieved"]), 2)
-            for clock, value in report.get("fmax", {}).items()}
-    if place_only:
-        fmax = fmax or _placement_fmax(out_dir / f"{TOP_NAME}.tim")
+    fmax = _read_fmax(out_dir, place_only)
     utilization = {bel: (int(value["used"]), int(value["available"]))
                    for bel, value in report.get("utilization", {}).items()}
     target_mhz = config.clock_hz / 1e6
@@ -522,6 +707,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "lanes": config.lanes, "vector_width": config.vector_width,
         "clock_hz": config.clock_hz, "baud": config.baud, "divisor": config.divisor,
         "fmax_mhz": fmax, "timing_met": timing_met, "critical_paths": paths, "seed": seed,
+        **({"seed_search": searched} if searched is not None else {}),
         "placer": placer, "router": router, "timing_driven": timing_driven,
         "router_patience": router_patience if router == "router2" else None,
         "routed": not place_only,

@@ -7,9 +7,11 @@ nextpnr-ecp5 on a tiny model (``synth``)."""
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -420,51 +422,150 @@ def test_spreading_stall_is_read_from_the_nextpnr_log(tmp_path):
     assert board_build._spreading_stall(tmp_path / "missing.tim", 1000) == ""
 
 
-def test_build_tries_the_seeds_in_turn(tmp_path, tiny_model, monkeypatch, capsys):
-    """``--seed 3,4,5``: a stalled route or a timing failure goes on to the next seed (one line
-    each, the build directory replaced), a success ends the list; the last seed's failure is
-    the error. Any other failure is not retried."""
+def test_build_takes_a_list_of_seeds(tmp_path, tiny_model, monkeypatch, capsys):
+    """``--seed 3,4,5`` goes to the build as a list with a job a core (at most one a seed, or
+    ``--jobs``); each seed that stalls or misses timing is one line, and the build's own
+    failure is the error."""
     from mmfree.sim.modelfile import save_model
     save_model(tiny_model, tmp_path / "tiny.safetensors")
     out = tmp_path / "b"
     argv = ["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
             "--lanes", "8", "--vector-width", "1", "--out", str(out)]
     result = board_build.BuildResult("ulx3s-85f", out / "top.bit", out / "build-report.json",
-                                     42_000_000, 8, {"clk": 40.0}, {}, 1.0, False)
-    calls, outcomes = [], []
+                                     42_000_000, 8, {"clk": 44.0}, {}, 1.0, True)
+    stall = board_build.SeedError("routing did not converge on the ulx3s-85f: router2 ...")
+    slow = board_build.BuildError("timing not met on the ulx3s-85f: Fmax 40.00 MHz ...")
+    calls, outcome = [], [result]
 
-    def build(board, model, *, seed, force, **kwargs):
-        calls.append((seed, force))
-        outcome = outcomes[len(calls) - 1]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+    def build(board, model, *, seed, jobs, on_seed, force, **kwargs):
+        calls.append((seed, jobs, force))
+        if seed:
+            on_seed(seed[0], stall)
+            on_seed(seed[1], slow)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
 
     monkeypatch.setattr(board_build, "build", build)
-    stall = board_build.SeedError("routing did not converge on the ulx3s-85f: router2 ...")
-    slow = board_build.TimingError("timing not met on the ulx3s-85f: 40.00 MHz ...", result)
-    outcomes[:] = [stall, slow, dataclasses.replace(result, fmax_mhz={"clk": 44.0},
-                                                    timing_met=True)]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert cli.main(argv + ["--seed", "3,4,5"]) == cli.EXIT_OK
     err = capsys.readouterr().err.strip().splitlines()
-    assert calls == [(3, False), (4, True), (5, True)]
-    assert err == [f"mmfree: seed 3: {stall}; trying seed 4",
-                   f"mmfree: seed 4: {slow}; trying seed 5"], err
-    calls.clear()
-    outcomes[:] = [stall, stall]
-    assert cli.main(argv + ["--seed", "3,4"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert calls == [(3, False), (4, True)]
-    assert err == [f"mmfree: seed 3: {stall}; trying seed 4", f"mmfree: error: {stall}"], err
-    calls.clear()
-    outcomes[:] = [board_build.BuildError("the design does not fit the ulx3s-85f: ...")]
-    assert cli.main(argv + ["--seed", "3,4"]) == 1
-    assert calls == [(3, False)]
+    assert err == [f"mmfree: seed 3: {stall}", f"mmfree: seed 4: {slow}"], err
+    assert cli.main(argv + ["--seed", "3,4,5", "--jobs", "3", "--force"]) == cli.EXIT_OK
+    assert cli.main(argv + ["--force"]) == cli.EXIT_OK
+    assert calls == [([3, 4, 5], 2, False), ([3, 4, 5], 3, True), (None, 1, True)]
     capsys.readouterr()
+    outcome[0] = stall
+    assert cli.main(argv + ["--seed", "3,4", "--force"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mmfree: seed 3: {stall}", f"mmfree: seed 4: {slow}",
+                   f"mmfree: error: {stall}"], err
     for bad in ("3,3", "x", "3,", ""):
         with pytest.raises(SystemExit):
             cli.main(argv + ["--seed", bad])
         assert "is not a seed or a list of different seeds" in capsys.readouterr().err
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit):
+            cli.main(argv + ["--seed", "3,4", "--jobs", bad])
+        assert "is not a number of jobs" in capsys.readouterr().err
+
+
+# Stand-ins for the tools of a build script, for the seed search: "yosys" writes the netlist;
+# "nextpnr" behaves by its --seed (a router2 stall it is stopped in, a route below or at the
+# clock after a delay, an error), "ecppack" packs what nextpnr wrote.
+FAKE_PNR = """\
+import json, sys, time
+args = sys.argv[1:]
+seed = int(args[args.index("--seed") + 1])
+assert open("top.json").read() == "netlist\\n"
+fmax, delay = {FMAX}.get(seed, (None, 60))
+if fmax is None:
+    open("top.tim", "w").write({STALL!r})
+    time.sleep(delay)
+    sys.exit(1)
+if fmax == 0:
+    print("ERROR: no such cell", file=sys.stderr)
+    open("top.tim", "w").write("ERROR: no such cell\\n")
+    sys.exit(1)
+time.sleep(delay)
+open("top.tim", "w").write("Info: routed\\n")
+open("report.json", "w").write(json.dumps({{"fmax": {{"clk": {{"achieved": fmax}}}}}}))
+open("top.config", "w").write(f"seed {{seed}}\\n")
+"""
+
+
+def _fake_build_dir(tmp_path, fmax: dict) -> tuple[Path, dict]:
+    out = tmp_path / "b"
+    out.mkdir()
+    tools = {}
+    for name, text in (("YOSYS", "import sys; open('top.json', 'w').write('netlist\\n')"),
+                       ("NEXTPNR_ECP5", FAKE_PNR.format(FMAX=fmax, STALL=_router2_log(STALLED))),
+                       ("ECPPACK", "import shutil; shutil.copy('top.config', 'top.bit')")):
+        tool = tmp_path / name.lower()
+        tool.write_text(f"#!{sys.executable}\n{text}\n")
+        tool.chmod(0o755)
+        tools[name] = str(tool)
+    (out / "top.lpf").write_text("LOCATE\n")
+    (out / "build_top.sh").write_text(
+        '#!/bin/sh\nset -e\n: ${YOSYS:=yosys}\n"$YOSYS" -q -l top.rpt top.ys\n'
+        '"$NEXTPNR_ECP5" --quiet --seed 8 --log top.tim --json top.json --lpf top.lpf '
+        '--textcfg top.config\n"$ECPPACK" --input top.config --bit top.bit\n')
+    return out, {**os.environ, **tools}
+
+
+def _search(out, env, seeds, jobs, target=42.0):
+    told = []
+    seed, searched = board_build._search_seeds(
+        out, "build_top.sh", seeds, jobs, env, "ulx3s-85f", {"patience": 30},
+        router_patience=30, target_mhz=target, place_only=False,
+        on_seed=lambda s, e: told.append((s, str(e))), poll=0.1)
+    return seed, searched, told
+
+
+def test_seed_search_runs_nextpnr_once_a_seed(tmp_path):
+    """Two runs at a time: seed 1 stalls (stopped by the router2 watch) and seed 2 misses
+    42 MHz, each told once and its directory kept; seed 3 routes at 45 MHz and is the build
+    (its files moved in, its directory gone); seed 4, still running then, is stopped and
+    removed; seed 5 never starts. Yosys ran once."""
+    out, env = _fake_build_dir(tmp_path, {1: (None, 60), 2: (40.0, 0), 3: (45.0, 2),
+                                          4: (50.0, 60), 5: (50.0, 0)})
+    start = time.monotonic()
+    seed, searched, told = _search(out, env, [1, 2, 3, 4, 5], 2)
+    assert time.monotonic() - start < 30
+    assert seed == 3
+    assert sorted(s for s, _ in told) == [1, 2], told
+    outcome = dict(told)
+    assert outcome[1].startswith("routing did not converge on the ulx3s-85f: router2 went 30 "
+                                 "iterations without progress (best 361"), outcome
+    assert outcome[2] == (f"timing not met on the ulx3s-85f: Fmax 40.00 MHz < 42 MHz (log: "
+                          f"{out / 'seed-2' / 'top.tim'})"), outcome
+    assert [s["seed"] for s in searched][-1] == 3 and searched[-1]["outcome"] == "built"
+    assert (out / "top.bit").read_text() == "seed 3\n"
+    assert json.loads((out / "report.json").read_text())["fmax"]["clk"]["achieved"] == 45.0
+    assert (out / "top.json").read_text() == "netlist\n" and not (out / "top.json").is_symlink()
+    assert sorted(p.name for p in out.glob("seed-*")) == ["seed-1", "seed-2"]
+    assert (out / "seed-1" / "top.tim").is_file() and (out / "seed-2" / "build.log").is_file()
+    assert (out / "build_top.sh").read_text().count("--seed 8") == 1     # the plan untouched
+
+
+def test_seed_search_without_a_build(tmp_path):
+    """No seed at the clock: the fastest routed one is moved in (the caller reports its
+    timing); none routed: the last stall is the error; a tool error ends the search at once."""
+    out, env = _fake_build_dir(tmp_path, {1: (40.0, 0), 2: (None, 60), 3: (41.5, 0)})
+    seed, searched, told = _search(out, env, [1, 2, 3], 3)
+    assert seed == 3 and sorted(s for s, _ in told) == [1, 2, 3]
+    assert (out / "top.bit").read_text() == "seed 3\n" and not (out / "seed-3").exists()
+    # An earlier search's directories go before a new one starts.
+    with pytest.raises(board_build.SeedError, match="routing did not converge"):
+        _search(out, env, [2], 1)
+    assert sorted(p.name for p in out.glob("seed-*")) == ["seed-2"]
+    (tmp_path / "x").mkdir()
+    out2, env = _fake_build_dir(tmp_path / "x", {1: (0, 0), 2: (50.0, 60)})
+    start = time.monotonic()
+    with pytest.raises(board_build.BuildError, match="nextpnr-ecp5 failed: ERROR: no such cell"):
+        _search(out2, env, [1, 2], 2)
+    assert time.monotonic() - start < 20
+    assert not (out2 / "seed-2").exists()                 # stopped, removed
 
 
 def test_build_reports_a_stalled_spreading(tmp_path, tiny_model, monkeypatch, capsys):
@@ -693,6 +794,24 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
     assert f"| 8 | routed | {row.fmax_mhz:.2f} |" in text, text
     perf.render_plot([row], tmp_path / "performance.png", meta)
     assert (tmp_path / "performance.png").stat().st_size > 10_000
+
+
+@pytest.mark.synth
+def test_build_searches_seeds_in_parallel(tmp_path, tiny_model):
+    """Two seeds of the tiny SoC's one netlist, placed by two nextpnr runs at once: the first
+    to finish is the build, the other is stopped and its directory removed, and the report
+    names the seed and the search."""
+    told = []
+    result = board_build.build("ulx3s-85f", tiny_model, lanes=8, vector_width=1,
+                               out_dir=tmp_path / "b", seed=[8, 9], jobs=2, place_only=True,
+                               on_seed=lambda seed, error: told.append((seed, error)))
+    report = json.loads(result.report.read_text())
+    assert report["seed"] in (8, 9) and told == [], (report, told)
+    assert report["seed_search"] == [{"seed": report["seed"], "outcome": "built"}], report
+    assert not result.routed and result.min_fmax_mhz > 0 and result.bitstream is None
+    assert not list((tmp_path / "b").glob("seed-*"))
+    assert "Max frequency for clock" in (tmp_path / "b" / "top.tim").read_text()
+    assert (tmp_path / "b" / "top.json").is_file()              # Yosys's netlist, once
 
 
 @pytest.mark.synth

@@ -358,7 +358,7 @@ def _last_bitstream(board: str) -> Path:
 
 
 def cmd_build(args) -> int:
-    from ..boards.build import BuildError, ProgramError, SeedError, TimingError, build
+    from ..boards.build import BuildError, ProgramError, TimingError, build
     from ..boards.toolchain import ToolchainError
     from .device import DeviceSetupError
 
@@ -371,27 +371,22 @@ def cmd_build(args) -> int:
     vw = args.vector_width
     out = Path(args.out if args.out is not None else Path("build") / f"board-{args.board}")
     logger.info("building for the %s in %s (takes minutes)", args.board, out)
-    seeds = args.seed or [None]
+    seeds = args.seed
+    jobs = args.jobs or (min(len(seeds), os.cpu_count() or 1) if seeds else 1)
+
+    def failed(seed, error):
+        # One line a seed that did not make the build, as the final error would be.
+        print(f"mmfree: seed {seed}: {error}", file=sys.stderr)
+
     try:
-        for attempt, seed in enumerate(seeds, 1):
-            try:
-                result = build(args.board, model, lanes=args.lanes, vector_width=vw,
-                               out_dir=out, program=args.program,
-                               allow_timing_fail=args.allow_timing_fail, seed=seed,
-                               router=args.router, placer=args.placer,
-                               timing_driven=args.tmdriv,
-                               router_patience=args.router_patience,
-                               legalise_patience=args.legalise_patience * 60,
-                               force=args.force or attempt > 1, model_path=model_path,
-                               command=["mmfree", *sys.argv[1:]], place_only=args.place_only)
-                break
-            except (SeedError, TimingError) as error:
-                if attempt == len(seeds):
-                    raise
-                # One line a seed, as the final error would be; the next seed's build
-                # replaces this one in the same directory.
-                print(f"mmfree: seed {seed}: {error}; trying seed {seeds[attempt]}",
-                      file=sys.stderr)
+        result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
+                       program=args.program, allow_timing_fail=args.allow_timing_fail,
+                       seed=seeds, jobs=jobs, on_seed=failed, router=args.router,
+                       placer=args.placer, timing_driven=args.tmdriv,
+                       router_patience=args.router_patience,
+                       legalise_patience=args.legalise_patience * 60, force=args.force,
+                       model_path=model_path, command=["mmfree", *sys.argv[1:]],
+                       place_only=args.place_only)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
     except ToolchainError as error:
@@ -473,6 +468,16 @@ def _iterations(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations (0 or more)")
+    return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs (1 or more)")
     return value
 
 
@@ -595,9 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seeds, default=None, metavar="SEED[,SEED...]",
                    help=f"nextpnr placement seed (default: the board's, {ulx3s.seed} on the "
                         f"ULX3S-85F, the seed its default SoC routes at; {ice.seed} on the "
-                        "iCEBreaker); several, separated by commas, are tried in turn until "
-                        "one places and routes with timing met (another model or option makes "
-                        "another netlist, which may not route at the board's seed)")
+                        "iCEBreaker); several, separated by commas: Yosys runs once and "
+                        "nextpnr once a seed, --jobs at a time, and the first to route with "
+                        "timing met is the build (another model or option makes another "
+                        "netlist, which may not route at the board's seed)")
+    p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="nextpnr runs at a time with several --seed (default: one a core, "
+                        "at most one a seed; each takes one core and, for the ULX3S-85F's "
+                        "default SoC, about 3 GiB)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help=f"nextpnr's placer (default: the board's, {ulx3s.placer} on the "
                         "ULX3S-85F, whose default-model SoC does not route when HeAP places it; "
