@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="nextpnr runs at a time with several --seed (default: one a core, "
                         "at most one a seed; each takes one core and, for the ULX3S-85F's "
-                        "default SoC, about 3 GiB)")
+                        "default SoC, about 1.5 GiB)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help=f"nextpnr's placer (default: the board's, {ulx3s.placer} on the "
                         "ULX3S-85F, whose default-model SoC does not route when HeAP places it; "
