@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="nextpnr runs at a time with several --seed (default: one a core, "
                         "at most one a seed; each takes one core and, for the ULX3S-85F's "
-                        "default SoC, about 1.5 GiB)")
+                        "default SoC, about 2 GiB)")
     p.add_argument("--placer", choices=("heap", "static"), default=None,
                    help=f"nextpnr's placer (default: the board's, {ulx3s.placer} on the "
                         "ULX3S-85F, whose default-model SoC does not route when HeAP places it; "
@@ -617,9 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ULX3S-85F, {ice.router} on the iCEBreaker)")
     p.add_argument("--tmdriv", action=argparse.BooleanOptionalAction, default=None,
                    help="nextpnr's timing-driven placement and routing (default: the board's, "
-                        f"{on_off[ulx3s.timing_driven]} on the ULX3S-85F, whose default SoC "
-                        f"routes only without it; {on_off[ice.timing_driven]} on the "
-                        "iCEBreaker); --no-tmdriv places and routes for wirelength alone")
+                        f"{on_off[ulx3s.timing_driven]} on the ULX3S-85F, "
+                        f"{on_off[ice.timing_driven]} on the iCEBreaker); --no-tmdriv places "
+                        "and routes for wirelength alone, which routes some congested netlists "
+                        "that timing-driven routing stalls on")
     p.add_argument("--router-patience", type=_iterations, default=ROUTER_PATIENCE,
                    metavar="N",
                    help="stop router2, and fail the build, after N iterations without fewer "
