@@ -378,13 +378,13 @@ def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
     """Run the build script ``script`` of ``out_dir`` (Yosys, then nextpnr and the packer)
     with Yosys once and nextpnr once for each of ``seeds``, ``jobs`` runs at a time, each in
     ``out_dir/seed-S`` with the netlist and constraints linked in (hard links) and
-    ``watches`` on its log (as :func:`_run_tools`). The first run to finish at ``target_mhz`` or above (``None``:
-    any run that finishes) is the build: its files move into ``out_dir``, the runs still
-    going are stopped and their directories removed. A run stopped at a stall, or one below
-    ``target_mhz``, goes to ``on_seed(seed, error)`` and keeps its directory (its log);
-    any other failure is raised at once. When every seed has finished without a build, the
-    fastest routed run is moved in all the same (the caller reports its timing), or, if none
-    routed, the last error is raised. Returns the seed built and what each seed tried did
+    ``watches`` on its log (as :func:`_run_tools`). The first run to finish at ``target_mhz``
+    or above (``None``: any run that finishes) is the build: its files move into ``out_dir``,
+    the runs still going are stopped and their directories removed. A run stopped at a stall,
+    or one below ``target_mhz``, goes to ``on_seed(seed, error)`` and keeps its directory (its
+    log); any other failure is raised at once. When every seed has finished without a build,
+    the fastest routed run is moved in all the same (the caller reports its timing), or, if
+    none routed, the last error is raised. Returns the seed built and what each seed tried did
     (``[{"seed": S, "outcome": "..."}]``, in the order they finished)."""
     import shutil
     for stale in out_dir.glob(SEED_DIR.format("*")):
