@@ -19,7 +19,7 @@ __all__ = ["BoardTop", "RESET_HOLD_CYCLES"]
 
 # Cycles of the engine clock the SoC stays in reset after the PLL locks: covers the iCE40's
 # block RAMs reading zeros for about 3 us after configuration (Amaranth's iCE40 platform waits
-# the same way) and lets the clock settle. 2**10 cycles is 23 us at 45 MHz,
+# the same way) and lets the clock settle. 2**10 cycles is 21 us at 48 MHz,
 # 85 us at 12 MHz.
 RESET_HOLD_CYCLES = 2 ** 10
 

@@ -431,11 +431,20 @@ class Engine(wiring.Component):
                residual.a.payload[1].eq(rq_out.payload.data2)] if paired_rows else
               [residual.a.payload.eq(rq_out.payload.data)]),
             residual.b.payload.eq(r1.out.payload.data),
-            sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
-                                                    "logit")),
-            sampler.logits.payload.first.eq(rq_out.payload.first),
-            sampler.logits.payload.last.eq(rq_out.payload.last),
         ]
+        # The logits reach the sampler through a register (one cycle a token): the saturation
+        # and the sampler's compare in one cycle were the SoC's longest path.
+        logit_valid = Signal()        # a logit from the requantizer, into the register
+        logit_ready = Signal()
+        m.d.comb += logit_ready.eq(~sampler.logits.valid | sampler.logits.ready)
+        with m.If(logit_ready):
+            m.d.sync += [
+                sampler.logits.valid.eq(logit_valid),
+                sampler.logits.payload.data.eq(saturate(m, rq_out.payload.data, LOGIT_BITS,
+                                                        "logit")),
+                sampler.logits.payload.first.eq(rq_out.payload.first),
+                sampler.logits.payload.last.eq(rq_out.payload.last),
+            ]
         # GLU (gate/up rows alternate): gate rows into the activation, up rows into a FIFO
         # that holds them while their gate is in the activation's pipeline.
         m.submodules.up_fifo = up_fifo = SyncFIFOBuffered(width=ACT_BITS, depth=64)
@@ -447,8 +456,7 @@ class Engine(wiring.Component):
                 m.d.sync += parity.eq(~parity)
         m.d.comb += up_fifo.w_data.eq(rq_out.payload.data2 if paired else rq_out.payload.data)
         with m.If(is_["head"]):
-            m.d.comb += [sampler.logits.valid.eq(rq_out.valid),
-                         rq_out.ready.eq(sampler.logits.ready)]
+            m.d.comb += [logit_valid.eq(rq_out.valid), rq_out.ready.eq(logit_ready)]
         if paired:
             with m.Elif(is_["glu"]):
                 # A gate and its up row together: the gate into the activation, the up row

@@ -503,8 +503,9 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       ``3 B + rows * chunks + 75 + ...`` without ``fused``; ``rows / 2`` for ``rows * chunks``
       with ``row_pairs`` (the image's :attr:`~EngineImage.paired_rows`), grouped rows and no
       GLU: two rows a cycle, the same cycles after the last pair;
-    - HEAD: as BITLINEAR (greedy), plus ``2 V + 35 + token`` when sampling (the sampler's
-      Shiftmax, draw and scan, :class:`~mmfree.hw.sampler.Sampler`);
+    - HEAD: as BITLINEAR plus 1 (the logits' register in front of the sampler), plus
+      ``2 V + 35 + token`` when sampling (the sampler's Shiftmax, draw and scan,
+      :class:`~mmfree.hw.sampler.Sampler`);
     - BITLINEAR with ``glu`` (gate/up rows interleaved): as BITLINEAR plus
       ``max(41 - chunks, 8)``: the last product (6 cycles) waits for SiLU/GELU (35 cycles)
       of the last gate row, which left the ternary unit ``chunks`` cycles before the last up
@@ -527,6 +528,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
             cycles += PAIR_TAIL
         elif instr["glu"]:
             cycles += max(41 - instr["chunks"], 8)
+        if op == Op.HEAD:
+            cycles += 1               # the logits' register in front of the sampler
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 35 + token
         return cycles

@@ -64,22 +64,22 @@ class BoardConfig:
 
 
 BOARD_CONFIGS = {
-    # 25 MHz oscillator -> PLL 45 MHz; FT231X at 3 Mbaud (15 cycles a bit). 256 lanes, vector
+    # 25 MHz oscillator -> PLL 48 MHz; FT231X at 3 Mbaud (16 cycles a bit). 256 lanes, vector
     # width 4 (the normalize/quantize path's multipliers) and 1.6-bit weight rows (the default
     # model's weights and buffers in 205 of 208 DP16KD, with cmem in 24-bit words). The writer
     # keeps the norms' sums of squares (fused_sums), the rows of every BitLinear but the
-    # lm_head go through in pairs (glu_pairs, row_pairs) and a register splits the weight
-    # memory's read from the ternary unit (weight_reg): 14,025 cycles a token. That SoC
-    # routes with nextpnr's timing-driven placement and routing at seed 9 (DEFAULT_PNR in
-    # boards/build.py) at 45.32 MHz, timing met at 45 MHz (2026-11-26; at 42 MHz, UART divisor
-    # 14, another netlist, it routed at 44.76 MHz with seed 8 and timing-driven placement
-    # off; docs/boards.md). 512 lanes take 13,416 cycles
+    # lm_head go through in pairs (glu_pairs, row_pairs), a register splits the weight
+    # memory's read from the ternary unit (weight_reg) and another holds the logits in front
+    # of the sampler: 14,026 cycles a token. That SoC routes with nextpnr's timing-driven
+    # placement and routing at seed 8 (DEFAULT_PNR in boards/build.py) at 55.11 MHz, timing
+    # met at 48 MHz (2026-11-26; without the logits' register, at 45 MHz and seed 9, 45.32
+    # MHz; docs/boards.md). 512 lanes take 13,416 cycles (13,417 with the logits' register)
     # with the same options, but their SoC did not route with the rows in pairs (seeds 7 and
     # 8 of 2026-11-26: router2 stalled at 409 and 167 overused wires) and with cmem in 24-bit
     # words nextpnr's static placer did not legalise it (seeds 7 and 8); its last routed SoC
     # (rows one a cycle, 14,696 cycles, 38.69 MHz at 36 MHz) is the board's before 2026-11-26.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=256, vector_width=4,
-                             clock_hz=45_000_000, baud=3_000_000, packing="1.6bit",
+                             clock_hz=48_000_000, baud=3_000_000, packing="1.6bit",
                              weight_reg=True),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
