@@ -1,7 +1,7 @@
 """Host-link benchmark on the simulated board: the weight load's payload rate against the UART
 line rate, and end-to-end generation speed. Writes ``docs/link-bench.md``.
 
-The simulated board is the board's own SoC (UART at the board's divisor, 3 Mbaud at 45 MHz
+The simulated board is the board's own SoC (UART at the board's divisor, 3 Mbaud at 48 MHz
 on the ULX3S-85F) in Verilator; rates "on the board" are in simulated time (clock cycles /
 clock frequency), which is what the real board would see given a host that keeps up, and the
 host here is the real :class:`~mmfree.tools.interface.Interface` working in wall-clock time
