@@ -27,6 +27,7 @@ SPI flash, the only way openFPGALoader configures an iCE40).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -38,6 +39,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ from .toolchain import ToolchainError, check_tools, openfpgaloader_path, toolcha
 
 __all__ = ["BOARD_FAMILIES", "BuildError", "SeedError", "TimingError", "BuildResult", "make_top",
            "build", "program", "ProgramError", "REPORT_NAME", "SDF_NAME", "last_build_file",
-           "gateware_fingerprint"]
+           "gateware_fingerprint", "build_pool", "BuildCancelled"]
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +240,32 @@ def _placement_fmax(log: Path) -> dict[str, float]:
                          log.read_text(errors="replace"))}
 
 
+class BuildCancelled(KeyboardInterrupt):
+    """A build of a :func:`build_pool` that was interrupted: its tools were stopped."""
+
+
+_CANCEL = threading.Event()
+
+
+@contextlib.contextmanager
+def build_pool(jobs: int):
+    """A thread pool (:class:`~concurrent.futures.ThreadPoolExecutor`) of ``jobs`` threads for
+    builds, as the performance report runs them. Interrupted (Ctrl-C, or SIGTERM through the
+    CLI), every build in it stops its tools within its poll interval and raises
+    :class:`BuildCancelled`: the interrupt does not wait for builds of an hour, no tool is
+    left running, and no interrupted build is taken for a failed one."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        yield pool
+    except BaseException:
+        _CANCEL.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _CANCEL.clear()
+
+
 class _Tools:
     """The build script ``command`` running in ``cwd``, its output in temporary files, and the
     watches of :func:`_run_tools` on nextpnr's log ``log``."""
@@ -255,7 +283,12 @@ class _Tools:
     def poll(self, timeout: float = 0) -> subprocess.CompletedProcess | None:
         """The finished run (its status, output and errors), or ``None`` while it runs; a run
         a watch sees stalled or over the device is stopped first, with a line on its errors
-        saying why. Waits up to ``timeout`` seconds for the script to end."""
+        saying why. Waits up to ``timeout`` seconds for the script to end. Raises
+        :class:`BuildCancelled` (the script stopped) once a :func:`build_pool` is interrupted."""
+        if _CANCEL.is_set():
+            self.stop()
+            self.close()
+            raise BuildCancelled
         try:
             returncode = self.process.wait(timeout=timeout) if timeout else self.process.poll()
         except subprocess.TimeoutExpired:

@@ -522,6 +522,34 @@ def _search(out, env, seeds, jobs, target=42.0):
     return seed, searched, told
 
 
+def test_sigterm_stops_the_tools(tmp_path):
+    """SIGTERM during a build (the CLI's handler: an interrupt in the main thread) stops the
+    tools' process group before the build unwinds: nothing is left running."""
+    import signal
+    import threading
+    previous = signal.signal(signal.SIGTERM, cli._terminate)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        with pytest.raises(cli.Terminated):
+            board_build._run_tools(["sh", "-c", "sleep 60 & echo $! > pid; wait"], tmp_path,
+                                   None, tmp_path / "top.tim", poll=0.1)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    child = Path(f"/proc/{int((tmp_path / 'pid').read_text())}/stat")   # the script's child
+
+    def running():
+        try:
+            return child.read_text().rsplit(")", 1)[1].split()[0] != "Z"     # not a zombie
+        except FileNotFoundError:
+            return False
+    deadline = time.monotonic() + 5
+    while running():
+        assert time.monotonic() < deadline, "the script's child is still running"
+        time.sleep(0.05)
+
+
 def test_seed_search_runs_nextpnr_once_a_seed(tmp_path):
     """Two runs at a time: seed 1 stalls (stopped by the router2 watch) and seed 2 misses
     42 MHz, each told once and its directory kept; seed 3 routes at 45 MHz and is the build

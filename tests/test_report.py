@@ -5,6 +5,7 @@ A row built by the real tools is rendered in ``tests/test_boards.py``'s place-an
 (``synth``); here the lane counts the block-RAM check refuses, which run no tool."""
 
 import json
+import os
 from dataclasses import replace as dataclasses_replace
 
 import pytest
@@ -209,6 +210,45 @@ def test_route_names_rows(tmp_path, monkeypatch):
         assert cli.main([*base, *route]) == cli.EXIT_OK
         assert calls == {**{("ulx3s-85f", n): r for n, r in expected.items()},
                          ("icebreaker", 4): True}, route
+
+
+def test_sigterm_stops_the_report_and_its_builds(tmp_path, monkeypatch, capsys):
+    """SIGTERM while two builds run in the report's threads: each build's tools are stopped
+    within a poll, nothing is written or reported as failed, one line, exit 143; the next
+    build runs as usual."""
+    import signal
+    import threading
+    import time
+    monkeypatch.setattr(report, "tool_versions", lambda family: {"yosys": "not run"})
+    pids, ended = tmp_path / "pids", []
+
+    def measure(model, board, lanes, **kwargs):
+        try:
+            board_build._run_tools(["sh", "-c", f"echo $$ >> {pids}; exec sleep 60"], tmp_path,
+                                   None, tmp_path / f"{lanes}.tim", poll=0.1)
+        except BaseException as error:
+            ended.append(type(error))
+            raise
+        raise AssertionError("the build was not stopped")
+    monkeypatch.setattr(report, "measure", measure)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    start = time.monotonic()
+    status = cli.main(["report", "--out", str(tmp_path / "out"), "--board", "ulx3s-85f",
+                       "--lanes", "64", "128", "256", "--jobs", "2"])
+    assert time.monotonic() - start < 10
+    assert status == cli.EXIT_TERMINATED == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["mmfree: terminated"]
+    assert ended == [board_build.BuildCancelled] * 2            # the third never started
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "out").exists()
+    result = board_build._run_tools(["sh", "-c", "echo built"], tmp_path, None,
+                                    tmp_path / "x.tim", poll=0.1)
+    assert result.returncode == 0 and result.stdout == "built\n"
 
 
 def test_route_of_a_row_not_in_the_report(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """``mmfree``: the command line.
 
 Exit status: 0 success, 1 data/device/protocol error, 2 usage, 3 toolchain or environment,
-130 interrupted. Expected faults print one line, ``mmfree: error: ...``, never a traceback.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: stopped as an interrupt is, tools and
+simulations included). Expected faults print one line, ``mmfree: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,16 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPT = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds as Ctrl-C does: the
+    synthesis tools, the simulated board and the link are stopped and closed on the way."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 class CliError(Exception):
@@ -696,11 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
     except CliError as error:
         print(f"mmfree: error: {error}", file=sys.stderr)
         return error.status
+    except Terminated:
+        print("mmfree: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("mmfree: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
@@ -709,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

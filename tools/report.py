@@ -30,12 +30,11 @@ import logging
 import re
 import shlex
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..boards.build import (BOARD_FAMILIES, DEFAULT_PNR, REPORT_NAME, BuildError, build,
-                           gateware_fingerprint, tool_versions)
+                           build_pool, gateware_fingerprint, tool_versions)
 from ..sim import golden
 from ..sim.engine import EngineImage, step_cycles
 from ..sim.protocol import model_hash
@@ -629,7 +628,7 @@ def run(args) -> int:
     work = Path(args.work)
     # The largest builds first (they take longest); the report lists lanes in order.
     jobs = sorted(jobs, key=lambda job: (-job[1], job[0]))
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with build_pool(max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda job: measure(
             models[job[0]], job[0], job[1], work=work,
             route=route(job), reuse=args.reuse,
