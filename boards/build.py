@@ -408,7 +408,7 @@ SEED_DIR = "seed-{}"
 def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
                   env: dict[str, str] | None, board_name: str, watches: dict, *,
                   router_patience: int, target_mhz: float | None, place_only: bool,
-                  on_seed: Callable[[int, BuildError], None] | None = None,
+                  on_seed: Callable[[int, BuildError | float], None] | None = None,
                   poll: float = 5.0) -> tuple[int, list[dict]]:
     """Run the build script ``script`` of ``out_dir`` (Yosys, then nextpnr and the packer)
     with Yosys once and nextpnr once for each of ``seeds``, ``jobs`` runs at a time, each in
@@ -419,8 +419,12 @@ def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
     or one below ``target_mhz``, goes to ``on_seed(seed, error)`` and keeps its directory (its
     log); any other failure is raised at once. When every seed has finished without a build,
     the fastest routed run is moved in all the same (the caller reports its timing), or, if
-    none routed, the last error is raised. Returns the seed built and what each seed tried did
-    (``[{"seed": S, "outcome": "..."}]``, in the order they finished)."""
+    none routed, the last error is raised.
+
+    With ``place_only`` the search is a screen: every seed is placed, each estimate goes to
+    ``on_seed(seed, mhz)``, and the seed placed fastest is the build; the others keep their
+    logs (``top.tim``, ``build.log``) and nothing else. Returns the seed built and what each
+    seed tried did (``[{"seed": S, "outcome": "...", ...}]``, in the order they finished)."""
     import shutil
     for stale in out_dir.glob(SEED_DIR.format("*")):
         shutil.rmtree(stale)
@@ -478,6 +482,13 @@ def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
                         on_seed(seed, error)
                     continue
                 fmax = _read_fmax(work, place_only)
+                if place_only:
+                    mhz = min(fmax.values()) if fmax else 0.0
+                    searched.append({"seed": seed, "outcome": "placed", "fmax_mhz": mhz})
+                    routed.append((mhz, seed))
+                    if on_seed is not None:
+                        on_seed(seed, mhz)
+                    continue
                 if target_mhz is None or (fmax and min(fmax.values()) >= target_mhz):
                     searched.append({"seed": seed, "outcome": "built"})
                     built = seed
@@ -498,6 +509,14 @@ def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
         if not routed:
             raise error
         built = max(routed)[1]
+        if place_only:
+            for _, seed in routed:
+                if seed == built:
+                    continue
+                for path in (out_dir / SEED_DIR.format(seed)).iterdir():
+                    if path.name not in (f"{TOP_NAME}.tim", "build.log"):
+                        path.unlink()
+            next(s for s in searched if s["seed"] == built)["outcome"] = "built"
     work = out_dir / SEED_DIR.format(built)
     for path in work.iterdir():
         if path.name not in (script, *inputs):
@@ -624,7 +643,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
           legalise_patience: float = LEGALISE_PATIENCE, force: bool = False,
           model_path: str | None = None, command: list[str] | None = None,
           place_only: bool = False,
-          on_seed: Callable[[int, BuildError], None] | None = None) -> BuildResult:
+          on_seed: Callable[[int, BuildError | float], None] | None = None) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
     Raises :class:`~mmfree.tools.device.DeviceSetupError` (the model does not fit; before any
@@ -645,11 +664,13 @@ def build(board_name: str, model, *, lanes: int | None = None,
 
     ``seed`` may be a list of seeds: Yosys then runs once and nextpnr once a seed, ``jobs``
     at a time, each in ``out_dir/seed-S``; the first seed to route with timing met (to route
-    at all with ``allow_timing_fail``, to place with ``place_only``) is the build, and the runs
-    still going are stopped (:func:`_search_seeds`). A seed that stalls (:class:`SeedError`)
-    or misses timing goes to ``on_seed(seed, error)``; any other failure ends the search.
-    When no seed meets timing, the fastest routed one is the build (and the
-    :class:`TimingError`); when none routes, the last seed's error is raised.
+    at all with ``allow_timing_fail``) is the build, and the runs still going are stopped
+    (:func:`_search_seeds`). A seed that stalls (:class:`SeedError`) or misses timing goes to
+    ``on_seed(seed, error)``; any other failure ends the search. When no seed meets timing,
+    the fastest routed one is the build (and the :class:`TimingError`); when none routes, the
+    last seed's error is raised. With ``place_only`` every seed is placed, each estimate goes
+    to ``on_seed(seed, mhz)`` and the seed placed fastest is the build: a screen of seeds
+    before routing the best (docs/boards.md).
     """
     _check_board(board_name)
     defaults = DEFAULT_PNR[board_name]

@@ -576,6 +576,32 @@ def test_seed_search_runs_nextpnr_once_a_seed(tmp_path):
     assert (out / "build_top.sh").read_text().count("--seed 8") == 1     # the plan untouched
 
 
+def test_seed_search_places_every_seed_and_keeps_the_best(tmp_path):
+    """A placement-only search is a screen: every seed is placed (none stopped for an earlier
+    one), each estimate told, and the best is the build; the others keep their logs alone, a
+    stalled one its directory."""
+    out, env = _fake_build_dir(tmp_path, {1: (40.0, 0), 2: (None, 60), 3: (45.0, 1),
+                                          4: (43.0, 0)})
+    told = []
+    seed, searched = board_build._search_seeds(
+        out, "build_top.sh", [1, 2, 3, 4], 2, env, "ulx3s-85f", {"patience": 30},
+        router_patience=30, target_mhz=None, place_only=True,
+        on_seed=lambda s, outcome: told.append((s, outcome)), poll=0.1)
+    assert seed == 3
+    assert sorted(t for t in told if isinstance(t[1], float)) == [(1, 40.0), (3, 45.0),
+                                                                  (4, 43.0)]
+    assert [s for s, outcome in told if isinstance(outcome, board_build.SeedError)] == [2]
+    outcome = {s["seed"]: s for s in searched}
+    assert outcome[3] == {"seed": 3, "outcome": "built", "fmax_mhz": 45.0}
+    assert outcome[1] == {"seed": 1, "outcome": "placed", "fmax_mhz": 40.0}
+    assert outcome[2]["outcome"].startswith("routing did not converge")
+    assert (out / "top.config").read_text() == "seed 3\n"
+    assert sorted(p.name for p in out.glob("seed-*")) == ["seed-1", "seed-2", "seed-4"]
+    for kept in ("seed-1", "seed-4"):
+        assert sorted(p.name for p in (out / kept).iterdir()) == ["build.log", "top.tim"]
+    assert (out / "seed-2" / "top.json").is_file()
+
+
 def test_seed_search_without_a_build(tmp_path):
     """No seed at the clock: the fastest routed one is moved in (the caller reports its
     timing); none routed: the last stall is the error; a tool error ends the search at once."""
@@ -827,18 +853,24 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
 
 @pytest.mark.synth
 def test_build_searches_seeds_in_parallel(tmp_path, tiny_model):
-    """Two seeds of the tiny SoC's one netlist, placed by two nextpnr runs at once: the first
-    to finish is the build, the other is stopped and its directory removed, and the report
-    names the seed and the search."""
-    told = []
+    """Two seeds of the tiny SoC's one netlist, placed by two nextpnr runs at once: both
+    estimates are told, the better placement is the build, the other keeps its log, and the
+    report names the seed and the screen."""
+    told = {}
     result = board_build.build("ulx3s-85f", tiny_model, lanes=8, vector_width=1,
                                out_dir=tmp_path / "b", seed=[8, 9], jobs=2, place_only=True,
-                               on_seed=lambda seed, error: told.append((seed, error)))
+                               on_seed=lambda seed, outcome: told.update({seed: outcome}))
     report = json.loads(result.report.read_text())
-    assert report["seed"] in (8, 9) and told == [], (report, told)
-    assert report["seed_search"] == [{"seed": report["seed"], "outcome": "built"}], report
-    assert not result.routed and result.min_fmax_mhz > 0 and result.bitstream is None
-    assert not list((tmp_path / "b").glob("seed-*"))
+    assert sorted(told) == [8, 9] and all(isinstance(v, float) for v in told.values()), told
+    best = max(told, key=lambda s: (told[s], s))                # ties: the later seed
+    other = 17 - best
+    assert report["seed"] == best and result.min_fmax_mhz == told[best] > 0, (report, told)
+    assert sorted(report["seed_search"], key=lambda s: s["seed"]) == [
+        {"seed": s, "outcome": "built" if s == best else "placed", "fmax_mhz": told[s]}
+        for s in (8, 9)], report
+    assert not result.routed and result.bitstream is None
+    assert [p.name for p in (tmp_path / "b").glob("seed-*")] == [f"seed-{other}"]
+    assert "Max frequency" in (tmp_path / "b" / f"seed-{other}" / "top.tim").read_text()
     assert "Max frequency for clock" in (tmp_path / "b" / "top.tim").read_text()
     assert (tmp_path / "b" / "top.json").is_file()              # Yosys's netlist, once
 

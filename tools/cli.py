@@ -387,9 +387,13 @@ def cmd_build(args) -> int:
     seeds = args.seed
     jobs = args.jobs or (min(len(seeds), os.cpu_count() or 1) if seeds else 1)
 
-    def failed(seed, error):
-        # One line a seed that did not make the build, as the final error would be.
-        print(f"mmfree: seed {seed}: {error}", file=sys.stderr)
+    def failed(seed, outcome):
+        # A seed's placement estimate (--place-only), or one line a seed that did not make
+        # the build, as the final error would be.
+        if isinstance(outcome, float):
+            print(f"seed {seed}: placement estimate {outcome:.2f} MHz", flush=True)
+        else:
+            print(f"mmfree: seed {seed}: {outcome}", file=sys.stderr)
 
     try:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
@@ -616,7 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "iCEBreaker); several, separated by commas: Yosys runs once and "
                         "nextpnr once a seed, --jobs at a time, and the first to route with "
                         "timing met is the build (another model or option makes another "
-                        "netlist, which may not route at the board's seed)")
+                        "netlist, which may not route at the board's seed); with --place-only "
+                        "every seed is placed and the best estimate kept, a screen before "
+                        "routing")
     p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="nextpnr runs at a time with several --seed (default: one a core, "
                         "at most one a seed; each takes one core and, for the ULX3S-85F's "
