@@ -387,7 +387,7 @@ def cmd_build(args) -> int:
     seeds = args.seed
     jobs = args.jobs or (min(len(seeds), os.cpu_count() or 1) if seeds else 1)
 
-    def failed(seed, outcome):
+    def seed_done(seed, outcome):
         # A seed's placement estimate (--place-only), or one line a seed that did not make
         # the build, as the final error would be.
         if isinstance(outcome, float):
@@ -398,7 +398,7 @@ def cmd_build(args) -> int:
     try:
         result = build(args.board, model, lanes=args.lanes, vector_width=vw, out_dir=out,
                        program=args.program, allow_timing_fail=args.allow_timing_fail,
-                       seed=seeds, jobs=jobs, on_seed=failed, router=args.router,
+                       seed=seeds, jobs=jobs, on_seed=seed_done, router=args.router,
                        placer=args.placer, timing_driven=args.tmdriv,
                        router_patience=args.router_patience,
                        legalise_patience=args.legalise_patience * 60, force=args.force,
