@@ -5,6 +5,10 @@ a model that does not fit the chosen board is refused before anything starts."""
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +180,63 @@ def test_icebreaker_serial_engine_on_the_simulated_board(icebreaker_random, caps
     assert sim_out == golden_out
     assert len(sim_out) > len("ROMEO:")
     assert re.search(r"loaded \d+ bytes in [\d.]+ s \(\d+ bytes/s, 0 resends\)", caplog.text)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (Linux's /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that still run (a zombie has ended: only its parent's wait is left)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.add(pid)
+    return running
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("sig, status, line", [(signal.SIGTERM, 143, "mmfree: terminated"),
+                                               (signal.SIGINT, 130, "mmfree: interrupted")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_signal_during_generation_stops_the_simulated_board(model_file, sig, status, line):
+    """`mmfree generate` on the simulated board, stopped while tokens come out (SIGTERM from
+    `timeout` or a CI runner, SIGINT from Ctrl-C): one line, the signal's exit status, and
+    the Verilator board it started is gone; the tokens printed before it stand."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmfree.tools.cli", "generate", "--model", str(model_file),
+         "--prompt", "ab", "--max-new-tokens", "1000000", "--temperature", "0", "--ids",
+         "--backend", "sim"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tokens = [proc.stdout.readline() for _ in range(3)]
+        assert all(re.fullmatch(r"\d+\n", token) for token in tokens), tokens
+        board = _descendants(proc.pid)
+        assert board, "the simulated board runs below the CLI"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    assert err.strip().splitlines() == [line], err
+    assert re.fullmatch(r"(\d+\n)*", out), out
+    deadline = time.monotonic() + 10
+    while _running(board) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(board)
