@@ -70,6 +70,18 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     assert status == cli.EXIT_USAGE and len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.parametrize("jobs", ["0", "-1", "x"])
+def test_jobs_must_be_a_positive_number(tmp_path, monkeypatch, capsys, jobs):
+    """`--jobs 0` is a usage error, as for `mmfree build`, not one build at a time."""
+    monkeypatch.setattr(report, "build_pool", lambda jobs: pytest.fail("nothing may start"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", "--out", str(tmp_path), "--jobs", jobs])
+    assert exc.value.code == cli.EXIT_USAGE
+    assert f"argument --jobs: {jobs!r} is not a number of jobs (1 or more)" in \
+        capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_device_limits():
     """ULX3S-85F: 83,640 LUT4 / 25, 208 blocks x 36 bits at 1.6 bits a weight, 3 Mbaud 8N1
     and 15-byte TOKEN frames; iCEBreaker: the four SPRAMs' 16-bit ports at 2 bits a weight."""

@@ -699,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read back an earlier build of the same model, lanes, routing, "
                         "gateware, nextpnr seed and timing-driven switch and tool versions in "
                         "--work instead of building again")
-    p.add_argument("--jobs", type=int, default=1, help="builds at a time (one core each)")
+    p.add_argument("--jobs", type=_jobs, default=1, help="builds at a time (one core each)")
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placement seed (default: each board's, as `mmfree build`)")
     p.add_argument("--render-only", action="store_true",

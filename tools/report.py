@@ -628,7 +628,7 @@ def run(args) -> int:
     work = Path(args.work)
     # The largest builds first (they take longest); the report lists lanes in order.
     jobs = sorted(jobs, key=lambda job: (-job[1], job[0]))
-    with build_pool(max(1, args.jobs)) as pool:
+    with build_pool(args.jobs) as pool:
         rows = list(pool.map(lambda job: measure(
             models[job[0]], job[0], job[1], work=work,
             route=route(job), reuse=args.reuse,
