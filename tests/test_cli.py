@@ -57,6 +57,25 @@ def test_usage_errors_exit_2(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "m", "--text", "t", "--start", "-5"],
+     "argument --start: '-5' is not a number of characters (0 or more)"),
+    (["eval", "--model", "m", "--text", "t", "--max-chars", "-3"],
+     "argument --max-chars: '-3' is not a number of characters (0 or more)"),
+    (["generate", "--prompt", "a", "--port", "p", "--baud", "0"],
+     "argument --baud: '0' is not a number of bits a second (1 or more)"),
+    (["generate", "--prompt", "a", "--port", "p", "--baud", "fast"],
+     "argument --baud: 'fast' is not a number of bits a second (1 or more)"),
+])
+def test_counts_below_their_least_are_usage_errors(capsys, argv, message):
+    """A negative --start or --max-chars would slice the text from its end, and a baud rate
+    of 0 would reach the serial port: each is refused by the parser, before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
 @pytest.mark.parametrize("command", ["convert", "info", "eval", "generate", "verilog"])
 def test_help_shows_defaults(capsys, command):
     with pytest.raises(SystemExit) as exc:

@@ -478,24 +478,24 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _iterations(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations (0 or more)")
-    return value
+def _number_of(what: str, least: int):
+    """An argparse type: a whole number of ``what``, ``least`` or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} "
+                                             f"({least} or more)")
+        return value
+    return parse
 
 
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs (1 or more)")
-    return value
+_iterations = _number_of("iterations", 0)
+_jobs = _number_of("jobs", 1)
+_characters = _number_of("characters", 0)
+_baud = _number_of("bits a second", 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "integer model over a text, and their greedy top-1 agreement.")
     p.add_argument("--model", required=True, help="model file or checkpoint directory")
     p.add_argument("--text", required=True, help="UTF-8 text file")
-    p.add_argument("--start", type=int, default=0, help="skip this many characters first")
-    p.add_argument("--max-chars", type=int, default=0,
+    p.add_argument("--start", type=_characters, default=0,
+                   help="skip this many characters first")
+    p.add_argument("--max-chars", type=_characters, default=0,
                    help="evaluate at most this many characters (0: all)")
     p.set_defaults(func=cmd_eval)
 
@@ -564,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", default=None, help="serial port of the board, e.g. /dev/ttyUSB0")
     p.add_argument("--board", default="ulx3s-85f", choices=("ulx3s-85f", "icebreaker"),
                    help="the board (sim and board backends): engine size, clock, baud rate")
-    p.add_argument("--baud", type=int, default=None,
+    p.add_argument("--baud", type=_baud, default=None,
                    help="UART baud rate (default: the board's, 3000000)")
     p.add_argument("--force-load", action="store_true",
                    help="load the weights even if the device reports the same model hash")
