@@ -183,7 +183,7 @@ def test_icebreaker_serial_engine_on_the_simulated_board(icebreaker_random, caps
 
 
 def _descendants(pid: int) -> set[int]:
-    """The processes below ``pid`` (Linux's /proc), children first."""
+    """Every process below ``pid`` (from Linux's /proc)."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
