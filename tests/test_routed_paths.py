@@ -135,3 +135,18 @@ def test_cli_errors(tmp_path, capsys, content, message):
     assert routed_paths.main([str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--clock-mhz", "0"], "argument --clock-mhz: '0' is not a clock in MHz above 0"),
+    (["--clock-mhz", "inf"], "argument --clock-mhz: 'inf' is not a clock in MHz above 0"),
+    (["--groups", "-1"], "argument --groups: '-1' is not a number of groups above 0"),
+    (["--groups", "x"], "argument --groups: 'x' is not a number of groups above 0"),
+])
+def test_cli_usage_errors(tmp_path, capsys, argv, message):
+    """A clock of 0 MHz divided by zero after the whole SDF was read; --groups -1 left the
+    last group out."""
+    with pytest.raises(SystemExit) as exc:
+        routed_paths.main([str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

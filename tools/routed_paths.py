@@ -154,15 +154,28 @@ def worst_paths(timing: Timing) -> list[PathGroup]:
     return list(groups.values())
 
 
+def _positive(kind, what: str):
+    """An argparse type: a ``kind`` (int or float) above 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} above 0")
+        return value
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmfree.tools.routed_paths",
         description="List the worst register-to-register path groups of a routed design from "
                     "nextpnr's SDF (mmfree build writes top.sdf).")
     parser.add_argument("build", type=Path, help=f"a build directory (or its {SDF_NAME})")
-    parser.add_argument("--groups", type=int, default=30,
+    parser.add_argument("--groups", type=_positive(int, "number of groups"), default=30,
                         help="path groups to print, worst first (default 30)")
-    parser.add_argument("--clock-mhz", type=float, default=None,
+    parser.add_argument("--clock-mhz", type=_positive(float, "clock in MHz"), default=None,
                         help="also print the slack of each group at this clock")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print each group's worst path, one line a register group")
