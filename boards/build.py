@@ -19,7 +19,9 @@ the first to route with timing met kept.
 With ``place_only`` nextpnr stops after placement (``--no-route``): the report holds its
 placement estimate of Fmax (``"routed": false``) and no bitstream is kept; that is how the
 performance report (:mod:`mmfree.tools.report`) sizes configurations that take hours to route
-on two cores.
+on two cores. The placement itself is kept (nextpnr's ``--write``, :data:`PLACED_NAME`), and
+``route_placement`` routes it later without Yosys or the placer (``--no-place``), as often as
+asked, with other router options.
 
 :func:`program` loads a bitstream with openFPGALoader (ULX3S: into SRAM; iCEBreaker: into the
 SPI flash, the only way openFPGALoader configures an iCE40).
@@ -84,6 +86,7 @@ _MAIN_BELS = {"TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D",
               "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"}
 TOP_NAME = "top"
 SDF_NAME = f"{TOP_NAME}.sdf"      # nextpnr's delays (mmfree.tools.routed_paths)
+PLACED_NAME = "placed.json"      # a --place-only build's placement, for route_placement
 
 # board: (family, bitstream suffix, openFPGALoader arguments, what to call it in errors)
 BOARD_FAMILIES = {
@@ -156,6 +159,19 @@ def make_top(board_name: str, model, *, lanes: int | None = None,
     and ``vector_width`` override the board's); raises
     :class:`mmfree.tools.device.DeviceSetupError` if the model does not fit (no tool runs)."""
     from mmfree.hw.soc import SoC
+
+    config, image = board_layout(board_name, model, lanes=lanes, vector_width=vector_width)
+    soc = SoC(image, board=config.board, clock_hz=config.clock_hz, divisor=config.divisor)
+    if board_name == "ulx3s-85f":
+        from .ulx3s import ULX3S85FPlatform, ULX3STop
+        return ULX3S85FPlatform(), ULX3STop(soc), config, image
+    from .icebreaker import ICEBreakerPlatform, ICEBreakerTop
+    return ICEBreakerPlatform(), ICEBreakerTop(soc), config, image
+
+
+def board_layout(board_name: str, model, *, lanes: int | None = None,
+                 vector_width: int | None = None):
+    """``(board_config, image)`` of :func:`make_top`, without the gateware."""
     from mmfree.tools.device import BOARD_CONFIGS, engine_image
 
     _check_board(board_name)
@@ -173,13 +189,7 @@ def make_top(board_name: str, model, *, lanes: int | None = None,
         config = dataclasses.replace(config, lanes=lanes)
     if vector_width is not None:
         config = dataclasses.replace(config, vector_width=vector_width)
-    image = engine_image(model, config)
-    soc = SoC(image, board=config.board, clock_hz=config.clock_hz, divisor=config.divisor)
-    if board_name == "ulx3s-85f":
-        from .ulx3s import ULX3S85FPlatform, ULX3STop
-        return ULX3S85FPlatform(), ULX3STop(soc), config, image
-    from .icebreaker import ICEBreakerPlatform, ICEBreakerTop
-    return ICEBreakerPlatform(), ICEBreakerTop(soc), config, image
+    return config, engine_image(model, config)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -401,6 +411,63 @@ def _read_fmax(work: Path, place_only: bool) -> dict[str, float]:
     return fmax
 
 
+def _script_parts(script: Path) -> tuple[list[str], str, list[str]]:
+    """Amaranth's build script ``script`` as its header (the tool variables), the Yosys
+    command and the rest (nextpnr, then the packer)."""
+    lines = script.read_text().splitlines()
+    tools = [k for k, line in enumerate(lines) if line.startswith('"$')]
+    header, synth, pnr = lines[:tools[0]], lines[tools[0]], lines[tools[0] + 1:]
+    if not pnr or not re.search(r"--seed \d+", pnr[0]):
+        raise BuildError(f"{script}: no nextpnr command with --seed in it")
+    return header, synth, pnr
+
+
+def _kept_placement(out_dir: Path) -> dict:
+    """The build report of the placement kept in ``out_dir`` (:data:`PLACED_NAME`, written by
+    a ``place_only`` build and kept by the builds that route it)."""
+    try:
+        report = json.loads((out_dir / REPORT_NAME).read_text())
+        if not (out_dir / PLACED_NAME).is_file():
+            raise FileNotFoundError(out_dir / PLACED_NAME)
+        return report | {"seed": int(report["seed"]), "placer": str(report["placer"])}
+    except (OSError, ValueError, TypeError, KeyError):
+        raise BuildError(f"{out_dir}: no placement to route; place it first with "
+                         f"--place-only --out {out_dir}", 2) from None
+
+
+#: nextpnr's settings that a placement's JSON carries from the run that wrote it and that
+#: override the command line of the run that reads it (a route read back from a placement
+#: ran for 12 MHz against ``--freq 48``); :func:`_clear_run_settings` removes them.
+_RUN_SETTINGS = ("target_freq", "auto_freq", "router", "placer", "timing_driven", "seed",
+                 "threads", "timing/allowFail")
+
+
+def _clear_run_settings(placed: Path) -> None:
+    """Remove the run's settings (:data:`_RUN_SETTINGS`, and the placers' and routers'
+    tuning) from the placement ``placed``, nextpnr's JSON, so that the command line of the
+    route that reads it holds: its clock, router, timing-driven switch. The settings are the
+    first object named ``settings`` in the file (the top module's), with no nesting."""
+    data = placed.read_bytes()
+    start = data.find(b'"settings": {')
+    end = data.find(b"}", start)
+    try:
+        if start < 0:
+            raise ValueError("no settings")
+        settings = json.loads(data[start + len(b'"settings": '):end + 1])
+    except ValueError as error:
+        raise BuildError(f"{placed}: not a placement written by nextpnr ({error}); place it "
+                         f"again with --place-only", 2) from None
+    kept = {key: value for key, value in settings.items() if key not in _RUN_SETTINGS and
+            not key.startswith(("placer", "router", "static/"))}
+    if kept != settings:
+        placed.write_bytes(data[:start] + b'"settings": ' + json.dumps(kept).encode() +
+                           data[end + 1:])
+
+
+#: The build report's fields that a kept placement and the build routing it must share.
+_PLACEMENT_KEYS = ("board", "gateware", "lanes", "vector_width", "clock_hz")
+
+
 #: Where :func:`_search_seeds` runs nextpnr for seed ``S``, inside the build directory.
 SEED_DIR = "seed-{}"
 
@@ -428,11 +495,7 @@ def _search_seeds(out_dir: Path, script: str, seeds: list[int], jobs: int,
     import shutil
     for stale in out_dir.glob(SEED_DIR.format("*")):
         shutil.rmtree(stale)
-    lines = (out_dir / script).read_text().splitlines()
-    tools = [k for k, line in enumerate(lines) if line.startswith('"$')]
-    header, synth, pnr = lines[:tools[0]], lines[tools[0]], lines[tools[0] + 1:]
-    if not pnr or not re.search(r"--seed \d+", pnr[0]):
-        raise BuildError(f"{out_dir / script}: no nextpnr command with --seed in it")
+    header, synth, pnr = _script_parts(out_dir / script)
     inputs = (f"{TOP_NAME}.json", f"{TOP_NAME}.lpf", f"{TOP_NAME}.pcf")   # what nextpnr reads
 
     synth_script = f"synth_{TOP_NAME}.sh"
@@ -642,7 +705,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
           timing_driven: bool | None = None, router_patience: int = ROUTER_PATIENCE,
           legalise_patience: float = LEGALISE_PATIENCE, force: bool = False,
           model_path: str | None = None, command: list[str] | None = None,
-          place_only: bool = False,
+          place_only: bool = False, route_placement: bool = False,
           on_seed: Callable[[int, BuildError | float], None] | None = None) -> BuildResult:
     """Build the bitstream of ``model`` for ``board_name`` in ``out_dir``.
 
@@ -670,9 +733,17 @@ def build(board_name: str, model, *, lanes: int | None = None,
     the fastest routed one is the build (and the :class:`TimingError`); when none routes, the
     last seed's error is raised. With ``place_only`` every seed is placed, each estimate goes
     to ``on_seed(seed, mhz)`` and the seed placed fastest is the build: a screen of seeds
-    before routing the best (docs/boards.md).
+    before routing the best (docs/boards.md). A ``place_only`` build keeps its placement
+    (:data:`PLACED_NAME`); ``route_placement`` routes the one kept in ``out_dir`` (nextpnr
+    ``--no-place``, no Yosys), at its seed, with ``router`` and ``timing_driven`` as given,
+    once its model, gateware and layout are checked to be this build's.
     """
     _check_board(board_name)
+    if route_placement and place_only:
+        raise BuildError("route_placement routes a kept placement; place_only makes one", 2)
+    if route_placement and (seed is not None or placer is not None):
+        raise BuildError("a kept placement has its own seed and placer; give neither with "
+                         "route_placement", 2)
     defaults = DEFAULT_PNR[board_name]
     placer = defaults.placer if placer is None else placer
     router = defaults.router if router is None else router
@@ -697,28 +768,66 @@ def build(board_name: str, model, *, lanes: int | None = None,
     if place_only and program:
         raise BuildError("a placement-only build makes no bitstream to program", 2)
     out_dir = Path(out_dir).resolve()
-    _check_out_dir(out_dir, force)
+    placement = None
+    if route_placement:
+        placement = _kept_placement(out_dir)
+        seeds, seed, placer = [placement["seed"]], placement["seed"], placement["placer"]
+    else:
+        _check_out_dir(out_dir, force)
     family, suffix, _, _ = BOARD_FAMILIES[board_name]
     env = toolchain_env(family)
     check_tools(family, env)
+    if placement is not None:
+        # Checked before the gateware is made (an unused top level is a warning).
+        config, image = board_layout(board_name, model, lanes=lanes, vector_width=vector_width)
+        gateware = gateware_fingerprint(config)
+        ours = {"board": board_name, "gateware": gateware, "lanes": config.lanes,
+                "vector_width": config.vector_width, "clock_hz": config.clock_hz}
+        differ = [key for key in _PLACEMENT_KEYS if placement.get(key) != ours[key]]
+        model_entry = placement.get("model")
+        if not isinstance(model_entry, dict) or \
+                model_entry.get("hash") != f"{_model_hash(image):016x}":
+            differ.insert(0, "model")
+        if differ:
+            raise BuildError(f"{out_dir}: the placement kept there is of another "
+                             f"{', '.join(differ)}; place this build again with --place-only",
+                             2)
     platform, top, config, image = make_top(board_name, model, lanes=lanes,
                                             vector_width=vector_width)
     gateware = gateware_fingerprint(config)      # of the source elaborated, not of a later edit
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_NAME).unlink(missing_ok=True)
+    if placement is None:           # a kept placement's report stays until its route's replaces it
+        (out_dir / REPORT_NAME).unlink(missing_ok=True)
 
     # --sdf: every path's delays, for python -m mmfree.tools.routed_paths.
     nextpnr_opts = ["--report", "report.json", "--sdf", SDF_NAME, "--timing-allow-fail",
                     "--seed", str(seed), "--placer", placer, "--router", router] + \
-        ([] if timing_driven else ["--no-tmdriv"]) + (["--no-route"] if place_only else [])
+        ([] if timing_driven else ["--no-tmdriv"]) + \
+        (["--no-route", "--write", PLACED_NAME] if place_only else [])
+    if placement is not None:
+        # A placement read back has lost the clock constraint derived through the PLL: the
+        # engine clock is the target (once the placement's own settings are gone).
+        nextpnr_opts += ["--no-place", "--freq", f"{config.clock_hz / 1e6:g}"]
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
                             debug_verilog=False)
     plan.extract(out_dir)
-    for stale in ("report.json", f"{TOP_NAME}.rpt", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}",
-                  SDF_NAME):
+    for stale in ("report.json", f"{TOP_NAME}.tim", f"{TOP_NAME}.{suffix}", SDF_NAME,
+                  *([] if placement is not None else [f"{TOP_NAME}.rpt", PLACED_NAME])):
         (out_dir / stale).unlink(missing_ok=True)
+    script = f"{plan.script}.sh"
+    if placement is not None:
+        # nextpnr reads the placement (its own JSON, every cell on its BEL) instead of Yosys's
+        # netlist; Yosys does not run.
+        header, _, pnr = _script_parts(out_dir / script)
+        netlist = f"--json {TOP_NAME}.json"
+        if pnr[0].count(netlist) != 1:
+            raise BuildError(f"{out_dir / script}: no {netlist} in its nextpnr command")
+        _clear_run_settings(out_dir / PLACED_NAME)
+        script = f"route_{TOP_NAME}.sh"
+        (out_dir / script).write_text("\n".join(
+            header + [pnr[0].replace(netlist, f"--json {PLACED_NAME}"), *pnr[1:]]) + "\n")
     watches = dict(patience=router_patience if router == "router2" else 0,
                    legalise_patience=legalise_patience if placer == "static" else 0,
                    spread_patience=SPREAD_PATIENCE
@@ -726,8 +835,9 @@ def build(board_name: str, model, *, lanes: int | None = None,
     start = time.monotonic()
     searched = None
     if len(seeds) == 1:
-        logger.info("running yosys and nextpnr-%s in %s", family, out_dir)
-        result = _run_tools(["sh", f"{plan.script}.sh"], out_dir, env,
+        logger.info("running %snextpnr-%s in %s", "yosys and " if placement is None else "",
+                    family, out_dir)
+        result = _run_tools(["sh", script], out_dir, env,
                             out_dir / f"{TOP_NAME}.tim", **watches)
         (out_dir / "build.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
@@ -768,6 +878,7 @@ def build(board_name: str, model, *, lanes: int | None = None,
         "placer": placer, "router": router, "timing_driven": timing_driven,
         "router_patience": router_patience if router == "router2" else None,
         "routed": not place_only,
+        **({"placement": PLACED_NAME} if placement is not None else {}),
         "utilization": {bel: {"used": u, "available": a} for bel, (u, a) in utilization.items()
                         if u or bel in _MAIN_BELS},
         "seconds": round(seconds, 1),

@@ -470,6 +470,110 @@ def test_build_takes_a_list_of_seeds(tmp_path, tiny_model, monkeypatch, capsys):
         assert "is not a number of jobs" in capsys.readouterr().err
 
 
+def test_a_kept_placement_is_routed_without_placing_again(tmp_path, tiny_model, monkeypatch,
+                                                          capsys):
+    """A --place-only build keeps nextpnr's placement (--write placed.json); --route-placement
+    routes it (--no-place --json placed.json, no Yosys) at its seed, with the router and
+    timing-driven switch given, as often as asked; a failed route keeps it. A placement of
+    another model or layout, or none, is one line. The tools are stand-ins that check their
+    command lines."""
+    from mmfree.sim.modelfile import save_model
+    scripts = []
+
+    def run_tools(cmd, cwd, env, log, **kwargs):
+        text = (Path(cwd) / cmd[1]).read_text()
+        scripts.append((cmd[1], text))
+        work = Path(cwd)
+        if "--no-route" in text:
+            assert "--write placed.json" in text and '"$YOSYS"' in text, text
+            (work / "placed.json").write_text(json.dumps({"modules": {"top": {
+                "settings": {"pack": "1", "target_freq": "12000000.000000",
+                             "router": "router2", "placerHeap/alpha": "0.1"},
+                "cells": {"c": {"attributes": {"NEXTPNR_BEL": "X1/Y1/A"}}}}}}, indent=1))
+            (work / "report.json").write_text(json.dumps({"utilization": {}}))
+            (work / "top.tim").write_text("Info: Max frequency for clock 'clk': 50.00 MHz\n")
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        assert "--no-place" in text and "--json placed.json" in text, text
+        assert '"$YOSYS"' not in text and "--json top.json" not in text, text
+        # The placement's own run settings (which override the command line) are gone.
+        placement = json.loads((work / "placed.json").read_text())["modules"]["top"]
+        assert placement["settings"] == {"pack": "1"}, placement
+        assert placement["cells"] == {"c": {"attributes": {"NEXTPNR_BEL": "X1/Y1/A"}}}
+        if len(scripts) == 4:
+            (work / "top.tim").write_text("ERROR: no route\n")
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: no route\n")
+        (work / "report.json").write_text(json.dumps({"fmax": {"clk": {"achieved": 55.5}}}))
+        (work / "top.tim").write_text("Info: routed\n")
+        (work / "top.bit").write_bytes(b"bits")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(board_build, "_run_tools", run_tools)
+    monkeypatch.setattr(board_build, "tool_versions", lambda family, env=None: {})
+    out = tmp_path / "b"
+    layout = dict(lanes=8, vector_width=1, out_dir=out)
+    placed = board_build.build("ulx3s-85f", tiny_model, seed=9, placer="heap", place_only=True,
+                               **layout)
+    assert not placed.routed and (out / "placed.json").is_file()
+    routed = board_build.build("ulx3s-85f", tiny_model, route_placement=True, **layout)
+    report = json.loads(routed.report.read_text())
+    assert routed.routed and routed.timing_met and routed.bitstream == out / "top.bit"
+    assert (report["seed"], report["placer"], report["placement"]) == (9, "heap", "placed.json")
+    assert scripts[1][0] == "route_top.sh" and "--seed 9 --placer heap" in scripts[1][1]
+    clock_mhz = BOARD_CONFIGS["ulx3s-85f"].clock_hz / 1e6
+    assert f"--no-place --freq {clock_mhz:g} " in scripts[1][1], scripts[1][1]
+    # Again, with other router options: the placement is still there.
+    board_build.build("ulx3s-85f", tiny_model, route_placement=True, router="router1",
+                      timing_driven=False, **layout)
+    assert "--router router1 --no-tmdriv" in scripts[2][1] and "--seed 9" in scripts[2][1]
+    # A failed route leaves the placement and its report: the next route finds them.
+    with pytest.raises(board_build.BuildError, match="no route"):
+        board_build.build("ulx3s-85f", tiny_model, route_placement=True, **layout)
+    board_build.build("ulx3s-85f", tiny_model, route_placement=True, **layout)
+    assert len(scripts) == 5
+
+    # Another model, another layout, no placement, a seed given: one line each, nothing run.
+    with pytest.raises(board_build.BuildError, match=r"the placement kept there is of another "
+                                                     r"model; place this build again"):
+        board_build.build("ulx3s-85f", random_model(TINY, seed=2), route_placement=True,
+                          **layout)
+    with pytest.raises(board_build.BuildError, match=r"of another model, gateware, lanes;"):
+        board_build.build("ulx3s-85f", tiny_model, route_placement=True,
+                          **(layout | dict(lanes=16)))
+    with pytest.raises(board_build.BuildError, match=r"no placement to route; place it first "
+                                                     r"with --place-only"):
+        board_build.build("ulx3s-85f", tiny_model, route_placement=True,
+                          **(layout | dict(out_dir=tmp_path / "empty")))
+    with pytest.raises(board_build.BuildError, match="its own seed and placer") as error:
+        board_build.build("ulx3s-85f", tiny_model, route_placement=True, seed=3, **layout)
+    assert error.value.status == 2 and len(scripts) == 5
+    kept = (out / "placed.json").read_bytes()
+    (out / "placed.json").write_bytes(kept[:40])
+    with pytest.raises(board_build.BuildError, match=r"placed.json: not a placement written by "
+                                                     r"nextpnr \("):
+        board_build.build("ulx3s-85f", tiny_model, route_placement=True, **layout)
+    (out / "placed.json").write_bytes(kept)
+
+    # The command line: --route-placement with --seed, --placer or --place-only is usage.
+    save_model(tiny_model, tmp_path / "tiny.safetensors")
+    argv = ["build", "--board", "ulx3s-85f", "--model", str(tmp_path / "tiny.safetensors"),
+            "--lanes", "8", "--vector-width", "1", "--out", str(out), "--route-placement"]
+    for extra in (["--seed", "3"], ["--placer", "static"], ["--place-only"]):
+        assert cli.main(argv + extra) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"mmfree: error: --route-placement routes the placement kept in --out "
+                       f"at its own seed and placer; not with {extra[0]}"], err
+    assert cli.main(argv) == cli.EXIT_OK
+    assert len(scripts) == 6 and scripts[5][0] == "route_top.sh"
+    # A new build in the directory replaces the placement with its own (or none).
+    def stop(*args, **kwargs):
+        raise board_build.BuildError("stopped")
+
+    monkeypatch.setattr(board_build, "_run_tools", stop)
+    with pytest.raises(board_build.BuildError, match="stopped"):
+        board_build.build("ulx3s-85f", tiny_model, force=True, **layout)
+    assert not (out / "placed.json").exists()
+
+
 # Stand-ins for the tools of a build script, for the seed search: "yosys" writes the netlist;
 # "nextpnr" behaves by its --seed (a router2 stall it is stopped in, a route below or at the
 # clock after a delay, an error), "ecppack" packs what nextpnr wrote.
@@ -855,7 +959,7 @@ def test_build_places_and_routes(tmp_path, tiny_model, record_property, monkeypa
 def test_build_searches_seeds_in_parallel(tmp_path, tiny_model):
     """Two seeds of the tiny SoC's one netlist, placed by two nextpnr runs at once: both
     estimates are told, the better placement is the build, the other keeps its log, and the
-    report names the seed and the screen."""
+    report names the seed and the screen; then the kept placement is routed."""
     told = {}
     result = board_build.build("ulx3s-85f", tiny_model, lanes=8, vector_width=1,
                                out_dir=tmp_path / "b", seed=[8, 9], jobs=2, place_only=True,
@@ -873,6 +977,20 @@ def test_build_searches_seeds_in_parallel(tmp_path, tiny_model):
     assert "Max frequency" in (tmp_path / "b" / f"seed-{other}" / "top.tim").read_text()
     assert "Max frequency for clock" in (tmp_path / "b" / "top.tim").read_text()
     assert (tmp_path / "b" / "top.json").is_file()              # Yosys's netlist, once
+    # The best placement is kept (the other seed's is not), and routed without placing again,
+    # for the engine clock.
+    assert not (tmp_path / "b" / f"seed-{other}" / board_build.PLACED_NAME).exists()
+    routed = board_build.build("ulx3s-85f", tiny_model, lanes=8, vector_width=1,
+                               out_dir=tmp_path / "b", route_placement=True,
+                               allow_timing_fail=True)
+    report = json.loads(routed.report.read_text())
+    assert routed.routed and routed.bitstream.stat().st_size > 100_000, routed
+    assert (report["seed"], report["placement"], report["routed"]) == (best, "placed.json", True)
+    log = (tmp_path / "b" / "top.tim").read_text()
+    clock_mhz = BOARD_CONFIGS["ulx3s-85f"].clock_hz / 1e6
+    assert "placer" not in log and "Running router2" in log, log[:3000]
+    assert f"MHz (PASS at {clock_mhz:.2f} MHz)" in log or \
+        f"MHz (FAIL at {clock_mhz:.2f} MHz)" in log, log[-3000:]
 
 
 @pytest.mark.synth

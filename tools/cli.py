@@ -375,6 +375,13 @@ def cmd_build(args) -> int:
     from ..boards.toolchain import ToolchainError
     from .device import DeviceSetupError
 
+    if args.route_placement:
+        given = [flag for flag, value in (("--place-only", args.place_only),
+                                          ("--seed", args.seed), ("--placer", args.placer))
+                 if value]
+        if given:
+            raise CliError(f"--route-placement routes the placement kept in --out at its own "
+                           f"seed and placer; not with {', '.join(given)}", EXIT_USAGE)
     model_path = getattr(args, "model", None)
     if model_path is None:
         model_path = default_model_path().with_name(f"{args.board}.safetensors")
@@ -403,7 +410,7 @@ def cmd_build(args) -> int:
                        router_patience=args.router_patience,
                        legalise_patience=args.legalise_patience * 60, force=args.force,
                        model_path=model_path, command=["mmfree", *sys.argv[1:]],
-                       place_only=args.place_only)
+                       place_only=args.place_only, route_placement=args.route_placement)
     except DeviceSetupError as error:
         raise CliError(str(error), error.status) from None
     except ToolchainError as error:
@@ -661,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after placement and report nextpnr's placement estimate of "
                         "Fmax and the utilization; no bitstream (about half the time of a "
                         "routed build of the default-model ULX3S SoC)")
+    p.add_argument("--route-placement", action="store_true",
+                   help="route the placement that an earlier --place-only build kept in --out "
+                        "(its seed and placer; no Yosys, no placing again), with --router and "
+                        "--no-tmdriv as given")
     p.add_argument("--force", action="store_true", help="replace an earlier build in --out")
     p.set_defaults(func=cmd_build)
 
