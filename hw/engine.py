@@ -26,6 +26,13 @@ __all__ = ["Engine", "INSTR_LAYOUT", "engine_members"]
 INSTR_LAYOUT = data.StructLayout({
     name: (signed(width) if is_signed else unsigned(width))
     for name, width, is_signed in INSTR_FIELDS})
+#: The instruction without the fields that come last in :data:`INSTR_FIELDS` and that a
+#: program may leave at zero (``reuse``): an engine whose program does not use them decodes
+#: this, and elaborates to the netlist it had before they existed (docs/boards.md: a netlist
+#: of the same logic under other names routes differently).
+_INSTR_LAYOUT_BASE = data.StructLayout({
+    name: (signed(width) if is_signed else unsigned(width))
+    for name, width, is_signed in INSTR_FIELDS if name != "reuse"})
 
 
 def _select(key, keys, values):
@@ -181,8 +188,10 @@ class Engine(wiring.Component):
         crow_bits = max(1, (len(image.cmem) // W).bit_length())
         m.submodules.rcw = rcw = VectorReader(shape=unsigned(CMEM_BITS * W), addr_width=crow_bits)
 
+        # `reuse` (the image's shared_r): a BitLinear takes the R of the one before it.
+        reuse = image.reuses_r
         m.submodules.nq = nq = NormQuant(width=W, n_max=image.n_max,
-                                                  sum_in=image.fused_sums)
+                                         sum_in=image.fused_sums, reuse=reuse)
         groups = image.groups
         m.submodules.tern = tern = TernaryAccumulate(
             lanes=lanes, n=image.n_max, packing=image.packing, groups=groups,
@@ -204,7 +213,8 @@ class Engine(wiring.Component):
         # --- sequencer state ------------------------------------------------------------
         state = Signal(_State)
         pc = Signal(range(len(image.program) + 1))
-        instr = Signal(INSTR_LAYOUT)
+        layout = INSTR_LAYOUT if reuse else _INSTR_LAYOUT_BASE
+        instr = Signal(layout)
         token = Signal.like(self.step.payload.token)
         emit = Signal()
         h_valid = Signal(max(1, cfg.num_layers))
@@ -216,8 +226,8 @@ class Engine(wiring.Component):
 
         prog_rd = prog.read_port()
         m.d.comb += [prog_rd.addr.eq(pc), prog_rd.en.eq(state == _State.FETCH)]
-        decoded = Signal(INSTR_LAYOUT)
-        m.d.comb += decoded.eq(prog_rd.data[:INSTR_LAYOUT.size])
+        decoded = Signal(layout)
+        m.d.comb += decoded.eq(prog_rd.data[:layout.size])
 
         # The op, decoded into a flag per use and registered with the instruction (in DECODE):
         # a compare of `op`'s bits would otherwise open every select of the datapath, a route
@@ -325,6 +335,7 @@ class Engine(wiring.Component):
             nq.eps.eq(instr.eps),
             nq.out_shift.eq(instr.out_shift),
             nq.quantize.eq(~is_["norm"]),          # a stand-alone RMSNorm writes y alone
+            *([nq.reuse.eq(instr.reuse)] if reuse else []),
             nq.inp.payload.last.eq(rw.out.payload.last),
             nq.w.payload.eq(Cat(*[rcw.out.payload.data.word_select(j, CMEM_BITS)[:NORM_W_BITS]
                                   for j in range(W)])),

@@ -131,7 +131,7 @@ class NormQuant(wiring.Component):
         "y": ArrayLayout(signed(32), width), "ymax": unsigned(32), "first": 1, "last": 1})))
     """
 
-    def __init__(self, *, width, n_max, sum_in=False):
+    def __init__(self, *, width, n_max, sum_in=False, reuse=False):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1 or \
                 width & (width - 1) or width > 64:
             raise ValueError(f"width must be a power of two from 1 to 64, not {width!r}")
@@ -141,10 +141,14 @@ class NormQuant(wiring.Component):
         self._width = width
         self._n_max = n_max
         self._sum_in = bool(sum_in)
+        if reuse and not sum_in:
+            raise ValueError("reuse needs sum_in")
+        self._reuse = bool(reuse)
         members = {
             "ss": In(unsigned(self.acc_width - 1)), "ss_valid": In(1),
             "y_out": Out(data.StructLayout({"valid": 1, "y": data.ArrayLayout(signed(32), width),
                                             "first": 1, "last": 1})),
+            **({"reuse": In(1)} if reuse else {}),
         } if sum_in else {}
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout({
@@ -170,6 +174,9 @@ class NormQuant(wiring.Component):
     LATENCY_SUM_IN = 26 + ISQRT_CYCLES + RECIP_CYCLES + QRECIP_CYCLES
     #: Fixed cycles of a vector with ``sum_in`` and ``quantize = 0``, beyond its one pass: 32.
     LATENCY_Y_OUT = 14 + ISQRT_CYCLES + RECIP_CYCLES
+    #: Fixed cycles of a vector with ``reuse`` (the last vector's R), beyond its two passes:
+    #: 36, ``LATENCY_SUM_IN`` less the square root, ``R`` and the three cycles before them.
+    LATENCY_REUSE = 23 + QRECIP_CYCLES
 
     width = property(lambda self: self._width)
     n_max = property(lambda self: self._n_max)
@@ -272,6 +279,17 @@ class NormQuant(wiring.Component):
             m.d.sync += s2_ready.eq(0)
         recip = Signal(RECIP_BITS)
         shift = Signal(6)
+        # With `reuse` high at the first beat the last vector's R (and s2's shift) are this
+        # one's: no square root, no reciprocal, straight to pass 2 (the vector's own
+        # out_shift and quantize). The engine sets it where the sum and eps are the last
+        # vector's (the i, f and g BitLinears of a layer read the same vector).
+        if self._reuse:
+            reusing = Signal()
+            m.d.comb += reusing.eq((state == _State.LOAD) & self.inp.valid & self.reuse)
+            with m.If(reusing):
+                m.d.sync += [shift.eq(self.out_shift), quant.eq(self.quantize), index.eq(0),
+                             state.eq(_State.NORM)]
+        new_vector = (state == _State.SQRT) | reusing if self._reuse else state == _State.SQRT
         with m.If(rdiv.out.valid & rdiv.out.ready):
             m.d.sync += [recip.eq(rdiv.out.payload.quotient), shift.eq(shift_next),
                          index.eq(0), state.eq(_State.NORM)]
@@ -290,7 +308,7 @@ class NormQuant(wiring.Component):
             issue2 = more & self.w.valid & self.inp.valid
             m.d.comb += [self.w.ready.eq(more & self.inp.valid),
                          self.inp.ready.eq(more & self.w.valid)]
-            with m.If(state == _State.SQRT):
+            with m.If(new_vector):
                 m.d.sync += seen_last.eq(0)
             with m.If(issue2 & self.inp.payload.last):
                 m.d.sync += [seen_last.eq(1), count.eq(index + 1)]
@@ -339,7 +357,7 @@ class NormQuant(wiring.Component):
             ]
         top = Signal(32)
         m.d.sync += top.eq(_tree(m, mags, lambda l, r: Mux(l > r, l, r), "ymax"))
-        with m.If(state == _State.SQRT):
+        with m.If(new_vector):
             m.d.sync += ymax.eq(0)
         with m.If(v[11] & (top > ymax)):
             m.d.sync += ymax.eq(top)

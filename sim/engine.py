@@ -76,6 +76,7 @@ INSTR_FIELDS = [
     ("frac_a",    5, False),   # sigmoid/SiLU input formats
     ("frac_b",    5, False),
     ("shift",     7, True),    # the shift of the elementwise product (EMBED: emb_k)
+    ("reuse",     1, False),   # BITLINEAR: normalize with the last BitLinear's R (shared_r)
 ]
 INSTR_BITS = sum(width for _, width, _ in INSTR_FIELDS)
 #: 32-bit words an instruction takes in the program memory, and its stride in the load port's
@@ -123,6 +124,12 @@ class EngineImage:
     ``weight_reg``: a second register between the weight memory's read and the ternary unit's
     decoders (:class:`~mmfree.hw.ternary.TernaryAccumulate`'s ``input_reg``), for a board whose
     weight block RAMs are far from the lanes: one more cycle for every BITLINEAR and HEAD.
+    ``shared_r``: a BITLINEAR that normalizes the vector its predecessor normalized (the f
+    and g BitLinears of a layer, after i: the same address, length and ``eps``, so the same
+    sum of squares) takes the predecessor's ``R`` instead of computing it (its ``reuse``;
+    NormQuant skips the square root and the reciprocal, :data:`REUSE_SAVES` cycles). The
+    specification is unchanged: ``R`` is a function of the sum and ``eps`` alone. With
+    ``fused_sums`` only (NormQuant's ``reuse`` needs the sum from outside).
     """
     im: golden.IntModel
     lanes: int
@@ -132,6 +139,7 @@ class EngineImage:
     glu_pairs: bool = True
     row_pairs: bool = True
     weight_reg: bool = False
+    shared_r: bool = True
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -232,6 +240,11 @@ class EngineImage:
                 and all(instr["n_out"] % 2 == 0 for instr in grouped))
 
     @property
+    def reuses_r(self) -> bool:
+        """Whether a BITLINEAR of the program takes the last one's ``R`` (``shared_r``)."""
+        return any(instr["reuse"] for instr in self.program)
+
+    @property
     def groups(self) -> tuple[int, ...]:
         """The groupings the program uses (the ternary unit's taps)."""
         return tuple(sorted({instr["group"] for instr in self.program if instr["group"]}))
@@ -323,8 +336,21 @@ class EngineImage:
                 lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else \
                     (0, (1 << width) - 1)
                 self._check(f"instruction field {name}", value, lo, hi)
+        if self.shared_r and self.fused_sums:
+            self._share_r()
         if self.fused_sums:
             self._check_sums()
+
+    def _share_r(self):
+        """``reuse`` on every BITLINEAR whose predecessor is a BITLINEAR of the same input
+        (address, length, ``eps``; both run in the same steps) that does not write it."""
+        for prev, instr in zip(self.program, self.program[1:]):
+            if instr["op"] == prev["op"] == Op.BITLINEAR and \
+                    all(instr[k] == prev[k] for k in ("src", "n_in", "eps", "emit_only")):
+                n = self._align(self._written(prev))
+                if not (prev["dst"] < instr["src"] + instr["n_in"] and
+                        instr["src"] < prev["dst"] + n):
+                    instr["reuse"] = 1
 
     @property
     def norm_sources(self) -> list[int]:
@@ -469,6 +495,10 @@ def tree_latency(lanes: int, input_reg: bool = False) -> int:
     return ((lanes.bit_length() - 1) + 1) // 2 + 3 + bool(input_reg)
 
 
+#: BITLINEAR with ``reuse``: the cycles NormQuant saves (its square root, its reciprocal ``R``
+#: and the three cycles before them: ``NormQuant.LATENCY_SUM_IN - NormQuant.LATENCY_REUSE``).
+REUSE_SAVES = 21
+
 #: BITLINEAR with paired GLU rows: cycles after the last pair leaves the ternary unit (the
 #: activation, then the product).
 PAIR_TAIL = 41
@@ -499,7 +529,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       readers and the sequencer); ``3 B + 52`` without ``fused`` (the image's ``fused_sums``:
       NormQuant's own sum of squares in pass 1, ``y`` out in pass 3);
     - BITLINEAR: ``2 B + rows * chunks + 72 + tree_latency(lanes, weight_reg) + 2 add``
-      (``add``: 1 with the residual add; ``weight_reg``: the image's);
+      (``add``: 1 with the residual add; ``weight_reg``: the image's), less
+      :data:`REUSE_SAVES` (21) with ``reuse`` (the last BitLinear's ``R``);
       ``3 B + rows * chunks + 75 + ...`` without ``fused``; ``rows / 2`` for ``rows * chunks``
       with ``row_pairs`` (the image's :attr:`~EngineImage.paired_rows`), grouped rows and no
       GLU: two rows a cycle, the same cycles after the last pair;
@@ -521,7 +552,8 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
     if op == Op.NORM:
         return beats + 37 if fused else 3 * beats + 52
     if op in (Op.BITLINEAR, Op.HEAD):
-        front = 2 * beats + 72 if fused else 3 * beats + 75
+        front = 2 * beats + 72 - REUSE_SAVES * instr.get("reuse", 0) if fused else \
+            3 * beats + 75
         cycles = (front + row_cycles(instr, pairs, row_pairs) + tree_latency(lanes, weight_reg)
                   + 2 * instr["add"])
         if pairs and instr["glu"] and instr["group"]:

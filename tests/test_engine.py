@@ -13,8 +13,9 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
+from mmfree.hw.normquant import NormQuant
 from mmfree.sim import golden
-from mmfree.sim.engine import PAIR_TAIL, EngineImage, Op, step_cycles
+from mmfree.sim.engine import PAIR_TAIL, REUSE_SAVES, EngineImage, Op, step_cycles
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
@@ -87,11 +88,12 @@ def test_image_memories_are_the_engines(lanes, width, packing):
 
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
-                  pairs=True, weight_reg=False):
+                  pairs=True, weight_reg=False, shared_r=True):
     """``pairs``: rows in pairs, the GLU's and the other BitLinears' (True), the GLU's only
     ("glu") or none (False)."""
     image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=bool(pairs),
-                        row_pairs=pairs is True, weight_reg=weight_reg)
+                        row_pairs=pairs is True, weight_reg=weight_reg, shared_r=shared_r)
+    assert image.reuses_r == (shared_r and fused)
     assert image.paired_glu == (bool(pairs) and lanes >= 64)
     assert image.paired_rows == (pairs is True and lanes >= 64)
     dut = Engine(image)
@@ -138,15 +140,17 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=Tr
         assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
 
 
-@pytest.mark.parametrize("act, lanes, temperature, fused, pairs, weight_reg", [
-    ("silu", 4, 0.0, True, True, False), ("gelu", 8, 0.8, True, True, False),
-    ("silu", 64, 0.8, True, True, False), ("gelu", 64, 0.0, True, True, False),
-    ("silu", 64, 0.0, True, False, False), ("silu", 8, 0.8, False, True, False),
-    ("gelu", 64, 0.8, True, True, True), ("gelu", 64, 0.8, True, "glu", False),
+@pytest.mark.parametrize("act, lanes, temperature, fused, pairs, weight_reg, shared_r", [
+    ("silu", 4, 0.0, True, True, False, True), ("gelu", 8, 0.8, True, True, False, True),
+    ("silu", 64, 0.8, True, True, False, True), ("gelu", 64, 0.0, True, True, False, True),
+    ("silu", 64, 0.0, True, False, False, True), ("silu", 8, 0.8, False, True, False, True),
+    ("gelu", 64, 0.8, True, True, True, True), ("gelu", 64, 0.8, True, "glu", False, True),
+    ("silu", 64, 0.8, True, True, True, False),
 ], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
         "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused",
-        "gelu-l64-grouped-sampled-weight-reg", "gelu-l64-grouped-sampled-glu-pairs-only"])
-def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
+        "gelu-l64-grouped-sampled-weight-reg", "gelu-l64-grouped-sampled-glu-pairs-only",
+        "silu-l64-grouped-sampled-own-r"])
+def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg, shared_r):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
     grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows and
@@ -155,13 +159,14 @@ def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg):
     GLU's only).
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
     passes); ``weight-reg``: a register between the weight memory and the ternary unit
-    (``weight_reg=True``, one more cycle a BitLinear)."""
+    (``weight_reg=True``, one more cycle a BitLinear); ``own-r``: every BitLinear computes
+    its R (``shared_r=False``; the others let f and g take i's)."""
     if lanes == 64:
         image = EngineImage(_tiny(act), lanes)
         assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
                 (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7,
-                  fused=fused, pairs=pairs, weight_reg=weight_reg)
+                  fused=fused, pairs=pairs, weight_reg=weight_reg, shared_r=shared_r)
 
 
 def test_image_pairs():
@@ -206,6 +211,28 @@ def test_image_weight_reg():
     assert ternary == im.config.num_layers * 6 + 1      # i, f, g, o, gate/up, down; lm_head
 
 
+def test_image_shared_r():
+    """With ``shared_r`` (the default) the f and g BitLinears of every layer take i's R: the
+    same input, nothing else; each saves NormQuant's square root and reciprocal. Without the
+    writer's sums (``fused_sums=False``) NormQuant makes its own sum: no sharing."""
+    im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
+    shared, own = (EngineImage(im, 128, 4, shared_r=s) for s in (True, False))
+    assert shared.reuses_r and not own.reuses_r
+    for layer in range(im.config.num_layers):
+        # EMBED; a layer's 11: NORM, i, f, g, NORM, MLGRU_H, MLGRU_O, o_proj, NORM, GLU, down
+        start = 2 + layer * 11
+        block = shared.program[start:start + 3]
+        assert [i["op"] for i in block] == [Op.BITLINEAR] * 3
+        assert [i["reuse"] for i in block] == [0, 1, 1]
+        assert len({i["src"] for i in block}) == 1
+    assert sum(i["reuse"] for i in shared.program) == 2 * im.config.num_layers
+    assert REUSE_SAVES == NormQuant.LATENCY_SUM_IN - NormQuant.LATENCY_REUSE
+    assert step_cycles(own) - step_cycles(shared) == 2 * im.config.num_layers * REUSE_SAVES
+    assert not EngineImage(im, 128, 4, fused_sums=False).reuses_r
+    # The program is all that differs.
+    assert (shared.cmem, shared.tmem, shared.emb) == (own.cmem, own.tmem, own.emb)
+
+
 _ULX3S = BOARD_CONFIGS["ulx3s-85f"]
 assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (256, 4, "1.6bit"), _ULX3S
 
@@ -218,7 +245,8 @@ COCOTB = [
     # written whole by the load port), the board's fused_sums, glu_pairs, row_pairs and
     # weight_reg (the Amaranth runs above cover the other settings).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
-     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs, _ULX3S.weight_reg),
+     _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs, _ULX3S.weight_reg,
+     _ULX3S.shared_r),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
     # 75 rows end in a chunk of three; the rows of every BitLinear in pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
@@ -228,30 +256,30 @@ COCOTB = [
     # the board's fused_sums, glu_pairs, row_pairs and weight_reg.
     ("ulx3s-85f-l256-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 256, 32, None,
      (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs,
-     _ULX3S.weight_reg),
+     _ULX3S.weight_reg, _ULX3S.shared_r),
 ]
 
 
 @pytest.mark.parametrize(
-    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows, reg", [
-        pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, True, False)[len(c[6:]):]),
+    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows, reg, shared_r", [
+        pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, True, False, True)[len(c[6:]):]),
                      id=c[0], marks=c[5])
         for c in COCOTB])
 def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows,
-                       reg):
+                       reg, shared_r):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
     image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs,
-                        row_pairs=rows, weight_reg=reg)
+                        row_pairs=rows, weight_reg=reg, shared_r=shared_r)
     dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
            "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs)),
            "ENGINE_ROW_PAIRS": str(int(rows)),
-           "ENGINE_WEIGHT_REG": str(int(reg))}
+           "ENGINE_WEIGHT_REG": str(int(reg)), "ENGINE_SHARED_R": str(int(shared_r))}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

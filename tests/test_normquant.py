@@ -130,19 +130,27 @@ def test_normquant_parameters():
         NormQuant(width=8, n_max=20)
 
 
-def _run_sum_in(dut, vectors, rng, gaps, quantize=True):
+def _run_sum_in(dut, vectors, rng, gaps, quantize=True, reuse=None):
     """As :func:`_run` for ``sum_in``: ``ss`` with the first beat, then the beats of ``inp``
-    and ``w`` side by side in pass 2."""
+    and ``w`` side by side in pass 2; ``reuse`` (a NormQuant with ``reuse``): the indices of
+    the vectors that take the last one's R (``reuse`` high, ``ss`` and ``eps`` garbage)."""
     W = dut.width
     results = []
 
     async def bench(ctx):
-        for x, w, eps, shift, *_ in vectors:
+        for k, (x, w, eps, shift, *_) in enumerate(vectors):
             n, beats = len(x), len(x) // W
             ctx.set(dut.eps, eps)
             ctx.set(dut.out_shift, shift)
             ctx.set(dut.quantize, int(quantize))
+            if reuse is not None:
+                ctx.set(dut.reuse, int(k in reuse))
+                if k in reuse:                   # neither is used
+                    eps = int(rng.integers(1, 2**60))
+                    x = rng.integers(-5, 5, n)
+                    ctx.set(dut.eps, eps)
             ctx.set(dut.ss, golden.sum_of_squares(np.asarray(x, dtype=np.int64)))
+            x = vectors[k][0]
             xb = wb = cycles = 0
             started = False
             q, y, ymaxes = [], [], set()
@@ -217,3 +225,34 @@ def test_normquant_sum_in(width, n, quantize, gaps):
         elif not gaps and k == 0:
             # (a later vector, offered at once, also waits for pass 2 to drain)
             assert cycles == n // width + NormQuant.LATENCY_Y_OUT, cycles
+
+
+@pytest.mark.parametrize("width, n", [(1, 7), (4, 16), (8, 200)],
+                         ids=["w1-n7", "w4-n16", "w8-n200"])
+@pytest.mark.parametrize("gaps", [False, True], ids=["full-rate", "gaps"])
+def test_normquant_reuse(width, n, gaps):
+    """``reuse`` (the i, f and g BitLinears of a layer): a vector normalized with the R of the
+    one before, whose sum and eps are its own; its own weights, out_shift and quantizer, as
+    the golden model's, in ``2 B + LATENCY_REUSE`` cycles (no square root or reciprocal)."""
+    rng = np.random.default_rng(width * 1000 + n + 3)
+    dut = NormQuant(width=width, n_max=n, sum_in=True, reuse=True)
+    vectors, reuse = [], set()
+    for x, *_ in _vectors(rng, n, 6):
+        eps = int(rng.integers(1, 2**60))
+        for k in range(3):                       # one vector, three weights and shifts
+            w = rng.integers(-(2**23) + 1, 2**23, n)
+            w_frac, shift = int(rng.integers(0, 24)), int(rng.integers(0, 64))
+            f_out = 30 + w_frac - shift
+            q, ymax = golden.norm_quant(x, w, w_frac, eps, 0, f_out)
+            if k:
+                reuse.add(len(vectors))
+            vectors.append((x, w, eps, shift, golden.rmsnorm(x, w, w_frac, eps, 0, f_out),
+                            q, ymax))
+    for k, ((x, w, eps, shift, y, q, ymax), (hq, hy, hmax, cycles)) in enumerate(zip(
+            vectors, _run_sum_in(dut, vectors, rng, gaps, reuse=reuse))):
+        np.testing.assert_array_equal(hy, y)
+        np.testing.assert_array_equal(hq, q)
+        assert hmax == {ymax}
+        if not gaps:
+            latency = NormQuant.LATENCY_REUSE if k in reuse else NormQuant.LATENCY_SUM_IN
+            assert cycles == 2 * (n // width) + latency, (k, cycles)

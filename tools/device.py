@@ -34,7 +34,8 @@ class BoardConfig:
     whatever the model file's, and whether its writer keeps the norms' sums of squares
     (``fused_sums``, docs/engine.md), whether the GLU's gate and up rows go through in pairs
     (``glu_pairs``), whether the other BitLinears' rows do (``row_pairs``) and whether a
-    register splits the weight memory's read from the ternary unit (``weight_reg``); or
+    register splits the weight memory's read from the ternary unit (``weight_reg``) and
+    whether the f and g BitLinears take the R of i (``shared_r``); or
     ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its DOT unit's 4 and whose weights
     are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
@@ -49,6 +50,7 @@ class BoardConfig:
     glu_pairs: bool = True
     row_pairs: bool = True
     weight_reg: bool = False
+    shared_r: bool = True
 
     @property
     def engine_options(self) -> dict:
@@ -56,7 +58,8 @@ class BoardConfig:
         parallel engine (all but the lanes)."""
         return dict(vector_width=self.vector_width, packing=self.packing,
                     fused_sums=self.fused_sums, glu_pairs=self.glu_pairs,
-                    row_pairs=self.row_pairs, weight_reg=self.weight_reg)
+                    row_pairs=self.row_pairs, weight_reg=self.weight_reg,
+                    shared_r=self.shared_r)
 
     @property
     def divisor(self) -> int:
@@ -80,7 +83,7 @@ BOARD_CONFIGS = {
     # (rows one a cycle, 14,696 cycles, 38.69 MHz at 36 MHz) is the board's before 2026-11-26.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=256, vector_width=4,
                              clock_hz=48_000_000, baud=3_000_000, packing="1.6bit",
-                             weight_reg=True),
+                             weight_reg=True, shared_r=False),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).

@@ -11,7 +11,8 @@ Run from tests/test_engine.py through :func:`mmfree.sim.toolchain.run_cocotb`. E
 image's vector width and weight packing), ``ENGINE_FUSED``, ``ENGINE_PAIRS`` and
 ``ENGINE_ROW_PAIRS`` (optional, ``1`` by default: the image's ``fused_sums``, ``glu_pairs``
 and ``row_pairs``), ``ENGINE_WEIGHT_REG``
-(optional, ``0`` by default: the image's ``weight_reg``), ``ENGINE_LOAD_SEED``
+(optional, ``0`` by default: the image's ``weight_reg``), ``ENGINE_SHARED_R`` (optional, ``1``
+by default: the image's ``shared_r``), ``ENGINE_LOAD_SEED``
 (optional: the seed of a second random model of the same shape, written through the load port
 by the last test).
 """
@@ -160,7 +161,8 @@ def _image(im, lanes):
                        fused_sums=os.environ.get("ENGINE_FUSED", "1") == "1",
                        glu_pairs=os.environ.get("ENGINE_PAIRS", "1") == "1",
                        row_pairs=os.environ.get("ENGINE_ROW_PAIRS", "1") == "1",
-                       weight_reg=os.environ.get("ENGINE_WEIGHT_REG", "0") == "1")
+                       weight_reg=os.environ.get("ENGINE_WEIGHT_REG", "0") == "1",
+                       shared_r=os.environ.get("ENGINE_SHARED_R", "1") == "1")
 
 
 def _setup(dut):
