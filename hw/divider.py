@@ -181,7 +181,7 @@ class SerialDivider(wiring.Component):
 
 
 class PipelinedDivider(wiring.Component):
-    """Restoring unsigned divider, one pipeline stage per quotient bit.
+    """Restoring unsigned divider, one pipeline stage per ``steps`` quotient bits.
 
     ``out.payload.quotient = num // den`` and ``out.payload.remainder = num % den``, with the
     precondition ``num // den < 2**quot_width`` (the caller guarantees it; otherwise both are
@@ -195,13 +195,17 @@ class PipelinedDivider(wiring.Component):
     den_width : int
         Width of the divisor (and of the remainder).
     quot_width : int
-        Width of the quotient, ``1 <= quot_width <= num_width``; also the number of stages.
+        Width of the quotient, ``1 <= quot_width <= num_width``.
+    steps : int
+        Quotient bits a stage (default 1): a stage chains ``steps`` compares and
+        subtractions; the first stage makes the ``quot_width % steps`` top bits if
+        ``steps`` does not divide ``quot_width``.
     tag_shape : shape-castable or None
         If given, ``inp.payload.tag`` of this shape travels alongside the division and comes
         out as ``out.payload.tag`` (e.g. first/last or a sign).
 
-    Latency: ``quot_width`` cycles (a word taken on ``inp`` in cycle t is valid on ``out`` in
-    cycle ``t + quot_width``).
+    Latency: :attr:`latency` = ``ceil(quot_width / steps)`` cycles (a word taken on ``inp`` in
+    cycle t is valid on ``out`` in cycle ``t + latency``).
 
     Throughput: one division per cycle. The pipeline stalls as a whole:
     ``inp.ready = ~out.valid | out.ready``.
@@ -216,7 +220,8 @@ class PipelinedDivider(wiring.Component):
         ``"tag": tag_shape`` if given.
     """
 
-    def __init__(self, *, num_width, den_width, quot_width, tag_shape=None):
+    def __init__(self, *, num_width, den_width, quot_width, steps=1, tag_shape=None):
+        self._steps = _check_width("steps", steps)
         self._num_width = _check_width("num_width", num_width)
         self._den_width = _check_width("den_width", den_width)
         _check_width("quot_width", quot_width)
@@ -244,6 +249,14 @@ class PipelinedDivider(wiring.Component):
         return self._quot_width
 
     @property
+    def steps(self):
+        return self._steps
+
+    @property
+    def latency(self):
+        return -(-self._quot_width // self._steps)
+
+    @property
     def tag_shape(self):
         return self._tag_shape
 
@@ -256,8 +269,9 @@ class PipelinedDivider(wiring.Component):
             self.inp.ready.eq(advance),
         ]
 
-        # Stage i (i = qw-1 .. 0) decides quotient bit i. Its partial remainder is below
-        # den << (i + 1) by the precondition, so it needs min(nw, dw + i + 1) bits.
+        # Step i (i = qw-1 .. 0) decides quotient bit i. Its partial remainder is below
+        # den << (i + 1) by the precondition, so it needs min(nw, dw + i + 1) bits. A stage
+        # registers the result of its last step (bit i: the stage's signals are named s{i}).
         valid = self.inp.valid
         rem = self.inp.payload.num
         den = self.inp.payload.den
@@ -267,6 +281,11 @@ class PipelinedDivider(wiring.Component):
             width = min(nw, dw + i + 1)
             shifted = Cat(Const(0, i), den)
             take = rem >= shifted
+            if i % self._steps:                 # a step inside a stage: no register
+                step = Signal(min(nw, dw + i), name=f"t{i}_rem")
+                m.d.comb += step.eq(Mux(take, rem[:width] - shifted, rem[:width]))
+                rem, quo = step, Cat(take, quo)
+                continue
             n_valid = Signal(name=f"s{i}_valid")
             n_rem = Signal(min(nw, dw + i), name=f"s{i}_rem")
             n_den = Signal(dw, name=f"s{i}_den")

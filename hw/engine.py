@@ -198,12 +198,13 @@ class Engine(wiring.Component):
             pairs=paired or paired_rows, input_reg=image.weight_reg)
         m.submodules.requant = requant = Requantizer(acc_width=tern.acc_bits, out_bits=ACT_BITS,
                                                      pairs=paired or paired_rows)
-        m.submodules.sig = sig = Sigmoid(mode="sigmoid")
-        m.submodules.silu = silu = Sigmoid(mode="silu")
+        steps = image.sigmoid_steps         # the activations' divider: bits a stage
+        m.submodules.sig = sig = Sigmoid(mode="sigmoid", steps=steps)
+        m.submodules.silu = silu = Sigmoid(mode="silu", steps=steps)
         if cfg.hidden_act == "silu":
             act = silu
         else:
-            m.submodules.act = act = Sigmoid(mode="gelu")
+            m.submodules.act = act = Sigmoid(mode="gelu", steps=steps)
         m.submodules.gate = gate = GateUnit()
         m.submodules.product = product = ProductUnit()
         m.submodules.residual = residual = ResidualAdd(pairs=paired_rows)

@@ -109,6 +109,10 @@ class NormQuant(wiring.Component):
         Longest vector, a positive multiple of ``width``.
     sum_in : bool
         Take ``sum(x*x)`` on ``ss`` instead of computing it in a pass of its own.
+    reuse : bool
+        With ``sum_in``: a ``reuse`` input, with which a vector is normalized with the ``R``
+        (and ``s2``'s shift) of the vector before it, for a vector whose ``eps + sum(x*x)`` is
+        that one's: ``2 B + LATENCY_REUSE`` (``2 B + 36``) cycles, no square root or ``R``.
 
     Members
     -------
@@ -118,6 +122,10 @@ class NormQuant(wiring.Component):
     ss : In(unsigned(acc_width - 1)), ss_valid : In(1)
         With ``sum_in``: the vector's ``sum(x*x)``, sampled with ``eps`` when ``ss_valid``
         is high with the first beat.
+    reuse : In(1)
+        With the ``reuse`` parameter, sampled with the first beat: 1 takes the last vector's
+        ``R`` (``ss``, ``ss_valid`` and ``eps`` are not used); the vector's own ``w``,
+        ``out_shift`` and ``quantize`` apply. Unspecified before a first vector without it.
     y_out : Out(StructLayout({"valid": 1, "y": ArrayLayout(signed(32), width), "first": 1,
         "last": 1}))
         With ``sum_in`` and ``quantize = 0``: the ``y`` beats, as pass 2 makes them.

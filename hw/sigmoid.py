@@ -249,10 +249,14 @@ class Sigmoid(wiring.Component):
     ----------
     mode : str
         ``"sigmoid"``, ``"silu"`` or ``"gelu"``.
+    steps : int
+        Quotient bits a stage of the divider (default 1): 2 chains two compares and
+        subtractions a stage, 11 stages instead of 21.
 
     Latency: :attr:`latency` cycles, a word taken on ``inp`` in cycle t is valid on ``out`` in
-    cycle t + latency: 1 (input register) + 10 (exp) + 21 (divider) = **32** for
-    ``"sigmoid"``, + 3 (product) = **35** for ``"silu"`` and ``"gelu"``.
+    cycle t + latency: 1 (input register) + 10 (exp) + 21 (divider; ``ceil(21 / steps)``) =
+    **32** for ``"sigmoid"``, + 3 (product) = **35** for ``"silu"`` and ``"gelu"`` (22 and 25
+    with ``steps=2``).
 
     Throughput: one element per cycle while ``out.ready`` is high. Each part (input register,
     exp, divider, product) stalls as a whole when its output is held; skid buffers
@@ -274,10 +278,13 @@ class Sigmoid(wiring.Component):
         ``"sigmoid"`` (holds 0 .. 2**20) and 32 otherwise.
     """
 
-    def __init__(self, *, mode="sigmoid"):
+    def __init__(self, *, mode="sigmoid", steps=1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= F_GATE + 1:
+            raise ValueError(f"steps must be an integer from 1 to {F_GATE + 1}, not {steps!r}")
         self._mode = mode
+        self._steps = steps
         super().__init__({
             "frac": In(unsigned(FRAC_WIDTH)),
             "inp":  In(stream.Signature(element_layout(ACT_BITS))),
@@ -289,13 +296,17 @@ class Sigmoid(wiring.Component):
         return self._mode
 
     @property
+    def steps(self):
+        return self._steps
+
+    @property
     def out_width(self):
         return F_GATE + 2 if self._mode == "sigmoid" else ACT_BITS
 
     @property
     def latency(self):
-        return 1 + ExpCore.LATENCY + (F_GATE + 1) + (0 if self._mode == "sigmoid" else
-                                                     _GateProduct.LATENCY)
+        return 1 + ExpCore.LATENCY + -(-(F_GATE + 1) // self._steps) + (
+            0 if self._mode == "sigmoid" else _GateProduct.LATENCY)
 
     def elaborate(self, platform):
         m = Module()
@@ -304,7 +315,7 @@ class Sigmoid(wiring.Component):
                                          tag_shape=tag)
         m.submodules.div = div = PipelinedDivider(
             num_width=_E_WIDTH + F_GATE, den_width=_E_WIDTH + 1, quot_width=F_GATE + 1,
-            tag_shape=tag)
+            steps=self._steps, tag_shape=tag)
 
         # Input: registered first (x comes straight out of block RAM in the engine), then |x|
         # and the vector's frac into the exp core. The register stalls with the exp core.

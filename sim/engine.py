@@ -34,8 +34,8 @@ import numpy as np
 from mmfree.sim import golden
 from mmfree.sim.packing import PACKINGS, chip_bytes, pack_ternary, packed_row_bytes
 
-__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "op_cycles", "row_cycles",
-           "step_cycles"]
+__all__ = ["Op", "EngineImage", "INSTR_FIELDS", "REGION", "act_saves", "op_cycles",
+           "row_cycles", "step_cycles"]
 
 
 class Op(enum.IntEnum):
@@ -130,6 +130,9 @@ class EngineImage:
     NormQuant skips the square root and the reciprocal, :data:`REUSE_SAVES` cycles). The
     specification is unchanged: ``R`` is a function of the sum and ``eps`` alone. With
     ``fused_sums`` only (NormQuant's ``reuse`` needs the sum from outside).
+    ``sigmoid_steps``: quotient bits a stage of the sigmoid/SiLU/GELU units' divider
+    (:class:`~mmfree.hw.sigmoid.Sigmoid`'s ``steps``): 2 (the default) makes their 21 bits in
+    11 stages, 10 cycles off every MLGRU op and GLU (:func:`act_saves`); 1, 21 stages.
     """
     im: golden.IntModel
     lanes: int
@@ -140,6 +143,7 @@ class EngineImage:
     row_pairs: bool = True
     weight_reg: bool = False
     shared_r: bool = True
+    sigmoid_steps: int = 2
     regions: dict = field(init=False)
     program: list = field(init=False)
     cmem: list = field(init=False)
@@ -163,6 +167,10 @@ class EngineImage:
                 vw > 64:
             raise ValueError(f"vector_width must be a power of two from 1 to 64, not {vw!r}")
         self.width = min(vw, lanes)
+        st = self.sigmoid_steps
+        if not isinstance(st, int) or isinstance(st, bool) or not 1 <= st <= golden.F_GATE + 1:
+            raise ValueError(f"sigmoid_steps must be an integer from 1 to {golden.F_GATE + 1}, "
+                             f"not {st!r}")
         d, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
         if d % 4:
             raise ValueError(f"hidden_size must be a multiple of 4 for the engine, not {d}")
@@ -460,7 +468,7 @@ class EngineImage:
         ``fused_sums``, ``paired_glu``, ``paired_rows``, ``weight_reg`` and vocabulary."""
         return op_cycles(instr, self.lanes, self.width, fused=self.fused_sums,
                          pairs=self.paired_glu, row_pairs=self.paired_rows,
-                         weight_reg=self.weight_reg,
+                         weight_reg=self.weight_reg, sigmoid_steps=self.sigmoid_steps,
                          vocab=self.im.config.vocab_size, token=token, sampled=sampled)
 
     def ternary_weights(self) -> int:
@@ -500,8 +508,17 @@ def tree_latency(lanes: int, input_reg: bool = False) -> int:
 REUSE_SAVES = 21
 
 #: BITLINEAR with paired GLU rows: cycles after the last pair leaves the ternary unit (the
-#: activation, then the product).
+#: activation, then the product), with the activation's divider one bit a stage (less
+#: :func:`act_saves` with more).
 PAIR_TAIL = 41
+
+
+def act_saves(sigmoid_steps: int) -> int:
+    """Cycles that a sigmoid/SiLU/GELU unit whose divider makes ``sigmoid_steps`` quotient
+    bits a stage saves against one bit a stage: ``21 - ceil(21 / sigmoid_steps)`` (10 for 2),
+    :attr:`mmfree.hw.sigmoid.Sigmoid.latency`."""
+    bits = golden.F_GATE + 1
+    return bits - -(-bits // sigmoid_steps)
 
 
 def row_cycles(instr: dict, pairs: bool = False, row_pairs: bool = False) -> int:
@@ -517,7 +534,8 @@ def row_cycles(instr: dict, pairs: bool = False, row_pairs: bool = False) -> int
 
 def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
               pairs: bool = False, row_pairs: bool = False, weight_reg: bool = False,
-              vocab: int = 0, token: int = 0, sampled: bool = False) -> int:
+              sigmoid_steps: int = 1, vocab: int = 0, token: int = 0,
+              sampled: bool = False) -> int:
     """Cycles the engine spends on one instruction, from its fetch to the next fetch.
 
     ``n`` = ``n_in``, ``B = ceil(n / width)`` beats of the normalize/quantize path,
@@ -544,7 +562,12 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
       ``rows / 2`` cycles of rows, plus :data:`PAIR_TAIL` (41) instead: the gate and up rows
       leave together, the last product waits for the last gate's activation;
     - MLGRU_H: ``n + 49``; MLGRU_O: ``n + 46``.
+
+    Every term with the activation's latency in it (the GLU's 41, MLGRU_H's 49, MLGRU_O's
+    46) is :func:`act_saves` ``(sigmoid_steps)`` shorter with its divider ``sigmoid_steps``
+    bits a stage.
     """
+    act = act_saves(sigmoid_steps)
     op, n = Op(instr["op"]), instr["n_in"]
     beats = -(-n // width)
     if op == Op.EMBED:
@@ -557,18 +580,18 @@ def op_cycles(instr: dict, lanes: int, width: int = 1, *, fused: bool = True,
         cycles = (front + row_cycles(instr, pairs, row_pairs) + tree_latency(lanes, weight_reg)
                   + 2 * instr["add"])
         if pairs and instr["glu"] and instr["group"]:
-            cycles += PAIR_TAIL
+            cycles += PAIR_TAIL - act
         elif instr["glu"]:
-            cycles += max(41 - instr["chunks"], 8)
+            cycles += max(41 - act - instr["chunks"], 8)
         if op == Op.HEAD:
             cycles += 1               # the logits' register in front of the sampler
         if op == Op.HEAD and sampled:
             cycles += 2 * vocab + 35 + token
         return cycles
     if op == Op.MLGRU_H:
-        return n + 49
+        return n + 49 - act
     if op == Op.MLGRU_O:
-        return n + 46
+        return n + 46 - act
     if op == Op.END:
         return 0
     raise ValueError(f"no cycle count for {op!r}")

@@ -120,14 +120,17 @@ PIPE_CONFIGS = [(6, 4, 6), (8, 4, 5), (4, 6, 4)]
 
 
 @pytest.mark.parametrize("traffic", [(1.0, 0.0), (0.5, 0.3)], ids=["full_rate", "random"])
+@pytest.mark.parametrize("steps", [1, 2, 3], ids=["steps1", "steps2", "steps3"])
 @pytest.mark.parametrize("num_width,den_width,quot_width", PIPE_CONFIGS,
                          ids=[f"n{a}_d{b}_q{c}" for a, b, c in PIPE_CONFIGS])
-def test_pipelined_divider_sim_exhaustive(num_width, den_width, quot_width, traffic):
+def test_pipelined_divider_sim_exhaustive(num_width, den_width, quot_width, steps, traffic):
     """Every (num, den) pair whose quotient fits quot_width bits, den = 0 included, with a tag
-    passed through; at full rate latency quot_width and one division per cycle."""
+    passed through; at full rate latency ``ceil(quot_width / steps)`` and one division per
+    cycle."""
     ready_probability, gap_probability = traffic
     dut = PipelinedDivider(num_width=num_width, den_width=den_width, quot_width=quot_width,
-                           tag_shape=unsigned(3))
+                           steps=steps, tag_shape=unsigned(3))
+    assert dut.latency == -(-quot_width // steps)
     pairs = [(a, b) for a in range(1 << num_width) for b in range(1 << den_width)
              if b == 0 or a // b < (1 << quot_width)]
     random.Random(1).shuffle(pairs)
@@ -143,7 +146,7 @@ def test_pipelined_divider_sim_exhaustive(num_width, den_width, quot_width, traf
     assert len(outs) == len(pairs)
     if traffic == (1.0, 0.0):
         assert in_cycles == list(range(len(pairs)))
-        assert out_cycles == [k + quot_width for k in range(len(pairs))]
+        assert out_cycles == [k + dut.latency for k in range(len(pairs))]
 
 
 # --- Verilator, cocotb -----------------------------------------------------------------------

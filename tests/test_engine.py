@@ -14,8 +14,10 @@ from amaranth.sim import Simulator
 
 from mmfree.hw.engine import Engine
 from mmfree.hw.normquant import NormQuant
+from mmfree.hw.sigmoid import Sigmoid
 from mmfree.sim import golden
-from mmfree.sim.engine import PAIR_TAIL, REUSE_SAVES, EngineImage, Op, step_cycles
+from mmfree.sim.engine import (PAIR_TAIL, REUSE_SAVES, EngineImage, Op, act_saves,
+                               step_cycles)
 from mmfree.sim.model import ModelConfig, random_model
 from mmfree.sim.packing import unpack_ternary
 from mmfree.sim.toolchain import amaranth_to_verilog, run_cocotb
@@ -88,11 +90,12 @@ def test_image_memories_are_the_engines(lanes, width, packing):
 
 
 def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=True,
-                  pairs=True, weight_reg=False, shared_r=True):
+                  pairs=True, weight_reg=False, shared_r=True, sigmoid_steps=2):
     """``pairs``: rows in pairs, the GLU's and the other BitLinears' (True), the GLU's only
     ("glu") or none (False)."""
     image = EngineImage(im, lanes, fused_sums=fused, glu_pairs=bool(pairs),
-                        row_pairs=pairs is True, weight_reg=weight_reg, shared_r=shared_r)
+                        row_pairs=pairs is True, weight_reg=weight_reg, shared_r=shared_r,
+                        sigmoid_steps=sigmoid_steps)
     assert image.reuses_r == (shared_r and fused)
     assert image.paired_glu == (bool(pairs) and lanes >= 64)
     assert image.paired_rows == (pairs is True and lanes >= 64)
@@ -140,17 +143,26 @@ def _run_amaranth(im, lanes, prompt, count, *, temperature=0.0, seed=0, fused=Tr
         assert cycles == step_cycles(image, emit=emit, token=got or 0, sampled=bool(x0))
 
 
-@pytest.mark.parametrize("act, lanes, temperature, fused, pairs, weight_reg, shared_r", [
-    ("silu", 4, 0.0, True, True, False, True), ("gelu", 8, 0.8, True, True, False, True),
-    ("silu", 64, 0.8, True, True, False, True), ("gelu", 64, 0.0, True, True, False, True),
-    ("silu", 64, 0.0, True, False, False, True), ("silu", 8, 0.8, False, True, False, True),
-    ("gelu", 64, 0.8, True, True, True, True), ("gelu", 64, 0.8, True, "glu", False, True),
-    ("silu", 64, 0.8, True, True, True, False),
-], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
-        "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused",
-        "gelu-l64-grouped-sampled-weight-reg", "gelu-l64-grouped-sampled-glu-pairs-only",
-        "silu-l64-grouped-sampled-own-r"])
-def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg, shared_r):
+@pytest.mark.parametrize(
+    "act, lanes, temperature, fused, pairs, weight_reg, shared_r, sigmoid_steps", [
+        ("silu", 4, 0.0, True, True, False, True, 2),
+        ("gelu", 8, 0.8, True, True, False, True, 2),
+        ("silu", 64, 0.8, True, True, False, True, 2),
+        ("gelu", 64, 0.0, True, True, False, True, 2),
+        ("silu", 64, 0.0, True, False, False, True, 2),
+        ("silu", 8, 0.8, False, True, False, True, 2),
+        ("gelu", 64, 0.8, True, True, True, True, 2),
+        ("gelu", 64, 0.8, True, "glu", False, True, 2),
+        ("silu", 64, 0.8, True, True, True, False, 2),
+        ("gelu", 8, 0.8, True, True, False, True, 1),
+        ("silu", 64, 0.0, True, False, False, True, 1),
+    ], ids=["silu-l4-greedy", "gelu-l8-sampled", "silu-l64-grouped-sampled",
+            "gelu-l64-grouped-greedy", "silu-l64-grouped-unpaired", "silu-l8-sampled-unfused",
+            "gelu-l64-grouped-sampled-weight-reg", "gelu-l64-grouped-sampled-glu-pairs-only",
+            "silu-l64-grouped-sampled-own-r", "gelu-l8-sampled-sigmoid-1-bit",
+            "silu-l64-grouped-unpaired-sigmoid-1-bit"])
+def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg, shared_r,
+                         sigmoid_steps):
     """A tiny model (d 16, L 2, I 22, V 16) in the Amaranth simulator: tokens, every layer's
     state after every step, and the cycle count of every step. At 64 lanes the rows are
     grouped: four rows of d a chunk, two of I (down_proj), and the GLU's gate and up rows and
@@ -160,13 +172,16 @@ def test_engine_amaranth(act, lanes, temperature, fused, pairs, weight_reg, shar
     ``unfused``: NormQuant makes its own sums of squares (``fused_sums=False``, three
     passes); ``weight-reg``: a register between the weight memory and the ternary unit
     (``weight_reg=True``, one more cycle a BitLinear); ``own-r``: every BitLinear computes
-    its R (``shared_r=False``; the others let f and g take i's)."""
+    its R (``shared_r=False``; the others let f and g take i's); ``sigmoid-1-bit``: the
+    sigmoid units' dividers one quotient bit a stage (``sigmoid_steps=1``, 10 cycles longer
+    an MLGRU op or GLU; the others two)."""
     if lanes == 64:
         image = EngineImage(_tiny(act), lanes)
         assert {i["n_in"]: i["group"] for i in image.program if i["op"] in
                 (Op.BITLINEAR, Op.HEAD)} == {16: 2, 22: 1}
     _run_amaranth(_tiny(act), lanes, [1, 2, 3], 3, temperature=temperature, seed=7,
-                  fused=fused, pairs=pairs, weight_reg=weight_reg, shared_r=shared_r)
+                  fused=fused, pairs=pairs, weight_reg=weight_reg, shared_r=shared_r,
+                  sigmoid_steps=sigmoid_steps)
 
 
 def test_image_pairs():
@@ -233,6 +248,21 @@ def test_image_shared_r():
     assert (shared.cmem, shared.tmem, shared.emb) == (own.cmem, own.tmem, own.emb)
 
 
+def test_image_sigmoid_steps():
+    """The sigmoid units' dividers two bits a stage (the default) take 10 cycles off every
+    MLGRU op and GLU: the activation's latency, 35 -> 25 (``Sigmoid.latency``)."""
+    im = golden.prepare(model_from_spec("random:24,2,60,75,9"))
+    fast, slow = (EngineImage(im, 128, 4, sigmoid_steps=s) for s in (2, 1))
+    assert act_saves(2) == Sigmoid(mode="silu").latency - Sigmoid(mode="silu", steps=2).latency
+    assert act_saves(1) == 0 and act_saves(2) == 10
+    # MLGRU_H, MLGRU_O and the GLU of each layer.
+    assert step_cycles(slow) - step_cycles(fast) == 3 * im.config.num_layers * act_saves(2)
+    assert fast.program == slow.program
+    for steps in (0, 22, True):
+        with pytest.raises(ValueError, match="sigmoid_steps must be an integer from 1 to 21"):
+            EngineImage(im, 128, 4, sigmoid_steps=steps)
+
+
 _ULX3S = BOARD_CONFIGS["ulx3s-85f"]
 assert (_ULX3S.lanes, _ULX3S.vector_width, _ULX3S.packing) == (256, 4, "1.6bit"), _ULX3S
 
@@ -242,44 +272,48 @@ COCOTB = [
     ("d96-L3-I200-V97-l32", "random:96,3,200,97,3", 32, 32, None, ()),
     ("d32-L2-I44-V64-gelu-l16", "random:32,2,44,64,5,gelu", 16, 32, None, ()),
     # The ULX3S's engine layout: vector width 4, weights stored 1.6-bit (rows of 26 bytes
-    # written whole by the load port), the board's fused_sums, glu_pairs, row_pairs and
-    # weight_reg (the Amaranth runs above cover the other settings).
+    # written whole by the load port), the board's fused_sums, glu_pairs, row_pairs,
+    # weight_reg, shared_r and sigmoid_steps (the Amaranth runs above cover the others).
     ("d48-L2-I80-V96-l128-w4-1.6bit", "random:48,2,80,96,7", 128, 32, 8, (), 4, "1.6bit",
      _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs, _ULX3S.weight_reg,
-     _ULX3S.shared_r),
+     _ULX3S.shared_r, _ULX3S.sigmoid_steps),
     # Grouped rows: four rows of d = 24 a chunk of 128 lanes, two of I = 60; the lm_head's
     # 75 rows end in a chunk of three; the rows of every BitLinear in pairs.
     ("d24-L2-I60-V75-l128-grouped", "random:24,2,60,75,9", 128, 32, 4, ()),
     ("icebreaker-l64", str(MODELS / "icebreaker.safetensors"), 64, 32, None,
      (pytest.mark.slow,)),
     # The shipped ULX3S-85F model in the board's engine: 256 lanes, vector width 4, 1.6-bit,
-    # the board's fused_sums, glu_pairs, row_pairs and weight_reg.
+    # the board's fused_sums, glu_pairs, row_pairs, weight_reg, shared_r and sigmoid_steps.
     ("ulx3s-85f-l256-w4-1.6bit", str(MODELS / "ulx3s-85f.safetensors"), 256, 32, None,
      (pytest.mark.slow,), 4, "1.6bit", _ULX3S.fused_sums, _ULX3S.glu_pairs, _ULX3S.row_pairs,
-     _ULX3S.weight_reg, _ULX3S.shared_r),
+     _ULX3S.weight_reg, _ULX3S.shared_r, _ULX3S.sigmoid_steps),
 ]
 
 
 @pytest.mark.parametrize(
-    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows, reg, shared_r", [
-        pytest.param(*c[1:5], *(c[6:] + (8, "", True, True, True, False, True)[len(c[6:]):]),
+    "spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows, reg, shared_r, "
+    "sigmoid_steps", [
+        pytest.param(*c[1:5],
+                     *(c[6:] + (8, "", True, True, True, False, True, 2)[len(c[6:]):]),
                      id=c[0], marks=c[5])
         for c in COCOTB])
 def test_engine_cocotb(spec, lanes, tokens, load_seed, width, packing, fused, pairs, rows,
-                       reg, shared_r):
+                       reg, shared_r, sigmoid_steps):
     """Greedy and sampled generation (prompt + 32 tokens each), a state reset between runs,
     and (where given) a second model written through the load port: every token, every
     layer's state after every step, and every step's cycle count equal the golden model and
     the documented schedule."""
     im = golden.prepare(model_from_spec(spec))
     image = EngineImage(im, lanes, width, packing, fused_sums=fused, glu_pairs=pairs,
-                        row_pairs=rows, weight_reg=reg, shared_r=shared_r)
+                        row_pairs=rows, weight_reg=reg, shared_r=shared_r,
+                        sigmoid_steps=sigmoid_steps)
     dut = Engine(image)
     env = {"ENGINE_MODEL": spec, "ENGINE_LANES": str(lanes), "ENGINE_TOKENS": str(tokens),
            "ENGINE_WIDTH": str(width), "ENGINE_PACKING": packing,
            "ENGINE_FUSED": str(int(fused)), "ENGINE_PAIRS": str(int(pairs)),
            "ENGINE_ROW_PAIRS": str(int(rows)),
-           "ENGINE_WEIGHT_REG": str(int(reg)), "ENGINE_SHARED_R": str(int(shared_r))}
+           "ENGINE_WEIGHT_REG": str(int(reg)), "ENGINE_SHARED_R": str(int(shared_r)),
+           "ENGINE_SIGMOID_STEPS": str(sigmoid_steps)}
     if load_seed is not None:
         env["ENGINE_LOAD_SEED"] = str(load_seed)
     result = run_cocotb(toplevel="engine", verilog=amaranth_to_verilog(dut, "engine"),

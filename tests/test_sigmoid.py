@@ -113,9 +113,16 @@ def test_parameters():
     with pytest.raises(TypeError, match="tag_shape must be None or a shape-castable object, "
                                         "not 'x'"):
         ExpCore(m=3, k=23, tag_shape="x")
+    for steps in (0, 22, True, 1.5):
+        with pytest.raises(ValueError, match=f"steps must be an integer from 1 to 21, "
+                                             f"not {steps!r}"):
+            Sigmoid(steps=steps)
     blocks = [Sigmoid(mode=mode) for mode in MODES]
     assert [(b.mode, b.latency, b.out_width) for b in blocks] == [
         ("sigmoid", 32, 22), ("silu", 35, 32), ("gelu", 35, 32)]
+    fast = [Sigmoid(mode=mode, steps=2) for mode in MODES]
+    assert [(b.steps, b.latency) for b in fast] == [(2, 22), (2, 25), (2, 25)]
+    blocks += fast
     core = ExpCore(m=golden.LOG2E[0], k=golden.LOG2E[1])
     assert (core.m, core.k, core.tag_shape) == (*golden.LOG2E, None)
     for block in [*blocks, core]:
@@ -152,13 +159,15 @@ def test_exp_core_sim(alpha):
     assert len(got) == len(words)
 
 
+@pytest.mark.parametrize("steps", [1, 2], ids=["steps1", "steps2"])
 @pytest.mark.parametrize("mode", MODES)
-def test_sigmoid_sim(mode):
+def test_sigmoid_sim(mode, steps):
     """Random traffic, vectors of random length, frac sampled with each vector's first
-    element (the port holds garbage during the other elements)."""
+    element (the port holds garbage during the other elements); the divider one or two
+    quotient bits a stage."""
     seed = MODES.index(mode) + 10
     rng = random.Random(seed)
-    dut = Sigmoid(mode=mode)
+    dut = Sigmoid(mode=mode, steps=steps)
     words, expected = [], []
     while len(words) < 400:
         length = rng.randint(1, 9)
@@ -178,11 +187,12 @@ def test_sigmoid_sim(mode):
             f"frac {exp[3]}")
 
 
+@pytest.mark.parametrize("steps", [1, 2], ids=["steps1", "steps2"])
 @pytest.mark.parametrize("mode", MODES)
-def test_sigmoid_sim_latency(mode):
+def test_sigmoid_sim_latency(mode, steps):
     """Full rate: the first output is valid `latency` cycles after the first input transfer
     (cycle 0) and n elements take n + latency cycles (1 element/cycle)."""
-    dut = Sigmoid(mode=mode)
+    dut = Sigmoid(mode=mode, steps=steps)
     rng = random.Random(3)
     xs = random_inputs(rng, 64)
     words = [{"payload": {"data": x, "first": i == 0, "last": i == 63}, "ports": {"frac": 12}}

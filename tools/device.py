@@ -35,7 +35,8 @@ class BoardConfig:
     (``fused_sums``, docs/engine.md), whether the GLU's gate and up rows go through in pairs
     (``glu_pairs``), whether the other BitLinears' rows do (``row_pairs``) and whether a
     register splits the weight memory's read from the ternary unit (``weight_reg``) and
-    whether the f and g BitLinears take the R of i (``shared_r``); or
+    whether the f and g BitLinears take the R of i (``shared_r``) and the quotient bits a
+    stage of the sigmoid units' dividers (``sigmoid_steps``); or
     ``"serial"``, :mod:`mmfree.hw.serial`, whose lanes are its DOT unit's 4 and whose weights
     are 2-bit words in SPRAM), engine clock, UART baud rate."""
     name: str
@@ -51,6 +52,7 @@ class BoardConfig:
     row_pairs: bool = True
     weight_reg: bool = False
     shared_r: bool = True
+    sigmoid_steps: int = 2
 
     @property
     def engine_options(self) -> dict:
@@ -59,7 +61,7 @@ class BoardConfig:
         return dict(vector_width=self.vector_width, packing=self.packing,
                     fused_sums=self.fused_sums, glu_pairs=self.glu_pairs,
                     row_pairs=self.row_pairs, weight_reg=self.weight_reg,
-                    shared_r=self.shared_r)
+                    shared_r=self.shared_r, sigmoid_steps=self.sigmoid_steps)
 
     @property
     def divisor(self) -> int:
@@ -81,9 +83,12 @@ BOARD_CONFIGS = {
     # 8 of 2026-11-26: router2 stalled at 409 and 167 overused wires) and with cmem in 24-bit
     # words nextpnr's static placer did not legalise it (seeds 7 and 8); its last routed SoC
     # (rows one a cycle, 14,696 cycles, 38.69 MHz at 36 MHz) is the board's before 2026-11-26.
+    # shared_r (f and g take i's R: 13,816 cycles) and sigmoid_steps=2 (the sigmoid units'
+    # dividers two bits a stage: 150 cycles fewer) are off until their SoC routes at 48 MHz
+    # (docs/boards.md).
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=256, vector_width=4,
                              clock_hz=48_000_000, baud=3_000_000, packing="1.6bit",
-                             weight_reg=True, shared_r=False),
+                             weight_reg=True, shared_r=False, sigmoid_steps=1),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).

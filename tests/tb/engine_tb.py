@@ -12,7 +12,8 @@ image's vector width and weight packing), ``ENGINE_FUSED``, ``ENGINE_PAIRS`` and
 ``ENGINE_ROW_PAIRS`` (optional, ``1`` by default: the image's ``fused_sums``, ``glu_pairs``
 and ``row_pairs``), ``ENGINE_WEIGHT_REG``
 (optional, ``0`` by default: the image's ``weight_reg``), ``ENGINE_SHARED_R`` (optional, ``1``
-by default: the image's ``shared_r``), ``ENGINE_LOAD_SEED``
+by default: the image's ``shared_r``), ``ENGINE_SIGMOID_STEPS`` (optional, ``2`` by default: the
+image's ``sigmoid_steps``), ``ENGINE_LOAD_SEED``
 (optional: the seed of a second random model of the same shape, written through the load port
 by the last test).
 """
@@ -162,7 +163,8 @@ def _image(im, lanes):
                        glu_pairs=os.environ.get("ENGINE_PAIRS", "1") == "1",
                        row_pairs=os.environ.get("ENGINE_ROW_PAIRS", "1") == "1",
                        weight_reg=os.environ.get("ENGINE_WEIGHT_REG", "0") == "1",
-                       shared_r=os.environ.get("ENGINE_SHARED_R", "1") == "1")
+                       shared_r=os.environ.get("ENGINE_SHARED_R", "1") == "1",
+                       sigmoid_steps=int(os.environ.get("ENGINE_SIGMOID_STEPS", "2")))
 
 
 def _setup(dut):
