@@ -671,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route-placement", action="store_true",
                    help="route the placement that an earlier --place-only build kept in --out "
                         "(its seed and placer; no Yosys, no placing again), with --router and "
-                        "--no-tmdriv as given")
+                        "--no-tmdriv as given; nextpnr routes it with other timing weights "
+                        "than a whole build, sometimes worse (docs/boards.md)")
     p.add_argument("--force", action="store_true", help="replace an earlier build in --out")
     p.set_defaults(func=cmd_build)
 
