@@ -75,20 +75,21 @@ BOARD_CONFIGS = {
     # keeps the norms' sums of squares (fused_sums), the rows of every BitLinear but the
     # lm_head go through in pairs (glu_pairs, row_pairs), a register splits the weight
     # memory's read from the ternary unit (weight_reg) and another holds the logits in front
-    # of the sampler: 14,026 cycles a token. That SoC routes with nextpnr's timing-driven
-    # placement and routing at seed 8 (DEFAULT_PNR in boards/build.py) at 55.11 MHz, timing
-    # met at 48 MHz (2026-11-26; without the logits' register, at 45 MHz and seed 9, 45.32
-    # MHz; docs/boards.md). 512 lanes take 13,416 cycles (13,417 with the logits' register)
-    # with the same options, but their SoC did not route with the rows in pairs (seeds 7 and
-    # 8 of 2026-11-26: router2 stalled at 409 and 167 overused wires) and with cmem in 24-bit
-    # words nextpnr's static placer did not legalise it (seeds 7 and 8); its last routed SoC
-    # (rows one a cycle, 14,696 cycles, 38.69 MHz at 36 MHz) is the board's before 2026-11-26.
-    # shared_r (f and g take i's R: 13,816 cycles) and sigmoid_steps=2 (the sigmoid units'
-    # dividers two bits a stage: 150 cycles fewer) are off until their SoC routes at 48 MHz
-    # (docs/boards.md).
+    # of the sampler, the f and g BitLinears take i's R (shared_r) and the sigmoid units'
+    # dividers give two quotient bits a stage (sigmoid_steps=2): 13,666 cycles a token. That
+    # SoC routes with nextpnr's timing-driven placement and routing at seed 12 (DEFAULT_PNR in
+    # boards/build.py) at 55.01 MHz, timing met at 48 MHz (2026-11-27; seeds 8-11 stalled in
+    # router2). Without shared_r and sigmoid_steps (14,026 cycles) it routed at seed 8 at
+    # 55.11 MHz (2026-11-26); without the logits' register, at 45 MHz and seed 9, 45.32 MHz
+    # (docs/boards.md). 512 lanes take 13,416 cycles (13,417 with the logits' register;
+    # without shared_r and sigmoid_steps) with the same options, but their SoC did not route
+    # with the rows in pairs (seeds 7 and 8 of 2026-11-26: router2 stalled at 409 and 167
+    # overused wires) and with cmem in 24-bit words nextpnr's static placer did not legalise
+    # it (seeds 7 and 8); its last routed SoC (rows one a cycle, 14,696 cycles, 38.69 MHz at
+    # 36 MHz) is the board's before 2026-11-26.
     "ulx3s-85f": BoardConfig("ulx3s-85f", proto.Board.ULX3S_85F, lanes=256, vector_width=4,
                              clock_hz=48_000_000, baud=3_000_000, packing="1.6bit",
-                             weight_reg=True, shared_r=False, sigmoid_steps=1),
+                             weight_reg=True),
     # The 12 MHz oscillator itself (no PLL: the serial engine routes at about 12.2 MHz);
     # FT2232H at 3 Mbaud (4 cycles a bit). The UP5K (5,280 logic cells) runs the serial engine
     # with everything in its four SPRAMs (docs/serial.md).
