@@ -126,6 +126,19 @@ def test_info(files, capsys):
     assert re.search(r"hidden size\s+32", out2)
 
 
+def test_info_counts_the_boards_own_engine(capsys):
+    """`mmfree info` counts a board's block RAMs with the board's whole engine layout (its
+    BOARD_CONFIGS entry, the packing replaced), the count `mmfree build` checks."""
+    from pathlib import Path
+    from mmfree.boards.capacity import soc_blocks
+    from mmfree.tools.device import BOARD_CONFIGS, engine_image
+    path = Path(__file__).resolve().parent.parent / "tools" / "models" / "ulx3s-85f.safetensors"
+    status, out, err = run_cli(capsys, "info", str(path))
+    assert status == 0, err
+    blocks = sum(soc_blocks(engine_image(load_model(path), BOARD_CONFIGS["ulx3s-85f"])).values())
+    assert re.search(rf"ulx3s-85f\s+1.6bit\s+fits\s+\({blocks} of 208 block RAMs", out), out
+
+
 def test_info_reports_a_model_that_does_not_fit(tmp_path, capsys):
     big = ModelConfig(vocab_size=256, hidden_size=512, num_layers=2, intermediate_size=1536)
     ckpt = tmp_path / "big"

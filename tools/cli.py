@@ -8,6 +8,7 @@ simulations included). Expected faults print one line, ``mmfree: error: ...``, n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -144,7 +145,8 @@ def cmd_info(args) -> int:
             elif ok:
                 im = im or golden.prepare(model)
                 try:
-                    image = EngineImage(im, config.lanes, config.vector_width, packing)
+                    image = EngineImage(im, config.lanes, **dataclasses.replace(
+                        config, packing=packing).engine_options)
                 except ValueError as error:
                     ok, detail = False, str(error)
                 else:
