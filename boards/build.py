@@ -809,6 +809,11 @@ def build(board_name: str, model, *, lanes: int | None = None,
         # A placement read back has lost the clock constraint derived through the PLL: the
         # engine clock is the target (once the placement's own settings are gone).
         nextpnr_opts += ["--no-place", "--freq", f"{config.clock_hz / 1e6:g}"]
+        if family == "ice40":
+            # nextpnr-ice40 cannot pack its own placement again: it stops in "Constraining
+            # chains" on the carry chains already packed (a WebAssembly trap). Read as it is,
+            # the placement routes (the pin constraints then name nothing: its IOs are placed).
+            nextpnr_opts.append("--no-pack")
     logger.info("elaborating the %s top level (%d lanes, %g MHz)", board_name, config.lanes,
                 config.clock_hz / 1e6)
     plan = platform.prepare(top, name=TOP_NAME, nextpnr_opts=nextpnr_opts,
