@@ -81,10 +81,9 @@ BOARD_CONFIGS = {
     # boards/build.py) at 55.01 MHz, timing met at 48 MHz (2026-11-27; seeds 8-11 stalled in
     # router2). Without shared_r and sigmoid_steps (14,026 cycles) it routed at seed 8 at
     # 55.11 MHz (2026-11-26); without the logits' register, at 45 MHz and seed 9, 45.32 MHz
-    # (docs/boards.md). 512 lanes take 13,057 cycles with the same options (placed at 47.63
-    # MHz estimated in docs/performance.md, 2026-11-27, not routed); 13,417 without shared_r
-    # and sigmoid_steps, when their SoC did not route
-    # with the rows in pairs (seeds 7 and 8 of 2026-11-26: router2 stalled at 409 and 167
+    # (docs/boards.md). 512 lanes take 13,057 cycles with the same options: their SoC placed
+    # at 47.63 MHz estimated at seed 12 and stalled in router2 (2026-11-27); 13,417 without
+    # shared_r and sigmoid_steps, when their SoC did not route with the rows in pairs (seeds 7 and 8 of 2026-11-26: router2 stalled at 409 and 167
     # overused wires) and with cmem in 24-bit words nextpnr's static placer did not legalise
     # it (seeds 7 and 8); its last routed SoC (rows one a cycle, 14,696 cycles, 38.69 MHz at
     # 36 MHz) is the board's before 2026-11-26.
