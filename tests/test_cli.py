@@ -5,16 +5,19 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mmfree.boards.capacity import soc_blocks
 from mmfree.sim import golden, reference
 from mmfree.sim.decoding import FloatBackend, GoldenBackend, generate
 from mmfree.sim.model import ModelConfig, random_state_dict
 from mmfree.sim.modelfile import load_model
 from mmfree.tools.checkpoint import save_checkpoint
 from mmfree.tools.cli import main
+from mmfree.tools.device import BOARD_CONFIGS, engine_image
 
 CONFIG = ModelConfig(vocab_size=256, hidden_size=32, num_layers=2, intermediate_size=64)
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -129,9 +132,6 @@ def test_info(files, capsys):
 def test_info_counts_the_boards_own_engine(capsys):
     """`mmfree info` counts a board's block RAMs with the board's whole engine layout (its
     BOARD_CONFIGS entry, the packing replaced), the count `mmfree build` checks."""
-    from pathlib import Path
-    from mmfree.boards.capacity import soc_blocks
-    from mmfree.tools.device import BOARD_CONFIGS, engine_image
     path = Path(__file__).resolve().parent.parent / "tools" / "models" / "ulx3s-85f.safetensors"
     status, out, err = run_cli(capsys, "info", str(path))
     assert status == 0, err
